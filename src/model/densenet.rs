@@ -1,0 +1,254 @@
+//! DenseNet-BC (torchvision's), depths 121, 161, 169 and 201.
+//!
+//! Module paths mirror torchvision's and timm's `densenet*.tv_in1k` state dicts:
+//! `features.conv0`, `features.norm0`, `features.denseblock{b}.denselayer{l}.norm1/conv1/
+//! norm2/conv2`, `features.transition{t}.norm/conv`, `features.norm5`, `classifier`.
+//! Older torchvision checkpoints spell the dense-layer modules `norm.1`, `conv.1`, ...;
+//! [`canonical_key`] rewrites those.
+//!
+//! DenseNet is pre-activation: most BatchNorms follow a concatenation, not a convolution,
+//! so only `norm0` and each layer's `norm2` fold into a convolution; the others become a
+//! precomputed per-channel affine map.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::layers::{
+    global_avg_pool, max_pool_3x3_s2_after_relu, Classifier, Conv2d, ConvBn, ConvSpec, LoadOptions,
+    Norm,
+};
+
+const BN_EPS: f64 = 1e-5;
+const BN_SIZE: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub growth_rate: usize,
+    pub block_config: [usize; 4],
+    pub num_init_features: usize,
+}
+
+pub fn densenet121() -> Config {
+    Config {
+        growth_rate: 32,
+        block_config: [6, 12, 24, 16],
+        num_init_features: 64,
+    }
+}
+pub fn densenet161() -> Config {
+    Config {
+        growth_rate: 48,
+        block_config: [6, 12, 36, 24],
+        num_init_features: 96,
+    }
+}
+pub fn densenet169() -> Config {
+    Config {
+        growth_rate: 32,
+        block_config: [6, 12, 32, 32],
+        num_init_features: 64,
+    }
+}
+pub fn densenet201() -> Config {
+    Config {
+        growth_rate: 32,
+        block_config: [6, 12, 48, 32],
+        num_init_features: 64,
+    }
+}
+
+impl Config {
+    /// Width of the pooled features that feed `classifier`.
+    pub fn num_features(&self) -> usize {
+        let mut features = self.num_init_features;
+        for (i, &layers) in self.block_config.iter().enumerate() {
+            features += layers * self.growth_rate;
+            if i != self.block_config.len() - 1 {
+                features /= 2;
+            }
+        }
+        features
+    }
+}
+
+/// Rewrite the pre-0.4 torchvision spelling (`denselayer1.norm.1.weight`) to the current one
+/// (`denselayer1.norm1.weight`). Other keys pass through unchanged.
+pub fn canonical_key(key: &str) -> String {
+    if !key.contains(".denselayer") {
+        return key.to_string();
+    }
+    let mut out = key.to_string();
+    for module in ["norm", "relu", "conv"] {
+        for n in ["1", "2"] {
+            out = out.replace(&format!(".{module}.{n}."), &format!(".{module}{n}."));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+struct DenseLayer {
+    norm1: Norm,
+    conv1: ConvBn,
+    conv2: Conv2d,
+}
+
+impl DenseLayer {
+    fn load(vb: VarBuilder, in_ch: usize, growth: usize, opts: LoadOptions) -> Result<Self> {
+        let mid = BN_SIZE * growth;
+        Ok(Self {
+            norm1: Norm::load(vb.pp("norm1"), in_ch, BN_EPS, opts)?,
+            conv1: ConvBn::load(
+                vb.pp("conv1"),
+                vb.pp("norm2"),
+                ConvSpec::new(in_ch, mid, 1),
+                BN_EPS,
+                opts,
+            )?,
+            conv2: Conv2d::load(vb.pp("conv2"), ConvSpec::new(mid, growth, 3), false)?,
+        })
+    }
+
+    /// The `growth` new feature maps this layer adds.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.norm1.forward(x)?.relu()?;
+        let y = self.conv1.forward(&y)?.relu()?;
+        self.conv2.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Transition {
+    norm: Norm,
+    conv: Conv2d,
+}
+
+impl Transition {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv.forward(&self.norm.forward(x)?.relu()?)?;
+        y.avg_pool2d_with_stride(2, 2)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DenseBlock {
+    layers: Vec<DenseLayer>,
+}
+
+impl DenseBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Each layer sees every earlier output; collecting them once and concatenating per
+        // layer is what torchvision does too.
+        let mut features = vec![x.clone()];
+        for layer in &self.layers {
+            let input = Tensor::cat(&features, 1)?;
+            features.push(layer.forward(&input)?);
+        }
+        Tensor::cat(&features, 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DenseNet {
+    stem: ConvBn,
+    blocks: Vec<DenseBlock>,
+    transitions: Vec<Transition>,
+    norm5: Norm,
+    classifier: Classifier,
+}
+
+impl DenseNet {
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &Config,
+        num_classes: usize,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let features = vb.pp("features");
+        let stem = ConvBn::load(
+            features.pp("conv0"),
+            features.pp("norm0"),
+            ConvSpec::new(3, cfg.num_init_features, 7).stride(2),
+            BN_EPS,
+            opts,
+        )?;
+        let mut channels = cfg.num_init_features;
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        for (b, &num_layers) in cfg.block_config.iter().enumerate() {
+            let vb_block = features.pp(format!("denseblock{}", b + 1));
+            let mut layers = Vec::with_capacity(num_layers);
+            for l in 0..num_layers {
+                let vb_layer = vb_block.pp(format!("denselayer{}", l + 1));
+                layers.push(DenseLayer::load(vb_layer, channels, cfg.growth_rate, opts)?);
+                channels += cfg.growth_rate;
+            }
+            blocks.push(DenseBlock { layers });
+            if b != cfg.block_config.len() - 1 {
+                let vb_t = features.pp(format!("transition{}", b + 1));
+                transitions.push(Transition {
+                    norm: Norm::load(vb_t.pp("norm"), channels, BN_EPS, opts)?,
+                    conv: Conv2d::load(
+                        vb_t.pp("conv"),
+                        ConvSpec::new(channels, channels / 2, 1),
+                        false,
+                    )?,
+                });
+                channels /= 2;
+            }
+        }
+        let norm5 = Norm::load(features.pp("norm5"), channels, BN_EPS, opts)?;
+        let classifier = Classifier::load(vb.pp("classifier"), channels, num_classes)?;
+        Ok(Self {
+            stem,
+            blocks,
+            transitions,
+            norm5,
+            classifier,
+        })
+    }
+}
+
+impl Module for DenseNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = max_pool_3x3_s2_after_relu(&self.stem.forward(x)?.relu()?)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x)?;
+            if let Some(t) = self.transitions.get(i) {
+                x = t.forward(&x)?;
+            }
+        }
+        let x = self.norm5.forward(&x)?.relu()?;
+        self.classifier.forward(&global_avg_pool(&x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_widths_match_torchvision() {
+        assert_eq!(densenet121().num_features(), 1024);
+        assert_eq!(densenet161().num_features(), 2208);
+        assert_eq!(densenet169().num_features(), 1664);
+        assert_eq!(densenet201().num_features(), 1920);
+    }
+
+    #[test]
+    fn old_torchvision_spelling_is_rewritten() {
+        assert_eq!(
+            canonical_key("features.denseblock1.denselayer1.norm.1.weight"),
+            "features.denseblock1.denselayer1.norm1.weight"
+        );
+        assert_eq!(
+            canonical_key("features.denseblock4.denselayer16.conv.2.weight"),
+            "features.denseblock4.denselayer16.conv2.weight"
+        );
+        assert_eq!(canonical_key("features.norm5.bias"), "features.norm5.bias");
+        assert_eq!(
+            canonical_key("features.transition1.conv.weight"),
+            "features.transition1.conv.weight"
+        );
+    }
+}

@@ -1,0 +1,333 @@
+//! Building blocks shared by the architectures: convolution with optional BatchNorm folding,
+//! stand-alone BatchNorm (for pre-activation nets such as DenseNet), TensorFlow "SAME"
+//! padding, and the pooling helpers torchvision uses.
+//!
+//! Eval-mode BatchNorm is an affine map per channel, so a BatchNorm that directly follows a
+//! convolution is folded into that convolution's weight and bias at load time. The unfolded
+//! form is kept (selected by [`LoadOptions::fold_batchnorm`]) so tests can check that folding
+//! changes nothing but rounding.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Options that change how a checkpoint becomes a network, not what it computes.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Fold eval-mode BatchNorm into the preceding convolution (the fast inference form).
+    pub fold_batchnorm: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            fold_batchnorm: true,
+        }
+    }
+}
+
+/// How a convolution pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// PyTorch-style symmetric zero padding.
+    Symmetric(usize),
+    /// TensorFlow "SAME": output = ceil(input / stride), the odd pixel of padding goes to
+    /// the bottom/right. Computed from the input size on every call.
+    TfSame,
+}
+
+/// Geometry of one convolution, mirroring the torch module's constructor arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: Padding::Symmetric(kernel / 2),
+            groups: 1,
+        }
+    }
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+    fn weight_shape(&self) -> (usize, usize, usize, usize) {
+        (
+            self.out_channels,
+            self.in_channels / self.groups,
+            self.kernel,
+            self.kernel,
+        )
+    }
+}
+
+/// TensorFlow SAME padding for one spatial dimension: (before, after).
+pub fn tf_same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = input.div_ceil(stride);
+    let needed = ((out.saturating_sub(1)) * stride + kernel).saturating_sub(input);
+    (needed / 2, needed - needed / 2)
+}
+
+/// A 2-D convolution with an optional per-output-channel bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    spec: ConvSpec,
+}
+
+impl Conv2d {
+    pub fn load(vb: VarBuilder, spec: ConvSpec, has_bias: bool) -> Result<Self> {
+        let weight = vb.get(spec.weight_shape(), "weight")?;
+        let bias = if has_bias {
+            Some(vb.get(spec.out_channels, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias, spec })
+    }
+
+    /// Scale each output channel by `scale` and add `shift` to the bias: the result of
+    /// applying an affine map after this convolution.
+    fn fold_affine(self, affine: &ChannelAffine) -> Result<Self> {
+        let weight = self
+            .weight
+            .broadcast_mul(&affine.scale.reshape(((), 1, 1, 1))?)?;
+        let bias = match self.bias {
+            Some(b) => b.mul(&affine.scale)?.add(&affine.shift)?,
+            None => affine.shift.clone(),
+        };
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+            spec: self.spec,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (x, pad) = match self.spec.padding {
+            Padding::Symmetric(p) => (x.clone(), p),
+            Padding::TfSame => {
+                let (_, _, h, w) = x.dims4()?;
+                let (top, bottom) = tf_same_padding(h, self.spec.kernel, self.spec.stride);
+                let (left, right) = tf_same_padding(w, self.spec.kernel, self.spec.stride);
+                if top == bottom && left == right && top == left {
+                    (x.clone(), top)
+                } else {
+                    let x = x.pad_with_zeros(2, top, bottom)?;
+                    (x.pad_with_zeros(3, left, right)?, 0)
+                }
+            }
+        };
+        let y = x.conv2d(&self.weight, pad, self.spec.stride, 1, self.spec.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Per-channel `x * scale + shift` over NCHW input: eval-mode BatchNorm precomputed.
+#[derive(Debug, Clone)]
+pub struct ChannelAffine {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl Module for ChannelAffine {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.scale.reshape((1, (), 1, 1))?)?
+            .broadcast_add(&self.shift.reshape((1, (), 1, 1))?)
+    }
+}
+
+/// Eval-mode BatchNorm2d, with the checkpoint's statistics kept as they are.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: f64,
+}
+
+impl BatchNorm {
+    pub fn load(vb: VarBuilder, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(channels, "weight")?,
+            bias: vb.get(channels, "bias")?,
+            running_mean: vb.get(channels, "running_mean")?,
+            running_var: vb.get(channels, "running_var")?,
+            eps,
+        })
+    }
+
+    /// The same map as one multiply-add per element. Computed in f64 so that folding does
+    /// not add rounding of its own.
+    pub fn to_affine(&self) -> Result<ChannelAffine> {
+        let dtype = self.weight.dtype();
+        let var = self.running_var.to_dtype(DType::F64)?;
+        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
+        let scale = self.weight.to_dtype(DType::F64)?.mul(&inv_std)?;
+        let shift = self
+            .bias
+            .to_dtype(DType::F64)?
+            .sub(&self.running_mean.to_dtype(DType::F64)?.mul(&scale)?)?;
+        Ok(ChannelAffine {
+            scale: scale.to_dtype(dtype)?,
+            shift: shift.to_dtype(dtype)?,
+        })
+    }
+}
+
+impl Module for BatchNorm {
+    /// `(x - mean) / sqrt(var + eps) * weight + bias`, literally, as PyTorch computes it.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = (1, (), 1, 1);
+        let std = (self.running_var.clone() + self.eps)?.sqrt()?;
+        x.broadcast_sub(&self.running_mean.reshape(c)?)?
+            .broadcast_div(&std.reshape(c)?)?
+            .broadcast_mul(&self.weight.reshape(c)?)?
+            .broadcast_add(&self.bias.reshape(c)?)
+    }
+}
+
+/// A BatchNorm that is not preceded by a convolution (DenseNet's pre-activation norms):
+/// precomputed to an affine map, or kept literal for the unfolded check.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Affine(ChannelAffine),
+    Literal(BatchNorm),
+}
+
+impl Norm {
+    pub fn load(vb: VarBuilder, channels: usize, eps: f64, opts: LoadOptions) -> Result<Self> {
+        let bn = BatchNorm::load(vb, channels, eps)?;
+        Ok(if opts.fold_batchnorm {
+            Norm::Affine(bn.to_affine()?)
+        } else {
+            Norm::Literal(bn)
+        })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Affine(a) => a.forward(x),
+            Norm::Literal(bn) => bn.forward(x),
+        }
+    }
+}
+
+/// Convolution followed by BatchNorm: folded into one convolution, or kept as two steps.
+#[derive(Debug, Clone)]
+pub enum ConvBn {
+    Folded(Conv2d),
+    Unfolded(Conv2d, BatchNorm),
+}
+
+impl ConvBn {
+    /// `conv` and `bn` are the two modules' prefixes in the checkpoint (they are siblings
+    /// with architecture-specific names, e.g. `conv1`/`bn1` or `conv_pw`/`bn1`).
+    pub fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        spec: ConvSpec,
+        eps: f64,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let conv = Conv2d::load(conv, spec, false)?;
+        let bn = BatchNorm::load(bn, spec.out_channels, eps)?;
+        Ok(if opts.fold_batchnorm {
+            ConvBn::Folded(conv.fold_affine(&bn.to_affine()?)?)
+        } else {
+            ConvBn::Unfolded(conv, bn)
+        })
+    }
+}
+
+impl Module for ConvBn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            ConvBn::Folded(conv) => conv.forward(x),
+            ConvBn::Unfolded(conv, bn) => bn.forward(&conv.forward(x)?),
+        }
+    }
+}
+
+/// A fully connected classifier head (`nn.Linear`), with its class count taken from the
+/// checkpoint.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Classifier {
+    pub fn load(vb: VarBuilder, in_features: usize, num_classes: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((num_classes, in_features), "weight")?,
+            bias: vb.get(num_classes, "bias")?,
+        })
+    }
+}
+
+impl Module for Classifier {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// `MaxPool2d(kernel=3, stride=2, padding=1)` for non-negative input (it always follows a
+/// ReLU): zero padding then equals PyTorch's implicit -inf padding.
+pub fn max_pool_3x3_s2_after_relu(x: &Tensor) -> Result<Tensor> {
+    x.pad_with_zeros(2, 1, 1)?
+        .pad_with_zeros(3, 1, 1)?
+        .max_pool2d_with_stride(3, 2)
+}
+
+/// `adaptive_avg_pool2d(x, 1)` followed by `flatten(1)`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean(D::Minus1)?.mean(D::Minus1)
+}
+
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    x.clamp(0f32, 6f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf_same_padding_matches_tensorflow() {
+        // 224 -> 112 with k3 s2 needs one pixel, all of it at the end.
+        assert_eq!(tf_same_padding(224, 3, 2), (0, 1));
+        assert_eq!(tf_same_padding(225, 3, 2), (1, 1));
+        assert_eq!(tf_same_padding(112, 5, 2), (1, 2));
+        assert_eq!(tf_same_padding(14, 5, 1), (2, 2));
+        assert_eq!(tf_same_padding(7, 3, 1), (1, 1));
+        assert_eq!(tf_same_padding(1, 5, 2), (2, 2));
+    }
+}

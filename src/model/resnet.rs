@@ -1,0 +1,203 @@
+//! ResNet v1.5 (torchvision's: the stride sits on the 3x3 convolution), depths 18 to 152.
+//!
+//! Module paths mirror torchvision's and timm's `resnet*.tv_in1k` state dicts: `conv1`,
+//! `bn1`, `layer{1..4}.{i}.conv{1,2,3}` / `bn{1,2,3}`, `layer{n}.0.downsample.{0,1}`, `fc`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::layers::{
+    global_avg_pool, max_pool_3x3_s2_after_relu, Classifier, ConvBn, ConvSpec, LoadOptions,
+};
+
+const BN_EPS: f64 = 1e-5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet-18/34).
+    Basic,
+    /// 1x1 reduce, 3x3, 1x1 expand by 4 (ResNet-50 and deeper).
+    Bottleneck,
+}
+
+impl BlockKind {
+    fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub block: BlockKind,
+    pub layers: [usize; 4],
+}
+
+pub fn resnet18() -> Config {
+    Config {
+        block: BlockKind::Basic,
+        layers: [2, 2, 2, 2],
+    }
+}
+pub fn resnet34() -> Config {
+    Config {
+        block: BlockKind::Basic,
+        layers: [3, 4, 6, 3],
+    }
+}
+pub fn resnet50() -> Config {
+    Config {
+        block: BlockKind::Bottleneck,
+        layers: [3, 4, 6, 3],
+    }
+}
+pub fn resnet101() -> Config {
+    Config {
+        block: BlockKind::Bottleneck,
+        layers: [3, 4, 23, 3],
+    }
+}
+pub fn resnet152() -> Config {
+    Config {
+        block: BlockKind::Bottleneck,
+        layers: [3, 8, 36, 3],
+    }
+}
+
+impl Config {
+    /// Width of the pooled features that feed `fc`.
+    pub fn num_features(&self) -> usize {
+        512 * self.block.expansion()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn load(
+        vb: VarBuilder,
+        kind: BlockKind,
+        in_ch: usize,
+        planes: usize,
+        stride: usize,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let out_ch = planes * kind.expansion();
+        let specs = match kind {
+            BlockKind::Basic => vec![
+                ConvSpec::new(in_ch, planes, 3).stride(stride),
+                ConvSpec::new(planes, planes, 3),
+            ],
+            BlockKind::Bottleneck => vec![
+                ConvSpec::new(in_ch, planes, 1),
+                ConvSpec::new(planes, planes, 3).stride(stride),
+                ConvSpec::new(planes, out_ch, 1),
+            ],
+        };
+        let convs = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let n = i + 1;
+                ConvBn::load(
+                    vb.pp(format!("conv{n}")),
+                    vb.pp(format!("bn{n}")),
+                    spec,
+                    BN_EPS,
+                    opts,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let downsample = if stride != 1 || in_ch != out_ch {
+            let ds = vb.pp("downsample");
+            Some(ConvBn::load(
+                ds.pp("0"),
+                ds.pp("1"),
+                ConvSpec::new(in_ch, out_ch, 1).stride(stride),
+                BN_EPS,
+                opts,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { convs, downsample })
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let last = self.convs.len() - 1;
+        let mut y = x.clone();
+        for (i, conv) in self.convs.iter().enumerate() {
+            y = conv.forward(&y)?;
+            if i != last {
+                y = y.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(ds) => ds.forward(x)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResNet {
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    fc: Classifier,
+}
+
+impl ResNet {
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &Config,
+        num_classes: usize,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let stem = ConvBn::load(
+            vb.pp("conv1"),
+            vb.pp("bn1"),
+            ConvSpec::new(3, 64, 7).stride(2),
+            BN_EPS,
+            opts,
+        )?;
+        let mut blocks = Vec::new();
+        let mut in_ch = 64;
+        for (stage, &count) in cfg.layers.iter().enumerate() {
+            let planes = 64 << stage;
+            let layer = vb.pp(format!("layer{}", stage + 1));
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                blocks.push(Block::load(
+                    layer.pp(i),
+                    cfg.block,
+                    in_ch,
+                    planes,
+                    stride,
+                    opts,
+                )?);
+                in_ch = planes * cfg.block.expansion();
+            }
+        }
+        let fc = Classifier::load(vb.pp("fc"), cfg.num_features(), num_classes)?;
+        Ok(Self { stem, blocks, fc })
+    }
+}
+
+impl Module for ResNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = max_pool_3x3_s2_after_relu(&self.stem.forward(x)?.relu()?)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        self.fc.forward(&global_avg_pool(&x)?)
+    }
+}

@@ -1,0 +1,158 @@
+//! Logits parity with PyTorch for every architecture and depth.
+//!
+//! Weights come from the closed formula in `classify::weights::synthetic`; the reference
+//! logits were computed by torchvision/timm with the same formula
+//! (`tests/fixtures/parity/generate.py`). Tolerance: the largest absolute difference over
+//! all logits of the batch, divided by the largest absolute reference logit, must be at
+//! most 1e-4.
+
+use candle_core::{Device, Module, Tensor};
+use classify::model::{Arch, LoadOptions, Network};
+use classify::weights::synthetic::{self, SyntheticWeights};
+use serde::Deserialize;
+
+const REL_TOL: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Fixture {
+    input_shape: Vec<usize>,
+    num_classes: usize,
+    logits: Vec<Vec<f32>>,
+}
+
+fn fixture(case: &str) -> Fixture {
+    let path = format!(
+        "{}/tests/fixtures/parity/{case}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// max |a - b| / max |b|
+fn relative_error(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f32 {
+    let scale = reference.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .flatten()
+        .zip(reference.iter().flatten())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_vec2::<f32>().unwrap()
+}
+
+fn check(case: &str, arch: Arch, also_unfolded: bool) {
+    let fx = fixture(case);
+    let dev = Device::Cpu;
+    let x = synthetic::input(&fx.input_shape, &dev).unwrap();
+    let build = |fold_batchnorm| {
+        Network::build(
+            arch,
+            SyntheticWeights::var_builder(&dev),
+            fx.num_classes,
+            LoadOptions { fold_batchnorm },
+        )
+        .unwrap()
+    };
+    let net = build(true);
+    let batch = rows(&net.forward(&x).unwrap());
+    assert_eq!(batch.len(), fx.logits.len());
+    assert_eq!(batch[0].len(), fx.num_classes);
+    let err = relative_error(&batch, &fx.logits);
+    eprintln!("{case}: relative error vs PyTorch {err:.2e}");
+    assert!(
+        err <= REL_TOL,
+        "{case}: relative error {err:e} > {REL_TOL:e}"
+    );
+
+    // Most of each logit is shared by all inputs (biases, BatchNorm shifts); check the part
+    // that depends on the image separately: the difference between the two images' logits.
+    let diff = |l: &[Vec<f32>]| {
+        vec![l[0]
+            .iter()
+            .zip(&l[1])
+            .map(|(a, b)| a - b)
+            .collect::<Vec<f32>>()]
+    };
+    let err = relative_error(&diff(&batch), &diff(&fx.logits));
+    eprintln!("{case}: image-dependent part, relative error {err:.2e}");
+    assert!(
+        err <= 1e-3,
+        "{case}: image-dependent part differs by {err:e}"
+    );
+
+    // The batch must not change any image's logits beyond float reassociation (the matrix
+    // kernels block a batch of 1 and of 2 differently): 1e-5 of the largest logit.
+    for (i, row) in batch.iter().enumerate() {
+        let single = rows(&net.forward(&x.narrow(0, i, 1).unwrap()).unwrap());
+        let err = relative_error(&single, std::slice::from_ref(row));
+        assert!(
+            err <= 1e-5,
+            "{case}: image {i} alone differs from in batch by {err:e}"
+        );
+    }
+
+    if also_unfolded {
+        let unfolded = rows(&build(false).forward(&x).unwrap());
+        let err = relative_error(&unfolded, &fx.logits);
+        assert!(err <= REL_TOL, "{case} unfolded: relative error {err:e}");
+        let err = relative_error(&batch, &unfolded);
+        eprintln!("{case}: folded vs unfolded {err:.2e}");
+        assert!(
+            err <= 1e-5,
+            "{case}: folding BatchNorm changed logits by {err:e}"
+        );
+    }
+}
+
+#[test]
+fn resnet18() {
+    check("resnet18", Arch::ResNet18, true);
+}
+#[test]
+fn resnet34() {
+    check("resnet34", Arch::ResNet34, false);
+}
+#[test]
+fn resnet50() {
+    check("resnet50", Arch::ResNet50, true);
+}
+#[test]
+fn resnet101() {
+    check("resnet101", Arch::ResNet101, false);
+}
+#[test]
+fn resnet152() {
+    check("resnet152", Arch::ResNet152, false);
+}
+#[test]
+fn densenet121() {
+    check("densenet121", Arch::DenseNet121, true);
+}
+#[test]
+fn densenet161() {
+    check("densenet161", Arch::DenseNet161, false);
+}
+#[test]
+fn densenet169() {
+    check("densenet169", Arch::DenseNet169, false);
+}
+#[test]
+fn densenet201() {
+    check("densenet201", Arch::DenseNet201, false);
+}
+#[test]
+fn efficientnet_lite0() {
+    check("efficientnet_lite0", Arch::EfficientNetLite0, true);
+}
+#[test]
+fn efficientnet_lite0_odd_input_size() {
+    check("efficientnet_lite0_odd", Arch::EfficientNetLite0, false);
+}
+#[test]
+fn resnet18_with_37_classes() {
+    check("resnet18_37classes", Arch::ResNet18, false);
+}
