@@ -78,9 +78,9 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DecodeError::Image(e.into()))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(DecodeError::UnknownFormat);
-    }
+    };
     let mut limits = image::Limits::default();
     // Decoders may allocate a few buffers of the image's size; this bounds all of them.
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 26));
@@ -99,11 +99,44 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
         });
     }
     let orientation = decoder.orientation().ok();
-    let mut img = DynamicImage::from_decoder(decoder)?;
+    let libjpeg = (format == image::ImageFormat::Jpeg)
+        .then(|| decode_jpeg_like_pil(bytes, width, height))
+        .flatten();
+    let mut img = match libjpeg {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder)?,
+    };
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
     Ok(img.into_rgb8())
+}
+
+/// Decode a JPEG with libjpeg-turbo's algorithms (islow IDCT, fancy upsampling), which is
+/// what PIL uses, so decoded pixels are identical to torchvision's. `None` for what this
+/// path does not handle (CMYK/YCCK, corrupt data): the caller falls back to the `image`
+/// crate, which reports errors properly.
+fn decode_jpeg_like_pil(bytes: &[u8], width: u32, height: u32) -> Option<RgbImage> {
+    use mozjpeg::ColorSpace;
+    // libjpeg reports fatal errors by unwinding out of the C code; catch that here.
+    std::panic::catch_unwind(|| {
+        let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
+        if !matches!(
+            d.color_space(),
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB
+        ) {
+            return None;
+        }
+        let mut started = d.rgb().ok()?;
+        if (started.width(), started.height()) != (width as usize, height as usize) {
+            return None;
+        }
+        let pixels = started.read_scanlines_flat().ok()?;
+        started.finish().ok()?;
+        RgbImage::from_raw(width, height, pixels)
+    })
+    .ok()
+    .flatten()
 }
 
 /// torchvision's `Resize(int)` output size: short side to `size`, long side truncated.

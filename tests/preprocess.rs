@@ -1,0 +1,98 @@
+//! Preprocessing parity with torchvision/timm on real photos.
+//!
+//! `tests/fixtures/preprocess/make_reference.py` ran PIL + torchvision on each photo and
+//! stored the uint8 crop as a PNG. Bound: the uint8 crop must be identical (max per-pixel
+//! difference 0) for every case, JPEG included (we decode JPEG with libjpeg-turbo's
+//! algorithms, as PIL does), and the first normalised values must be equal bit for bit. The
+//! channel means are compared too, to catch a wrong mean/std or channel order.
+
+use classify::preprocess::{
+    decode_rgb, normalize, resize_center_crop, Interpolation, PreprocessConfig, DEFAULT_MAX_PIXELS,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Manifest {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    image: String,
+    image_dir: String,
+    config: String,
+    params: Params,
+    crop_png: String,
+    tensor_c0_row0_first8: Vec<f32>,
+    tensor_channel_means: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+struct Params {
+    resize: u32,
+    interpolation: String,
+    crop: u32,
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+#[test]
+fn crops_match_torchvision() {
+    let dir = fixtures();
+    let manifest: Manifest = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("preprocess/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(manifest.cases.len() >= 20);
+    let mut worst = 0u8;
+    for case in &manifest.cases {
+        let cfg = PreprocessConfig {
+            input_size: case.params.crop,
+            resize_size: case.params.resize,
+            interpolation: match case.params.interpolation.as_str() {
+                "bilinear" => Interpolation::Bilinear,
+                "bicubic" => Interpolation::Bicubic,
+                other => panic!("unexpected interpolation {other}"),
+            },
+            mean: case.params.mean,
+            std: case.params.std,
+        };
+        let name = format!("{} / {}", case.image, case.config);
+        let bytes = std::fs::read(dir.join(&case.image_dir).join(&case.image)).unwrap();
+        let crop = resize_center_crop(&decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap(), &cfg);
+        let expected = image::open(dir.join("preprocess").join(&case.crop_png))
+            .unwrap()
+            .into_rgb8();
+        assert_eq!(crop.dimensions(), expected.dimensions(), "{name}");
+        let max_diff = crop
+            .as_raw()
+            .iter()
+            .zip(expected.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        eprintln!("{name}: max pixel difference {max_diff}");
+        assert_eq!(max_diff, 0, "{name}: crop differs from torchvision's");
+        worst = worst.max(max_diff);
+
+        let tensor = normalize(&crop, &cfg);
+        let plane = (cfg.input_size * cfg.input_size) as usize;
+        assert_eq!(&tensor[..8], &case.tensor_c0_row0_first8[..], "{name}");
+        for c in 0..3 {
+            let mean = tensor[c * plane..(c + 1) * plane]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / plane as f64;
+            assert!(
+                (mean - case.tensor_channel_means[c]).abs() < 1e-3,
+                "{name}: channel {c} mean {mean}"
+            );
+        }
+    }
+    eprintln!("worst pixel difference over all cases: {worst}");
+}
