@@ -131,7 +131,7 @@ fn decode_jpeg_like_pil(bytes: &[u8], width: u32, height: u32) -> Option<RgbImag
         if (started.width(), started.height()) != (width as usize, height as usize) {
             return None;
         }
-        let pixels = started.read_scanlines_flat().ok()?;
+        let pixels = started.read_scanlines::<u8>().ok()?;
         started.finish().ok()?;
         RgbImage::from_raw(width, height, pixels)
     })

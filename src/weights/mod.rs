@@ -7,7 +7,7 @@
 //! of any precision become f32.
 //!
 //! A [`Checkpoint`] serves a candle `VarBuilder`; a missing or mis-shaped tensor is an error
-//! naming the key, the expected shape and the file.
+//! naming the key and the expected shape ([`crate::model::ModelError`] adds the file).
 
 pub mod legacy;
 pub mod synthetic;
@@ -199,15 +199,13 @@ impl SimpleBackend for Checkpoint {
     ) -> candle_core::Result<Tensor> {
         let t = self.tensors.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!(
-                "{}: missing tensor `{name}` (expected shape {:?})",
-                self.path.display(),
+                "missing tensor `{name}` (expected shape {:?})",
                 s.dims()
             ))
         })?;
         if t.shape() != &s {
             return Err(candle_core::Error::Msg(format!(
-                "{}: tensor `{name}` has shape {:?}, expected {:?}",
-                self.path.display(),
+                "tensor `{name}` has shape {:?}, expected {:?}",
                 t.dims(),
                 s.dims()
             )));
@@ -216,9 +214,10 @@ impl SimpleBackend for Checkpoint {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: missing tensor `{name}`", self.path.display()))
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))?;
         t.to_dtype(dtype)?.to_device(dev)
     }
 

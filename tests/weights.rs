@@ -1,0 +1,134 @@
+//! Checkpoint formats: every supported container gives the same tensors, with wrappers,
+//! `module.` prefixes and storage dtypes normalised; bad files give errors naming the file.
+//! Fixtures: `tests/fixtures/checkpoints/make_checkpoints.py`.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use classify::model::{Arch, LoadOptions, Network};
+use classify::weights::{Checkpoint, WeightsError};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/checkpoints")
+        .join(name)
+}
+
+fn values(ck: &Checkpoint, key: &str) -> Vec<f32> {
+    ck.get(key)
+        .unwrap_or_else(|| panic!("{key} missing from {}", ck.path().display()))
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn every_format_yields_the_same_tensors() {
+    let conv: Vec<f32> = (0..24).map(|i| i as f32 / 8.0 - 1.0).collect();
+    for name in [
+        "model.safetensors",
+        "wrapped_f16.pth",
+        "plain_bf16.pt",
+        "legacy_f64.pth",
+    ] {
+        let ck = Checkpoint::open(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut keys: Vec<_> = ck.keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "bn.num_batches_tracked",
+                "conv.bias",
+                "conv.weight",
+                "fc.weight"
+            ],
+            "{name}"
+        );
+        let w = ck.get("conv.weight").unwrap();
+        assert_eq!(w.dims(), &[2, 3, 2, 2], "{name}");
+        assert_eq!(w.dtype(), DType::F32, "{name}: floats load as f32");
+        // Every value in the fixtures is exact in f16 and bf16, so equality must hold.
+        assert_eq!(values(&ck, "conv.weight"), conv, "{name}");
+        assert_eq!(values(&ck, "conv.bias"), [0.5, -0.25], "{name}");
+        assert_eq!(
+            ck.get("bn.num_batches_tracked").unwrap().dtype(),
+            DType::I64,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn unknown_and_missing_files_name_the_path() {
+    let path = fixture("not_weights.bin");
+    let err = Checkpoint::open(&path).unwrap_err();
+    assert!(matches!(err, WeightsError::UnknownFormat { .. }));
+    assert!(err.to_string().contains("not_weights.bin"), "{err}");
+
+    let err = Checkpoint::open(&fixture("does_not_exist.pth")).unwrap_err();
+    assert!(matches!(err, WeightsError::Io { .. }));
+    assert!(err.to_string().contains("does_not_exist.pth"), "{err}");
+}
+
+#[test]
+fn truncated_checkpoints_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["model.safetensors", "wrapped_f16.pth", "legacy_f64.pth"] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        let cut = dir.path().join(name);
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let err = Checkpoint::open(&cut).unwrap_err();
+        assert!(err.to_string().contains(name), "{name}: {err}");
+    }
+}
+
+#[test]
+fn wrong_checkpoint_for_the_architecture_names_key_shape_and_file() {
+    // A checkpoint with a classifier but nothing else: the first missing tensor is named.
+    let path = fixture("model.safetensors");
+    let ck = Checkpoint::open(&path).unwrap();
+    let err = Network::from_checkpoint(Arch::ResNet18, ck, &Device::Cpu, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&*path.to_string_lossy()), "{err}");
+    assert!(
+        err.contains("missing tensor `conv1.weight` (expected shape [64, 3, 7, 7])"),
+        "{err}"
+    );
+
+    // No classifier at all: not a checkpoint of this architecture.
+    let err = Network::from_checkpoint(
+        Arch::DenseNet121,
+        Checkpoint::open(&path).unwrap(),
+        &Device::Cpu,
+        LoadOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("classifier.weight") && err.contains("densenet121"),
+        "{err}"
+    );
+
+    let tensors = vec![
+        (
+            "fc.weight".to_string(),
+            candle_core::Tensor::zeros((10, 512), DType::F32, &Device::Cpu).unwrap(),
+        ),
+        (
+            "conv1.weight".to_string(),
+            candle_core::Tensor::zeros((64, 3, 3, 3), DType::F32, &Device::Cpu).unwrap(),
+        ),
+    ];
+    let ck = Checkpoint::from_tensors("my-finetune.pth", tensors).unwrap();
+    let err = Network::from_checkpoint(Arch::ResNet18, ck, &Device::Cpu, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("my-finetune.pth"), "{err}");
+    assert!(err.contains("conv1.weight"), "{err}");
+    assert!(
+        err.contains("[64, 3, 3, 3]") && err.contains("[64, 3, 7, 7]"),
+        "{err}"
+    );
+}
