@@ -1,1 +1,80 @@
-fn main() {}
+//! The `classify` binary: parse arguments, set up logging, call the library, map the outcome
+//! to an exit code (0 all classified, 1 some inputs failed, 2 usage or model error).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use classify::cli::{Cli, Command};
+use classify::hub::HubOptions;
+
+const EXIT_SOME_FAILED: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let hub = HubOptions::from_env();
+    match cli.command {
+        Some(Command::Models { json }) => {
+            classify::app::list_models(&mut std::io::stdout().lock(), &hub, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "classify",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let args = &cli.classify;
+            if args.inputs.is_empty() {
+                let mut cmd = Cli::command();
+                cmd.error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "no INPUT given (use - for stdin)",
+                )
+                .exit();
+            }
+            set_threads(args.model.threads);
+            let settings = args.settings()?;
+            let summary = classify::app::classify(&settings, &hub)?;
+            Ok(if summary.failed > 0 && !summary.stdout_closed {
+                ExitCode::from(EXIT_SOME_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// Both rayon (decoding) and candle (inference) size their pools from RAYON_NUM_THREADS.
+fn set_threads(threads: Option<u16>) {
+    if let Some(n) = threads {
+        // Set before any thread pool exists: nothing else runs yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "classify: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -44,7 +44,7 @@ pub enum ModelError {
         arch: &'static str,
         path: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -255,7 +255,7 @@ impl Network {
         let net = Self::build(arch, vb, num_classes, opts).map_err(|source| ModelError::Build {
             arch: arch.name(),
             path,
-            source,
+            source: Box::new(source),
         })?;
         Ok((net, num_classes))
     }

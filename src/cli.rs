@@ -1,0 +1,250 @@
+//! Command-line arguments (clap derive). Turned into the validated settings of
+//! [`crate::config`] by the `*_settings` methods; nothing else reads these structs.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{
+    parse_triple, ClassifySettings, DeviceChoice, ModelSettings, OutputFormat, PreprocessOverrides,
+    Shard,
+};
+use crate::hub::{HubError, ModelRef};
+use crate::preprocess::{Interpolation, DEFAULT_MAX_PIXELS};
+
+const AFTER_HELP: &str = "\
+Examples:
+  classify kitten.jpg
+  classify --model resnet50 --top-k 3 photos/
+  classify --json photos/ | jq -r '.predictions[0].label'
+  cat kitten.jpg | classify -
+  classify serve --port 5000
+
+Exit codes: 0 all inputs classified, 1 some inputs failed (each reported), 2 usage or model error.
+Environment: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, RUST_LOG, NO_COLOR.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "classify",
+    version,
+    about = "Classify images with ImageNet models (ResNet, DenseNet, EfficientNet-Lite), matching PyTorch's predictions",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub classify: ClassifyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List supported architectures, their default hub repos, and what is cached locally.
+    Models {
+        /// One JSON object per model instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (e.g. `classify completions bash > /etc/bash_completion.d/classify`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InterpolationArg {
+    Bilinear,
+    Bicubic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Which model, and how images are prepared for it.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model: a short name (resnet18..resnet152, densenet121..densenet201, efficientnet_lite0),
+    /// a Hugging Face repo `owner/name[@revision]`, or a local folder with config.json and weights.
+    #[arg(short, long, env = "CLASSIFY_MODEL", default_value = "densenet121")]
+    pub model: String,
+
+    /// Use this checkpoint (safetensors, .pth/.pt/.bin, or legacy PyTorch pickle) for the model.
+    #[arg(short, long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+
+    /// Class names: a text file (one per line), an index_to_name.json, or a JSON list.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+
+    /// Side of the square crop fed to the network [default: from the model config].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(8..=2048))]
+    pub input_size: Option<u32>,
+
+    /// Fraction of the resized image kept by the center crop: the short side is resized to
+    /// floor(input_size / crop_pct) [default: from the model config].
+    #[arg(long, value_name = "F", conflicts_with = "resize_size")]
+    pub crop_pct: Option<f64>,
+
+    /// Resize the short side to exactly N before cropping (e.g. 255 for the PyTorch Flask tutorial).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(8..=8192))]
+    pub resize_size: Option<u32>,
+
+    /// Resampling filter (PIL-style, antialiased) [default: from the model config].
+    #[arg(long, value_enum)]
+    pub interpolation: Option<InterpolationArg>,
+
+    /// Per-channel mean for normalisation, e.g. 0.485,0.456,0.406 [default: from the model config].
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    pub mean: Option<[f32; 3]>,
+
+    /// Per-channel standard deviation for normalisation [default: from the model config].
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    pub std: Option<[f32; 3]>,
+
+    /// Where to run the network: cpu, cuda[:N], metal[:N], or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// CPU threads for decoding and inference [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Refuse images with more pixels than this (decompression-bomb guard).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Images or directories to classify; `-` reads one image from standard input.
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// How many predictions to show per image (clamped to the number of classes).
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
+
+    /// Print JSON Lines (one object per input) instead of the human-readable table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Images per forward pass.
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub batch_size: u64,
+
+    /// Do not descend into subdirectories.
+    #[arg(long)]
+    pub no_recursive: bool,
+
+    /// Process only the I-th (0-based) of N deterministic slices of the inputs.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+
+    /// No progress bar and no per-input error lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Colour in the human-readable output.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+}
+
+impl ModelArgs {
+    pub fn model_settings(&self) -> Result<ModelSettings, HubError> {
+        Ok(ModelSettings {
+            name: self.model.clone(),
+            model: ModelRef::parse(&self.model)?,
+            weights: self.weights.clone(),
+            labels: self.labels.clone(),
+            preprocess: PreprocessOverrides {
+                input_size: self.input_size,
+                crop_pct: self.crop_pct,
+                resize_size: self.resize_size,
+                interpolation: self.interpolation.map(|i| match i {
+                    InterpolationArg::Bilinear => Interpolation::Bilinear,
+                    InterpolationArg::Bicubic => Interpolation::Bicubic,
+                }),
+                mean: self.mean,
+                std: self.std,
+            },
+            device: self.device,
+            max_pixels: self.max_pixels,
+        })
+    }
+}
+
+impl ClassifyArgs {
+    pub fn settings(&self) -> Result<ClassifySettings, HubError> {
+        let color = match self.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
+        };
+        Ok(ClassifySettings {
+            model: self.model.model_settings()?,
+            inputs: self.inputs.clone(),
+            recursive: !self.no_recursive,
+            top_k: self.top_k as usize,
+            batch_size: self.batch_size as usize,
+            shard: self.shard,
+            output: if self.json {
+                OutputFormat::JsonLines
+            } else {
+                OutputFormat::Human { color }
+            },
+            progress: !self.quiet && std::io::stderr().is_terminal(),
+            quiet: self.quiet,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_typical_command_line() {
+        let cli = Cli::try_parse_from([
+            "classify", "--model", "resnet50", "-k", "3", "--json", "a.jpg", "dir",
+        ])
+        .unwrap();
+        let s = cli.classify.settings().unwrap();
+        assert_eq!(s.top_k, 3);
+        assert_eq!(s.inputs.len(), 2);
+        assert_eq!(s.output, OutputFormat::JsonLines);
+        assert!(Cli::try_parse_from([
+            "classify",
+            "--crop-pct",
+            "0.9",
+            "--resize-size",
+            "255",
+            "a.jpg"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["classify", "--mean", "1,2", "a.jpg"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["classify", "models"]).unwrap().command,
+            Some(Command::Models { json: false })
+        ));
+    }
+}

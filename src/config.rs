@@ -1,0 +1,204 @@
+//! Validated settings, built once from the command line and passed around whole.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::hub::ModelRef;
+use crate::preprocess::{Interpolation, PreprocessConfig};
+
+/// Which model to load and how to feed it; shared by classification, `serve` and `bench`.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    /// The `--model` text as given (reported as `model` in results).
+    pub name: String,
+    pub model: ModelRef,
+    pub weights: Option<PathBuf>,
+    pub labels: Option<PathBuf>,
+    pub preprocess: PreprocessOverrides,
+    pub device: DeviceChoice,
+    pub max_pixels: u64,
+}
+
+/// Preprocessing options given on the command line; each replaces what the model's config
+/// (or its architecture's default) says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreprocessOverrides {
+    pub input_size: Option<u32>,
+    pub crop_pct: Option<f64>,
+    pub resize_size: Option<u32>,
+    pub interpolation: Option<Interpolation>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+}
+
+impl PreprocessOverrides {
+    /// Apply on top of `base`. The resize size follows the (possibly new) input size and
+    /// crop fraction unless given explicitly.
+    pub fn apply(&self, base: &PreprocessConfig, base_crop_pct: f64) -> PreprocessConfig {
+        let input_size = self.input_size.unwrap_or(base.input_size);
+        let crop_pct = self.crop_pct.unwrap_or(base_crop_pct);
+        let resize_size = match (
+            self.resize_size,
+            self.input_size.is_some() || self.crop_pct.is_some(),
+        ) {
+            (Some(r), _) => r,
+            (None, true) => crate::preprocess::resize_size_for(input_size, crop_pct),
+            (None, false) => base.resize_size,
+        };
+        PreprocessConfig {
+            input_size,
+            resize_size,
+            interpolation: self.interpolation.unwrap_or(base.interpolation),
+            mean: self.mean.unwrap_or(base.mean),
+            std: self.std.unwrap_or(base.std),
+        }
+    }
+}
+
+/// `--device`: where the network runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA or Metal when compiled in and present, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => (
+                k,
+                i.parse::<usize>()
+                    .map_err(|_| format!("bad device index in `{s}`"))?,
+            ),
+            None => (s, 0),
+        };
+        match kind {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(index)),
+            "metal" => Ok(DeviceChoice::Metal(index)),
+            _ => Err(format!(
+                "unknown device `{s}` (cpu, cuda[:N], metal[:N], auto)"
+            )),
+        }
+    }
+}
+
+impl DeviceChoice {
+    pub fn open(self) -> candle_core::Result<candle_core::Device> {
+        use candle_core::{utils, Device};
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(i) => Device::new_cuda(i),
+            DeviceChoice::Metal(i) => Device::new_metal(i),
+            DeviceChoice::Auto if utils::cuda_is_available() => Device::new_cuda(0),
+            DeviceChoice::Auto if utils::metal_is_available() => Device::new_metal(0),
+            DeviceChoice::Auto => Ok(Device::Cpu),
+        }
+    }
+}
+
+/// Three comma-separated floats (`--mean 0.5,0.5,0.5`).
+pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let parts: Vec<f32> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("`{p}` is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(parts)
+        .map_err(|_| format!("expected three comma-separated numbers, got `{s}`"))
+}
+
+/// `--shard I/N`: the I-th (0-based) of N slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad shard index `{i}`"))?;
+        let count: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad shard count `{n}`"))?;
+        if count == 0 || index >= count {
+            return Err(format!("shard {index}/{count}: need 0 <= I < N"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Human { color: bool },
+    JsonLines,
+}
+
+/// Everything a classification run needs.
+#[derive(Debug, Clone)]
+pub struct ClassifySettings {
+    pub model: ModelSettings,
+    pub inputs: Vec<PathBuf>,
+    pub recursive: bool,
+    pub top_k: usize,
+    pub batch_size: usize,
+    pub shard: Option<Shard>,
+    pub output: OutputFormat,
+    pub progress: bool,
+    pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_shards_and_triples() {
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+        assert_eq!(
+            "2/4".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 4 }
+        );
+        assert!("4/4".parse::<Shard>().is_err());
+        assert!("1/0".parse::<Shard>().is_err());
+        assert_eq!(parse_triple("0.5, 0.5,0.5").unwrap(), [0.5; 3]);
+        assert!(parse_triple("1,2").is_err());
+    }
+
+    #[test]
+    fn overrides_recompute_resize_size() {
+        let base = PreprocessConfig::default();
+        let o = PreprocessOverrides {
+            input_size: Some(320),
+            ..Default::default()
+        };
+        let cfg = o.apply(&base, 0.875);
+        assert_eq!((cfg.input_size, cfg.resize_size), (320, 365));
+        let o = PreprocessOverrides {
+            resize_size: Some(255),
+            ..Default::default()
+        };
+        assert_eq!(o.apply(&base, 0.875).resize_size, 255);
+        assert_eq!(PreprocessOverrides::default().apply(&base, 0.875), base);
+    }
+}

@@ -1,0 +1,228 @@
+//! Class names: the built-in ImageNet-1k list (with WordNet ids), label files in the formats
+//! people already have, and `label_names` from a model's config.json.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+/// ImageNet-1k, one `wnid<TAB>name` line per class index (torchvision's category names).
+const IMAGENET: &str = include_str!("imagenet_classes.txt");
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labels {
+    names: Vec<String>,
+    wnids: Vec<Option<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabelsError {
+    #[error("cannot read labels file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("labels file {path}: {reason}")]
+    Format { path: PathBuf, reason: String },
+}
+
+fn looks_like_wnid(s: &str) -> bool {
+    s.len() == 9 && s.starts_with('n') && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+impl Labels {
+    pub fn imagenet() -> Self {
+        let (wnids, names) = IMAGENET
+            .lines()
+            .map(|line| {
+                let (wnid, name) = line.split_once('\t').unwrap_or(("", line));
+                (Some(wnid.to_string()), name.to_string())
+            })
+            .unzip();
+        Self { names, wnids }
+    }
+
+    pub fn from_names(names: Vec<String>) -> Self {
+        let wnids = vec![None; names.len()];
+        Self { names, wnids }
+    }
+
+    /// Labels from a model config's `label_names`. ImageNet-1k WordNet ids (what timm puts
+    /// there) are replaced by the human-readable built-in names.
+    pub fn from_config_names(names: Vec<String>) -> Self {
+        let imagenet = Self::imagenet();
+        if names.len() == imagenet.len()
+            && names
+                .iter()
+                .zip(&imagenet.wnids)
+                .all(|(n, w)| w.as_deref() == Some(n))
+        {
+            return imagenet;
+        }
+        if names.iter().all(|n| looks_like_wnid(n)) {
+            // WordNet ids of another label set: keep them as names, and as ids.
+            let wnids = names.iter().cloned().map(Some).collect();
+            return Self { names, wnids };
+        }
+        Self::from_names(names)
+    }
+
+    /// Read a labels file:
+    /// - plain text, one label per line (class index = line number, from 0);
+    /// - TorchServe / Flask-tutorial `index_to_name.json`: `{"285": ["n02124075", "Egyptian_cat"]}`
+    ///   or `{"285": "Egyptian_cat"}`;
+    /// - a JSON list of names.
+    pub fn from_file(path: &Path) -> Result<Self, LabelsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| LabelsError::Format {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+            return Self::from_json(value);
+        }
+        let names: Vec<String> = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect::<Vec<_>>();
+        // A trailing newline is not an extra class.
+        let names = match names.iter().rposition(|n| !n.is_empty()) {
+            Some(last) => names[..=last].to_vec(),
+            None => return Err("no labels in file".into()),
+        };
+        Ok(Self::from_names(names))
+    }
+
+    fn from_json(value: serde_json::Value) -> Result<Self, String> {
+        use serde_json::Value;
+        let entry = |v: &Value| -> Result<(Option<String>, String), String> {
+            match v {
+                Value::String(name) => Ok((None, name.clone())),
+                Value::Array(parts) => match parts.as_slice() {
+                    [Value::String(id), Value::String(name)] => {
+                        Ok((Some(id.clone()), name.clone()))
+                    }
+                    [Value::String(name)] => Ok((None, name.clone())),
+                    _ => Err(format!("expected [\"id\", \"name\"], got {v}")),
+                },
+                _ => Err(format!("expected a name or [\"id\", \"name\"], got {v}")),
+            }
+        };
+        let entries: Vec<(Option<String>, String)> = match value {
+            Value::Array(items) => items.iter().map(entry).collect::<Result<_, _>>()?,
+            Value::Object(map) => {
+                let mut indexed = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let i: usize = k
+                            .parse()
+                            .map_err(|_| format!("key `{k}` is not a class index"))?;
+                        Ok((i, entry(v)?))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                indexed.sort_by_key(|(i, _)| *i);
+                let n = indexed.last().map_or(0, |(i, _)| i + 1);
+                if n > 1_000_000 {
+                    return Err(format!("class index {} is implausibly large", n - 1));
+                }
+                let mut out = vec![(None, String::new()); n];
+                for (i, e) in indexed {
+                    out[i] = e;
+                }
+                // Indices missing from the file get a generic name.
+                for (i, (_, name)) in out.iter_mut().enumerate() {
+                    if name.is_empty() {
+                        *name = format!("class_{i}");
+                    }
+                }
+                out
+            }
+            _ => return Err("expected a JSON object or list".into()),
+        };
+        if entries.is_empty() {
+            return Err("no labels in file".into());
+        }
+        let (wnids, names) = entries.into_iter().unzip();
+        Ok(Self { names, wnids })
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Name of class `index`; `class_<index>` when the list is shorter than the model.
+    pub fn name(&self, index: usize) -> Cow<'_, str> {
+        match self.names.get(index) {
+            Some(n) => Cow::Borrowed(n),
+            None => Cow::Owned(format!("class_{index}")),
+        }
+    }
+
+    /// The id that came with the name (a WordNet id for ImageNet).
+    pub fn id(&self, index: usize) -> Option<&str> {
+        self.wnids.get(index).and_then(|w| w.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagenet_is_complete() {
+        let l = Labels::imagenet();
+        assert_eq!(l.len(), 1000);
+        assert_eq!(l.name(0), "tench");
+        assert_eq!(l.name(282), "tiger cat");
+        assert_eq!(l.id(285), Some("n02124075"));
+        assert_eq!(l.name(1000), "class_1000");
+    }
+
+    #[test]
+    fn index_to_name_json() {
+        let l = Labels::parse(
+            r#"{"0": ["n01440764", "tench"], "2": ["n01484850", "great_white_shark"]}"#,
+        )
+        .unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.name(2), "great_white_shark");
+        assert_eq!(l.id(2), Some("n01484850"));
+        assert_eq!(l.name(1), "class_1");
+        let l = Labels::parse(r#"{"1": "dog", "0": "cat"}"#).unwrap();
+        assert_eq!((l.name(0), l.name(1)), ("cat".into(), "dog".into()));
+    }
+
+    #[test]
+    fn text_and_list() {
+        let l = Labels::parse("cat\r\ndog\n\n").unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.name(1), "dog");
+        let l = Labels::parse(r#"["a", "b", "c"]"#).unwrap();
+        assert_eq!(l.name(2), "c");
+        assert!(Labels::parse("").is_err());
+        assert!(Labels::parse(r#"{"x": "cat"}"#).is_err());
+        assert!(Labels::parse("{not json").is_err());
+    }
+
+    #[test]
+    fn config_wnids_become_names() {
+        let wnids: Vec<String> = (0..1000)
+            .map(|i| Labels::imagenet().id(i).unwrap().to_string())
+            .collect();
+        assert_eq!(Labels::from_config_names(wnids).name(282), "tiger cat");
+        let custom = Labels::from_config_names(vec!["healthy".into(), "rust".into()]);
+        assert_eq!(custom.name(1), "rust");
+    }
+}

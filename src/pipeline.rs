@@ -1,0 +1,297 @@
+//! The classification run: inputs (files, directories, stdin) -> parallel decode ->
+//! batches -> model -> top-k, results in input order.
+//!
+//! Decoding of the next batch overlaps the network's work on the current one (a producer
+//! thread hands decoded batches over a channel of depth one). A bad input becomes an error
+//! result and never stops the run.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rayon::prelude::*;
+
+use crate::config::Shard;
+use crate::engine::{Engine, Prediction};
+
+/// Extensions picked up when walking a directory (case-insensitive).
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "jfif", "png", "gif", "webp", "bmp", "tif", "tiff",
+];
+
+/// Largest input file read (bytes); anything bigger is refused before reading it.
+pub const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// One thing to classify, as named in the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub name: String,
+    pub kind: InputKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputKind {
+    File(PathBuf),
+    Stdin,
+    /// Could not even be listed (missing path, unreadable directory): reported as is.
+    Invalid(String),
+}
+
+/// The outcome for one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageResult {
+    pub name: String,
+    pub outcome: Result<Vec<Prediction>, String>,
+}
+
+fn display(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(OsStr::to_str)
+        .is_some_and(|ext| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+}
+
+/// Expand command-line arguments into inputs: files as given, directories walked in sorted
+/// order (recursively unless `recursive` is false; symlink loops are visited once), `-` is
+/// standard input. The order is deterministic.
+pub fn expand_inputs(args: &[PathBuf], recursive: bool) -> Vec<Input> {
+    let mut out = Vec::new();
+    for arg in args {
+        if arg.as_os_str() == "-" {
+            out.push(Input {
+                name: "-".into(),
+                kind: InputKind::Stdin,
+            });
+        } else if arg.is_dir() {
+            let mut seen = HashSet::new();
+            walk(arg, recursive, &mut seen, &mut out);
+        } else {
+            out.push(Input {
+                name: display(arg),
+                kind: InputKind::File(arg.clone()),
+            });
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut Vec<Input>) {
+    // Canonical paths identify directories reached through different symlinks.
+    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if !seen.insert(key) {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            out.push(Input {
+                name: display(dir),
+                kind: InputKind::Invalid(format!("cannot read directory: {e}")),
+            });
+            return;
+        }
+    };
+    let mut entries = entries;
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            if recursive {
+                walk(&path, recursive, seen, out);
+            }
+        } else if is_image_name(&path) {
+            out.push(Input {
+                name: display(&path),
+                kind: InputKind::File(path),
+            });
+        }
+    }
+}
+
+/// Keep the `shard.index`-th of every `shard.count` inputs.
+pub fn select_shard(inputs: Vec<Input>, shard: Option<Shard>) -> Vec<Input> {
+    match shard {
+        None => inputs,
+        Some(s) => inputs
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % s.count == s.index)
+            .map(|(_, input)| input)
+            .collect(),
+    }
+}
+
+fn read_limited(mut r: impl Read) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    r.by_ref()
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(format!("larger than {MAX_INPUT_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The bytes of an input. Only regular files are opened: a FIFO or device would block or
+/// never end.
+pub fn read_input(input: &Input) -> Result<Vec<u8>, String> {
+    match &input.kind {
+        InputKind::Invalid(e) => Err(e.clone()),
+        InputKind::Stdin => read_limited(std::io::stdin().lock()),
+        InputKind::File(path) => {
+            let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_string(),
+                _ => format!("cannot read: {e}"),
+            })?;
+            if meta.is_dir() {
+                return Err("is a directory".into());
+            }
+            if !meta.is_file() {
+                return Err("not a regular file".into());
+            }
+            if meta.len() > MAX_INPUT_BYTES {
+                return Err(format!("larger than {MAX_INPUT_BYTES} bytes"));
+            }
+            let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+            read_limited(file)
+        }
+    }
+}
+
+/// Classify `inputs` in batches of `batch_size`, calling `emit` with each result in input
+/// order. Stops early (without error) when `emit` fails, e.g. on a closed pipe, and returns
+/// that error.
+pub fn run(
+    engine: &Engine,
+    inputs: &[Input],
+    batch_size: usize,
+    top_k: usize,
+    mut emit: impl FnMut(ImageResult) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let batch_size = batch_size.max(1);
+    type Decoded = Vec<Result<Vec<f32>, String>>;
+    let (tx, rx) = mpsc::sync_channel::<Decoded>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for chunk in inputs.chunks(batch_size) {
+                let decoded: Decoded = chunk
+                    .par_iter()
+                    .map(|input| {
+                        let bytes = read_input(input)?;
+                        engine.preprocess(&bytes).map_err(|e| e.to_string())
+                    })
+                    .collect();
+                if tx.send(decoded).is_err() {
+                    break; // the consumer stopped (closed pipe)
+                }
+            }
+        });
+        for (chunk, decoded) in inputs.chunks(batch_size).zip(rx) {
+            let good: Vec<Vec<f32>> = decoded
+                .iter()
+                .filter_map(|d| d.as_ref().ok().cloned())
+                .collect();
+            let mut predictions = match engine.classify(&good, top_k) {
+                Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(format!("inference failed: {e}")); good.len()],
+            }
+            .into_iter();
+            for (input, d) in chunk.iter().zip(decoded) {
+                let outcome = match d {
+                    Ok(_) => predictions
+                        .next()
+                        .unwrap_or_else(|| Err("internal: missing result".into())),
+                    Err(e) => Err(e),
+                };
+                emit(ImageResult {
+                    name: input.name.clone(),
+                    outcome,
+                })?;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_expand_sorted_and_filtered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        for f in ["b.JPG", "a.png", "notes.txt", "sub/c.webp"] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        let names = |inputs: Vec<Input>| inputs.into_iter().map(|i| i.name).collect::<Vec<_>>();
+        let all = names(expand_inputs(&[d.to_path_buf()], true));
+        let rel: Vec<String> = all
+            .iter()
+            .map(|n| n.strip_prefix(&*d.to_string_lossy()).unwrap().to_string())
+            .collect();
+        assert_eq!(rel, ["/a.png", "/b.JPG", "/sub/c.webp"]);
+        assert_eq!(expand_inputs(&[d.to_path_buf()], false).len(), 2);
+        assert_eq!(
+            expand_inputs(&[PathBuf::from("-")], true)[0].kind,
+            InputKind::Stdin
+        );
+    }
+
+    #[test]
+    fn symlink_loops_terminate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir(d.join("a")).unwrap();
+        std::fs::write(d.join("a/x.png"), b"x").unwrap();
+        std::os::unix::fs::symlink(d, d.join("a/loop")).unwrap();
+        let inputs = expand_inputs(&[d.to_path_buf()], true);
+        assert_eq!(inputs.len(), 1);
+    }
+
+    #[test]
+    fn shards_partition_inputs() {
+        let inputs: Vec<Input> = (0..10)
+            .map(|i| Input {
+                name: i.to_string(),
+                kind: InputKind::Stdin,
+            })
+            .collect();
+        let mut all: Vec<String> = (0..3)
+            .flat_map(|i| select_shard(inputs.clone(), Some(Shard { index: i, count: 3 })))
+            .map(|i| i.name)
+            .collect();
+        all.sort_by_key(|n| n.parse::<usize>().unwrap());
+        assert_eq!(all, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("pipe.jpg");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let input = Input {
+            name: "pipe.jpg".into(),
+            kind: InputKind::File(fifo),
+        };
+        assert_eq!(read_input(&input).unwrap_err(), "not a regular file");
+        let missing = Input {
+            name: "nope.jpg".into(),
+            kind: InputKind::File(tmp.path().join("nope.jpg")),
+        };
+        assert_eq!(read_input(&missing).unwrap_err(), "no such file");
+    }
+}
