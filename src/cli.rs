@@ -49,6 +49,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the classifier over HTTP (Flask-recipe /predict, upload page, KServe v2, metrics).
+    Serve(Box<ServeArgs>),
     /// Print a shell completion script (e.g. `classify completions bash > /etc/bash_completion.d/classify`).
     Completions {
         #[arg(value_enum)]
@@ -159,6 +161,65 @@ pub struct ClassifyArgs {
     /// Colour in the human-readable output.
     #[arg(long, value_enum, default_value = "auto")]
     pub color: ColorChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Address to bind; use 0.0.0.0 to accept connections from other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+
+    /// Port to listen on (0 picks a free one; the address is printed on stderr).
+    #[arg(short, long, default_value_t = 5000)]
+    pub port: u16,
+
+    /// Default predictions per image (a request's ?top_k=N overrides it).
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
+
+    /// Most images run through the network together.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_batch_size: u64,
+
+    /// How long the first image of a batch waits for others to join it.
+    #[arg(long, default_value_t = 5)]
+    pub max_batch_delay_ms: u64,
+
+    /// Images that may wait for the network; beyond this requests get 503 + Retry-After.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_size: u64,
+
+    /// Largest request body, in MiB (413 beyond).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_body_mb: u64,
+
+    /// Per-request time limit in seconds (504 beyond).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn settings(&self) -> Result<crate::server::ServeSettings, HubError> {
+        use std::time::Duration;
+        Ok(crate::server::ServeSettings {
+            model: self.model.model_settings()?,
+            host: self.host,
+            port: self.port,
+            limits: crate::server::ServerLimits {
+                max_body_bytes: (self.max_body_mb as usize) * 1024 * 1024,
+                request_timeout: Duration::from_secs(self.request_timeout_secs),
+                default_top_k: self.top_k as usize,
+            },
+            batch: crate::server::BatchConfig {
+                max_batch_size: self.max_batch_size as usize,
+                max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+                queue_capacity: self.queue_size as usize,
+            },
+        })
+    }
 }
 
 impl ModelArgs {

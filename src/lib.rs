@@ -2,7 +2,7 @@
 //! matching PyTorch's predictions for the same weights and image.
 //!
 //! Layers, from the edges in: [`cli`] (arguments) -> [`config`] (validated settings) ->
-//! [`app`] (entry points) -> [`pipeline`] / [`output`] -> [`engine`] (a loaded model) ->
+//! [`app`] (entry points) -> [`pipeline`] / [`output`] / [`server`] -> [`engine`] (a loaded model) ->
 //! [`model`], [`preprocess`], [`weights`], [`hub`], [`labels`].
 
 pub mod app;
@@ -15,4 +15,5 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod preprocess;
+pub mod server;
 pub mod weights;

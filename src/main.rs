@@ -28,6 +28,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             classify::app::list_models(&mut std::io::stdout().lock(), &hub, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Serve(args)) => {
+            set_threads(args.model.threads);
+            let settings = args.settings()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(classify::server::serve(settings, hub))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 shell,

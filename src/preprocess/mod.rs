@@ -56,6 +56,10 @@ pub enum DecodeError {
     Empty,
     #[error("not a recognised image format (supported: JPEG, PNG, GIF, WebP, BMP, TIFF)")]
     UnknownFormat,
+    #[error("{0} images are not supported (supported: JPEG, PNG, GIF, WebP, BMP, TIFF)")]
+    UnsupportedFormat(&'static str),
+    #[error("truncated JPEG (no end-of-image marker after the image data)")]
+    TruncatedJpeg,
     #[error("image is {width}x{height} = {} pixels, over the limit of {max_pixels} (see --max-pixels)", *width as u64 * *height as u64)]
     TooLarge {
         width: u32,
@@ -79,8 +83,15 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
         .with_guessed_format()
         .map_err(|e| DecodeError::Image(e.into()))?;
     let Some(format) = reader.format() else {
-        return Err(DecodeError::UnknownFormat);
+        return Err(match iso_media_brand(bytes) {
+            Some(brand) => DecodeError::UnsupportedFormat(brand),
+            None => DecodeError::UnknownFormat,
+        });
     };
+    if format == image::ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
+        // libjpeg would pad the missing rows with grey and carry on; PIL refuses.
+        return Err(DecodeError::TruncatedJpeg);
+    }
     let mut limits = image::Limits::default();
     // Decoders may allocate a few buffers of the image's size; this bounds all of them.
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 26));
@@ -110,6 +121,27 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
         img.apply_orientation(o);
     }
     Ok(img.into_rgb8())
+}
+
+/// HEIC/AVIF files (ISO media with an image brand): named, so the error is useful.
+fn iso_media_brand(bytes: &[u8]) -> Option<&'static str> {
+    let brand = bytes.get(4..12)?;
+    match brand {
+        b"ftypheic" | b"ftypheix" | b"ftypmif1" | b"ftyphevc" => Some("HEIC"),
+        b"ftypavif" | b"ftypavis" => Some("AVIF"),
+        _ => None,
+    }
+}
+
+/// A JPEG whose last scan is not followed by an end-of-image marker was cut short. In
+/// entropy-coded data 0xFF is always stuffed, so 0xFFD9 only appears as a real marker.
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let find_last = |marker: [u8; 2]| bytes.windows(2).rposition(|w| w == marker);
+    match (find_last([0xff, 0xda]), find_last([0xff, 0xd9])) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (Some(_), None) => true,
+        (None, _) => false, // no scan at all: the decoder reports what is wrong
+    }
 }
 
 /// Decode a JPEG with libjpeg-turbo's algorithms (islow IDCT, fancy upsampling), which is

@@ -2,6 +2,8 @@
 //! hub cache, and paths to fixtures.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +27,8 @@ pub fn lite0_pth() -> PathBuf {
     let path = std::env::var_os("CLASSIFY_EFFICIENTNET_LITE0_PTH")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-data/efficientnet-lite0-57934424.pth")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/test-data/efficientnet-lite0-57934424.pth")
         });
     assert!(
         path.is_file(),
@@ -74,7 +77,10 @@ pub struct HubCache {
 impl HubCache {
     pub fn new() -> Self {
         let home = tempfile::tempdir().unwrap();
-        let repo = home.path().join("hub").join(format!("models--{}", REPO.replace('/', "--")));
+        let repo = home
+            .path()
+            .join("hub")
+            .join(format!("models--{}", REPO.replace('/', "--")));
         let snapshot = repo.join("snapshots").join(COMMIT);
         std::fs::create_dir_all(repo.join("blobs")).unwrap();
         std::fs::create_dir_all(repo.join("refs")).unwrap();
@@ -83,8 +89,11 @@ impl HubCache {
         let weights_blob = repo.join("blobs/1f0e2d3c4b5a69788796a5b4c3d2e1f0");
         write_lite0_safetensors(&weights_blob);
         std::fs::write(repo.join("blobs/a1b2c3d4"), lite0_config()).unwrap();
-        std::os::unix::fs::symlink("../../blobs/1f0e2d3c4b5a69788796a5b4c3d2e1f0", snapshot.join("model.safetensors"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            "../../blobs/1f0e2d3c4b5a69788796a5b4c3d2e1f0",
+            snapshot.join("model.safetensors"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("../../blobs/a1b2c3d4", snapshot.join("config.json")).unwrap();
         Self { home }
     }

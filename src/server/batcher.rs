@@ -1,0 +1,121 @@
+//! Dynamic batching: requests queue up and one worker thread runs them through the network
+//! together, up to `max_batch_size` images or `max_batch_delay` after the first arrived.
+//! The queue is bounded; when it is full, `submit` refuses at once (the route answers 503)
+//! instead of letting memory grow. Jobs whose client went away are dropped before they run.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::engine::{Engine, Prediction};
+
+pub type JobResult = Result<Vec<Prediction>, String>;
+
+/// One preprocessed image waiting for the network.
+pub struct Job {
+    pub image: Vec<f32>,
+    pub top_k: usize,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug)]
+pub struct QueueFull;
+
+/// The sending side; the worker thread ends when every `Batcher` is dropped.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Batcher {
+    /// Start the worker thread for `engine`.
+    pub fn start(engine: Arc<Engine>, cfg: BatchConfig, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let worker_depth = depth.clone();
+        std::thread::Builder::new()
+            .name("classify-batcher".into())
+            .spawn(move || {
+                let take = |job: Job| {
+                    worker_depth.fetch_sub(1, Ordering::Relaxed);
+                    job
+                };
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![take(first)];
+                    let deadline = Instant::now() + cfg.max_batch_delay;
+                    while jobs.len() < cfg.max_batch_size {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(job) => jobs.push(take(job)),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                                break
+                            }
+                        }
+                    }
+                    metrics
+                        .queue_depth
+                        .store(worker_depth.load(Ordering::Relaxed), Ordering::Relaxed);
+                    run_batch(&engine, jobs, &metrics);
+                }
+            })
+            .expect("spawning the batch worker thread");
+        Self { tx, depth }
+    }
+
+    /// Queue a job, or refuse at once if the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(QueueFull)
+            }
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+fn run_batch(engine: &Engine, jobs: Vec<Job>, metrics: &Metrics) {
+    // A client that disconnected dropped its receiver: skip its work.
+    let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    if jobs.is_empty() {
+        return;
+    }
+    let k = jobs.iter().map(|j| j.top_k).max().unwrap_or(1);
+    type Reply = (usize, oneshot::Sender<JobResult>);
+    let (images, replies): (Vec<Vec<f32>>, Vec<Reply>) = jobs
+        .into_iter()
+        .map(|j| (j.image, (j.top_k, j.reply)))
+        .unzip();
+    metrics.observe_batch(images.len());
+    match engine.classify(&images, k) {
+        Ok(results) => {
+            for ((top_k, reply), mut preds) in replies.into_iter().zip(results) {
+                preds.truncate(top_k);
+                let _ = reply.send(Ok(preds));
+            }
+        }
+        Err(e) => {
+            tracing::error!("inference failed: {e}");
+            for (_, reply) in replies {
+                let _ = reply.send(Err("inference failed".into()));
+            }
+        }
+    }
+}

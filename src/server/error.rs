@@ -1,0 +1,76 @@
+//! The one place that turns failures into HTTP answers: a status and a JSON body
+//! `{"error": "...", "status": N}`. Internal details (paths, backtraces) never reach clients.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::preprocess::DecodeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("server is busy: the request queue is full, retry shortly")]
+    QueueFull,
+    #[error("model is not loaded yet, retry shortly")]
+    NotReady,
+    #[error("request timed out")]
+    Timeout,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::QueueFull | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// An image that failed to decode, described for the client.
+    pub fn from_decode(e: DecodeError) -> Self {
+        match e {
+            DecodeError::UnknownFormat | DecodeError::UnsupportedFormat(_) => {
+                ApiError::UnsupportedMediaType(e.to_string())
+            }
+            DecodeError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            DecodeError::Image(image::ImageError::Limits(_)) => {
+                ApiError::PayloadTooLarge("image needs more memory to decode than allowed".into())
+            }
+            DecodeError::Empty
+            | DecodeError::ZeroSized
+            | DecodeError::TruncatedJpeg
+            | DecodeError::Image(_) => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Json(serde_json::json!({"error": self.to_string(), "status": status.as_u16()}));
+        let mut response = (status, body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,216 @@
+//! KServe / Triton Open Inference Protocol v2 (the REST form), so the server runs unchanged
+//! under KServe. The model takes one BYTES input whose elements are encoded images: as JSON
+//! strings (base64) or through the binary tensor data extension (`Inference-Header-Content-Length`,
+//! each element a u32 little-endian length then the bytes). It answers three outputs of shape
+//! `[batch, k]`: `labels` (BYTES), `probabilities` (FP32) and `class_ids` (INT64), as JSON.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::routes::{
+    classify_bytes, decode_base64, read_body, with_timeout, MAX_IMAGES_PER_REQUEST,
+};
+use super::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(
+        json!({"name": "classify", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
+    )
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+fn check_name(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if name == state.0.served_name {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "unknown model `{name}`; this server serves `{}`",
+            state.0.served_name
+        )))
+    }
+}
+
+async fn model_metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_name(&state, &name)?;
+    Ok(Json(json!({
+        "name": state.0.served_name,
+        "versions": ["1"],
+        "platform": "classify-candle",
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "class_ids", "datatype": "INT64", "shape": [-1, -1]}
+        ]
+    })))
+}
+
+async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    if let Err(e) = check_name(&state, &name) {
+        return e.into_response();
+    }
+    ready(State(state)).await
+}
+
+/// Split a request into its JSON header and the binary section after it.
+fn split_binary(headers: &HeaderMap, body: Bytes) -> Result<(Value, Bytes), ApiError> {
+    let header_len = headers
+        .get("inference-header-content-length")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.parse::<usize>())
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("bad Inference-Header-Content-Length".into()))?;
+    let (json_part, binary) = match header_len {
+        Some(n) if n <= body.len() => (body.slice(..n), body.slice(n..)),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "Inference-Header-Content-Length exceeds the body".into(),
+            ))
+        }
+        None => (body, Bytes::new()),
+    };
+    let value = serde_json::from_slice(&json_part)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    Ok((value, binary))
+}
+
+/// The encoded images of the (single) BYTES input.
+fn input_images(request: &Value, binary: &Bytes) -> Result<Vec<Bytes>, ApiError> {
+    let inputs = request
+        .get("inputs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::BadRequest("missing `inputs`".into()))?;
+    let [input] = inputs.as_slice() else {
+        return Err(ApiError::BadRequest(
+            "expected exactly one input (BYTES, encoded images)".into(),
+        ));
+    };
+    if input.get("datatype").and_then(Value::as_str) != Some("BYTES") {
+        return Err(ApiError::BadRequest(
+            "the input's datatype must be BYTES".into(),
+        ));
+    }
+    let mut images = Vec::new();
+    if let Some(size) = input
+        .pointer("/parameters/binary_data_size")
+        .and_then(Value::as_u64)
+    {
+        let size = usize::try_from(size)
+            .map_err(|_| ApiError::BadRequest("binary_data_size too large".into()))?;
+        let mut data = binary
+            .get(..size)
+            .map(|_| binary.slice(..size))
+            .ok_or_else(|| {
+                ApiError::BadRequest("binary_data_size exceeds the binary data".into())
+            })?;
+        while !data.is_empty() {
+            let len = data
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(|| ApiError::BadRequest("truncated BYTES element".into()))?;
+            if data.len() < 4 + len {
+                return Err(ApiError::BadRequest("truncated BYTES element".into()));
+            }
+            images.push(data.slice(4..4 + len));
+            data = data.slice(4 + len..);
+        }
+    } else {
+        fn collect(v: &Value, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
+            match v {
+                Value::String(s) => out.push(decode_base64(s)?),
+                Value::Array(items) => items.iter().try_for_each(|i| collect(i, out))?,
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "BYTES data must be base64 strings".into(),
+                    ))
+                }
+            }
+            Ok(())
+        }
+        let data = input.get("data").ok_or_else(|| {
+            ApiError::BadRequest("input has neither data nor binary_data_size".into())
+        })?;
+        collect(data, &mut images)?;
+    }
+    if images.is_empty() {
+        return Err(ApiError::BadRequest("no images in the input".into()));
+    }
+    if images.len() > MAX_IMAGES_PER_REQUEST {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "more than {MAX_IMAGES_PER_REQUEST} images in one request"
+        )));
+    }
+    Ok(images)
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_name(&state, &name)?;
+    with_timeout(&state, async {
+        let (headers, body) = read_body(&state, request).await?;
+        let (req, binary) = split_binary(&headers, body)?;
+        let images = input_images(&req, &binary)?;
+        let k = match req.pointer("/parameters/top_k") {
+            None => state.0.limits.default_top_k,
+            Some(v) => v
+                .as_u64()
+                .filter(|k| *k >= 1)
+                .ok_or_else(|| ApiError::BadRequest("parameters.top_k must be a positive integer".into()))?
+                as usize,
+        };
+        let batch = images.len();
+        let results = futures_util::future::join_all(images.into_iter().map(|img| classify_bytes(&state, img, k))).await;
+        let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let k = results.iter().map(Vec::len).min().unwrap_or(0);
+        let flat = |f: &dyn Fn(&crate::engine::Prediction) -> Value| -> Vec<Value> {
+            results.iter().flat_map(|r| r.iter().take(k).map(f)).collect()
+        };
+        let mut response = json!({
+            "model_name": state.0.served_name,
+            "model_version": "1",
+            "outputs": [
+                {"name": "labels", "datatype": "BYTES", "shape": [batch, k], "data": flat(&|p| json!(p.label))},
+                {"name": "probabilities", "datatype": "FP32", "shape": [batch, k], "data": flat(&|p| json!(p.score))},
+                {"name": "class_ids", "datatype": "INT64", "shape": [batch, k], "data": flat(&|p| json!(p.index))}
+            ]
+        });
+        if let Some(id) = req.get("id") {
+            response["id"] = id.clone();
+        }
+        Ok(Json(response).into_response())
+    })
+    .await
+}

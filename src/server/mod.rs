@@ -1,0 +1,284 @@
+//! `classify serve`: the classification pipeline behind HTTP.
+//!
+//! [`app`] builds the router over a typed shared [`AppState`]; [`serve`] binds it, loads the
+//! model in the background (`/ready` says 503 until a warm-up pass has run) and shuts down
+//! gracefully on SIGINT/SIGTERM. Inference never runs on the async executor: decoding runs
+//! on the blocking pool (bounded by a semaphore), the network on the batcher's thread.
+
+mod batcher;
+mod error;
+mod kserve;
+mod metrics;
+mod openapi;
+mod pages;
+mod routes;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+pub use batcher::BatchConfig;
+use batcher::Batcher;
+pub use error::ApiError;
+use metrics::Metrics;
+
+use crate::config::ModelSettings;
+use crate::engine::Engine;
+use crate::hub::HubOptions;
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub default_top_k: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 20 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            default_top_k: 5,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 16,
+            max_batch_delay: Duration::from_millis(5),
+            queue_capacity: 256,
+        }
+    }
+}
+
+/// Everything `classify serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub model: ModelSettings,
+    pub host: IpAddr,
+    pub port: u16,
+    pub limits: ServerLimits,
+    pub batch: BatchConfig,
+}
+
+struct Loaded {
+    engine: Arc<Engine>,
+    batcher: Batcher,
+}
+
+struct Shared {
+    model_name: String,
+    /// The model's name in `/v2/models/{name}` URLs (no slashes).
+    served_name: String,
+    loaded: OnceLock<Loaded>,
+    ready: AtomicBool,
+    metrics: Arc<Metrics>,
+    limits: ServerLimits,
+    batch: BatchConfig,
+    decode_permits: Semaphore,
+}
+
+/// Shared state of the server: the model (once loaded), its batcher, limits and metrics.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// State for a server whose model is still loading; see [`AppState::install`].
+    pub fn new(model_name: &str, limits: ServerLimits, batch: BatchConfig) -> Self {
+        let decoders = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        Self(Arc::new(Shared {
+            model_name: model_name.to_string(),
+            served_name: served_name(model_name),
+            loaded: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            metrics: Arc::new(Metrics::default()),
+            limits,
+            batch,
+            decode_permits: Semaphore::new(decoders),
+        }))
+    }
+
+    /// Put a loaded model in service: start its batcher, run a warm-up pass, then report
+    /// ready. Blocking; call it off the async executor.
+    pub fn install(&self, engine: Engine) -> candle_core::Result<()> {
+        let s = engine.preprocess_config().input_size as usize;
+        engine.classify(&[vec![0.0; 3 * s * s]], 1)?;
+        let engine = Arc::new(engine);
+        let batcher = Batcher::start(engine.clone(), self.0.batch, self.0.metrics.clone());
+        let _ = self.0.loaded.set(Loaded { engine, batcher });
+        self.0.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A ready state around an already loaded engine (tests, embedding).
+    pub fn with_engine(
+        engine: Engine,
+        limits: ServerLimits,
+        batch: BatchConfig,
+    ) -> candle_core::Result<Self> {
+        let state = Self::new(engine.name(), limits, batch);
+        state.install(engine)?;
+        Ok(state)
+    }
+
+    fn loaded(&self) -> Result<&Loaded, ApiError> {
+        match self.0.loaded.get() {
+            Some(l) if self.is_ready() => Ok(l),
+            _ => Err(ApiError::NotReady),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Record each request's route, status and latency.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    state
+        .0
+        .metrics
+        .observe_request(&route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+/// The whole HTTP interface over `state`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(routes::index).post(routes::form_result))
+        .route("/predict", post(routes::predict))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .merge(kserve::routes())
+        .with_state(state.clone())
+        .merge(openapi::docs_routes())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state, track))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal.into_response()
+        }))
+        // 503s while loading and under load are expected; keep them out of error logs.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+}
+
+/// `timm/resnet50.tv_in1k@main` -> `resnet50.tv_in1k`: a name that fits in a URL segment.
+pub fn served_name(model: &str) -> String {
+    let base = model.trim_end_matches('/');
+    let base = base.rsplit('/').next().unwrap_or(base);
+    let base = base.split('@').next().unwrap_or(base);
+    let name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.chars().all(|c| c == '.') {
+        "model".into()
+    } else {
+        name
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Bind, load the model in the background, serve until SIGINT/SIGTERM.
+pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<()> {
+    let state = AppState::new(&settings.model.name, settings.limits, settings.batch);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(settings.host, settings.port))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.host, settings.port)
+        })?;
+    let addr = listener.local_addr()?;
+    eprintln!("classify: listening on http://{addr}");
+
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loader_state = state.clone();
+    let model = settings.model.clone();
+    std::thread::spawn(move || {
+        let result = Engine::load(&model, &hub)
+            .map_err(anyhow::Error::from)
+            .and_then(|engine| loader_state.install(engine).map_err(anyhow::Error::from));
+        match result {
+            Ok(()) => eprintln!("classify: model {} loaded; ready", model.name),
+            Err(e) => {
+                let _ = failed_tx.send(e);
+            }
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let failure = tokio::spawn(async move {
+        let failure = failed_rx.await.ok();
+        if failure.is_some() {
+            let _ = stop_tx.send(());
+        }
+        failure
+    });
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {},
+                // An Err means the loader succeeded and dropped the sender: keep serving.
+                Ok(()) = stop_rx => {},
+            }
+        })
+        .await?;
+    if failure.is_finished() {
+        if let Ok(Some(e)) = failure.await {
+            return Err(e.context("cannot load the model"));
+        }
+    }
+    Ok(())
+}

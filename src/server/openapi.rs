@@ -1,0 +1,98 @@
+//! `GET /openapi.json`: an OpenAPI 3 description of every endpoint. The Swagger UI at
+//! `/docs` (assets compiled into the binary from the `swagger-ui-dist` crate) renders it.
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+pub fn spec(model: &str, served_name: &str) -> Value {
+    let errors = json!({
+        "400": error_response("Bad request: undecodable image, malformed body, missing field"),
+        "413": error_response("Body or image (pixel count) too large"),
+        "415": error_response("Not an image, or an unsupported content type"),
+        "503": error_response("Queue full or model not loaded yet (see Retry-After)"),
+        "504": error_response("Request timed out"),
+    });
+    let mut predict_responses = errors.clone();
+    predict_responses["200"] = json!({
+        "description": "Top-k predictions. One object for one image; a list (one entry per `file` field, in order) for several; Flash Serve's shape for a Flash body.",
+        "content": {"application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/PredictResponse"},
+            {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/PredictResponse"}, {"$ref": "#/components/schemas/Error"}]}},
+            {"$ref": "#/components/schemas/FlashResponse"}
+        ]}}}
+    });
+    let simple = |summary: &str| json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "503": error_response("Not ready")}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "classify", "version": env!("CARGO_PKG_VERSION"),
+                 "description": format!("Image classification with {model}.")},
+        "paths": {
+            "/predict": {"post": {
+                "summary": "Classify images",
+                "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "Predictions per image (default: the server's --top-k)"}],
+                "requestBody": {"required": true, "content": {
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"]}},
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "application/json": {"schema": {"oneOf": [
+                        {"type": "object", "properties": {"image": {"type": "string", "description": "base64 image, optionally a data: URL"}}, "required": ["image"]},
+                        {"$ref": "#/components/schemas/FlashRequest"}
+                    ]}}
+                }},
+                "responses": predict_responses
+            }},
+            "/": {"get": {"summary": "Upload page (text/html) or a JSON hint for API clients", "responses": {"200": {"description": "OK"}}},
+                  "post": {"summary": "Upload form post without JavaScript: HTML result page", "responses": {"200": {"description": "OK"}}}},
+            "/health": simple("Liveness"),
+            "/ready": simple("Readiness: model loaded and warmed up"),
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain exposition format"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
+            "/v2/health/live": simple("Open Inference Protocol v2 liveness"),
+            "/v2/health/ready": simple("Open Inference Protocol v2 readiness"),
+            format!("/v2/models/{served_name}"): simple("v2 model metadata"),
+            format!("/v2/models/{served_name}/ready"): simple("v2 model readiness"),
+            format!("/v2/models/{served_name}/infer"): {"post": {
+                "summary": "v2 inference: one BYTES input holding encoded images (JSON base64 strings, or the binary tensor extension)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": errors
+            }}
+        },
+        "components": {"schemas": {
+            "Prediction": {"type": "object", "properties": {
+                "index": {"type": "integer"}, "label": {"type": "string"},
+                "wnid": {"type": "string"}, "score": {"type": "number"}}, "required": ["index", "label", "score"]},
+            "PredictResponse": {"type": "object", "properties": {
+                "class_id": {"type": "integer"}, "class_name": {"type": "string"}, "model": {"type": "string"},
+                "filename": {"type": "string"},
+                "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}},
+                "required": ["class_id", "class_name", "model", "predictions"]},
+            "FlashRequest": {"type": "object", "properties": {
+                "session": {"type": "string"},
+                "payload": {"type": "object", "properties": {"img": {"type": "object", "properties": {"data": {"type": "string"}}}}}}},
+            "FlashResponse": {"type": "object", "properties": {
+                "session": {"type": "string"},
+                "result": {"type": "object", "properties": {"prediction": {"type": "string"}}}}},
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}, "required": ["error"]}
+        }}
+    })
+}
+
+pub async fn document(State(state): State<AppState>) -> Json<Value> {
+    Json(spec(&state.0.model_name, &state.0.served_name))
+}
+
+/// Swagger UI over `/openapi.json`, served from assets inside the binary.
+pub fn docs_routes() -> axum::Router {
+    swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+        uri_prefix: "/docs",
+        api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
+        title: Some("classify API"),
+    })
+}

@@ -1,0 +1,167 @@
+//! The HTML pages: the upload page (inline CSS and JavaScript, no external assets) and the
+//! result page of its JavaScript-free form post, which inlines the image as a data URL.
+
+use base64::Engine as _;
+
+use crate::engine::Prediction;
+
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Class names from label files often use underscores (`Egyptian_cat`); show spaces.
+pub fn display_label(label: &str) -> String {
+    label.replace('_', " ")
+}
+
+const STYLE: &str = r#"
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;color:#222}
+h1{font-size:1.4rem} .muted{color:#666;font-size:.9rem}
+form{margin:1rem 0} img#preview,img.result{max-width:100%;max-height:22rem;display:block;margin:1rem 0;border-radius:6px}
+.bar{display:flex;align-items:center;margin:.3rem 0} .bar .name{width:13rem} .bar .track{flex:1;background:#eee;border-radius:4px;height:1rem;margin:0 .5rem}
+.bar .fill{background:#3b82f6;height:1rem;border-radius:4px} .bar .pct{width:4rem;text-align:right;font-variant-numeric:tabular-nums}
+.error{color:#b91c1c} button{font-size:1rem;padding:.3rem 1rem}
+"#;
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{title}</title><style>{STYLE}</style></head><body>{body}</body></html>",
+        title = escape_html(title)
+    )
+}
+
+fn bars(predictions: &[Prediction]) -> String {
+    predictions
+        .iter()
+        .map(|p| {
+            let pct = p.score * 100.0;
+            format!(
+                "<div class=\"bar\"><span class=\"name\">{}</span><span class=\"track\"><span class=\"fill\" style=\"width:{pct:.1}%;display:block\"></span></span><span class=\"pct\">{pct:.1}%</span></div>",
+                escape_html(&display_label(&p.label))
+            )
+        })
+        .collect()
+}
+
+pub fn upload_page(model: &str) -> String {
+    let body = format!(
+        r#"<h1>Image classifier</h1>
+<p class="muted">Model: {model}. Images are classified in memory and never stored.</p>
+<form id="form" method="post" action="/" enctype="multipart/form-data">
+  <input id="file" type="file" name="file" accept="image/*" required>
+  <button type="submit">Classify</button>
+</form>
+<img id="preview" alt="" hidden>
+<h2 id="label"></h2>
+<div id="result"></div>
+<p id="error" class="error"></p>
+<script>
+const form = document.getElementById('form'), file = document.getElementById('file');
+const preview = document.getElementById('preview'), result = document.getElementById('result');
+const label = document.getElementById('label'), error = document.getElementById('error');
+const esc = s => s.replace(/[&<>"']/g, c => ({{'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}})[c]);
+file.addEventListener('change', () => {{
+  if (!file.files[0]) return;
+  preview.src = URL.createObjectURL(file.files[0]); preview.hidden = false;
+  label.textContent = ''; result.innerHTML = ''; error.textContent = '';
+}});
+form.addEventListener('submit', async (ev) => {{
+  ev.preventDefault();
+  if (!file.files[0]) return;
+  const data = new FormData(); data.append('file', file.files[0]);
+  label.textContent = 'Classifying…'; result.innerHTML = ''; error.textContent = '';
+  try {{
+    const r = await fetch('/predict', {{method: 'POST', body: data}});
+    const j = await r.json();
+    if (!r.ok) throw new Error(j.error || r.statusText);
+    label.textContent = j.class_name.replace(/_/g, ' ');
+    result.innerHTML = j.predictions.map(p => {{
+      const pct = (p.score * 100).toFixed(1);
+      return `<div class="bar"><span class="name">${{esc(p.label.replace(/_/g, ' '))}}</span><span class="track"><span class="fill" style="width:${{pct}}%;display:block"></span></span><span class="pct">${{pct}}%</span></div>`;
+    }}).join('');
+  }} catch (e) {{ label.textContent = ''; error.textContent = e.message; }}
+}});
+</script>"#,
+        model = escape_html(model)
+    );
+    page("Image classifier", &body)
+}
+
+fn sniff_mime(bytes: &[u8]) -> &'static str {
+    match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Png) => "image/png",
+        Ok(image::ImageFormat::Gif) => "image/gif",
+        Ok(image::ImageFormat::WebP) => "image/webp",
+        Ok(image::ImageFormat::Bmp) => "image/bmp",
+        Ok(image::ImageFormat::Tiff) => "image/tiff",
+        _ => "image/jpeg",
+    }
+}
+
+pub fn result_page(model: &str, image: &[u8], predictions: &[Prediction]) -> String {
+    let data_url = format!(
+        "data:{};base64,{}",
+        sniff_mime(image),
+        base64::engine::general_purpose::STANDARD.encode(image)
+    );
+    let name = predictions
+        .first()
+        .map(|p| display_label(&p.label))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Image classifier</h1><p class=\"muted\">Model: {model}</p>\
+         <img class=\"result\" src=\"{data_url}\" alt=\"uploaded image\">\
+         <h2 id=\"label\">{name}</h2><div id=\"result\">{bars}</div>\
+         <p><a href=\"/\">Classify another image</a></p>",
+        model = escape_html(model),
+        name = escape_html(&name),
+        bars = bars(predictions)
+    );
+    page(&format!("{name} - Image classifier"), &body)
+}
+
+pub fn error_page(message: &str) -> String {
+    page(
+        "Error - Image classifier",
+        &format!(
+            "<h1>Image classifier</h1><p class=\"error\">{}</p><p><a href=\"/\">Try another image</a></p>",
+            escape_html(message)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_shows_spaces() {
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        let preds = vec![Prediction {
+            index: 285,
+            label: "Egyptian_cat".into(),
+            wnid: None,
+            score: 0.5,
+        }];
+        let html = result_page("m", b"\x89PNG\r\n\x1a\n", &preds);
+        assert!(html.contains("<h2 id=\"label\">Egyptian cat</h2>"));
+        assert!(html.contains("src=\"data:image/png;base64,"));
+        assert!(!upload_page("<m>").contains("<m>"));
+    }
+}

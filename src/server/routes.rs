@@ -1,0 +1,390 @@
+//! `/predict` and the small endpoints around it. Request bodies are read whole (up to the
+//! body limit) and never written anywhere; every failure is an [`ApiError`].
+
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::batcher::Job;
+use super::error::ApiError;
+use super::{pages, AppState};
+use crate::engine::Prediction;
+
+/// Upper bound on images in one request.
+pub const MAX_IMAGES_PER_REQUEST: usize = 64;
+
+#[derive(Debug, Deserialize)]
+pub struct PredictQuery {
+    pub top_k: Option<usize>,
+}
+
+/// One image of a request, with the name the client gave it (multipart filename).
+pub struct NamedImage {
+    pub filename: Option<String>,
+    pub bytes: Bytes,
+}
+
+/// What a `/predict` body asked for.
+pub enum Payload {
+    /// One image (file field, raw body, or `{"image": ...}`): answered with one object.
+    One(NamedImage),
+    /// Several `file` fields: answered with a list, one entry per file, in order.
+    Many(Vec<NamedImage>),
+    /// Lightning Flash Serve's body: answered in Flash's shape.
+    Flash { session: Value, image: Bytes },
+}
+
+/// The Flask recipe's answer, plus the top-k list and model name.
+#[derive(Debug, Serialize)]
+pub struct PredictResponse {
+    pub class_id: usize,
+    pub class_name: String,
+    pub model: String,
+    pub predictions: Vec<Prediction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+/// Read the body, refusing more than the configured limit with a JSON 413.
+pub async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let limit = state.0.limits.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "request body is larger than {limit} bytes (see --max-body-mb)"
+        ))
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok((parts.headers, bytes)),
+        Err(e) => {
+            let inner = e.into_inner();
+            if inner
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(too_large())
+            } else {
+                Err(ApiError::BadRequest(
+                    "could not read the request body".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The Content-Type header as sent (its multipart boundary is case-sensitive).
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Decode base64, tolerating a `data:image/...;base64,` prefix and whitespace.
+pub fn decode_base64(text: &str) -> Result<Bytes, ApiError> {
+    let data = match text.split_once(";base64,") {
+        Some((prefix, rest)) if prefix.starts_with("data:") => rest,
+        _ => text,
+    };
+    let cleaned: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned.as_bytes())
+        .map(Bytes::from)
+        .map_err(|_| ApiError::BadRequest("image is not valid base64".into()))
+}
+
+async fn multipart_images(content_type: &str, body: Bytes) -> Result<Vec<NamedImage>, ApiError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| ApiError::BadRequest("multipart body without a boundary".into()))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut images = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "malformed multipart body: {e}"
+                )))
+            }
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let filename = field.file_name().map(str::to_string);
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        images.push(NamedImage { filename, bytes });
+        if images.len() > MAX_IMAGES_PER_REQUEST {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "more than {MAX_IMAGES_PER_REQUEST} images in one request"
+            )));
+        }
+    }
+    Ok(images)
+}
+
+fn json_payload(body: &[u8]) -> Result<Payload, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    if let Some(payload) = value.get("payload") {
+        let data = payload
+            .pointer("/img/data")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::BadRequest("missing payload.img.data (base64 image)".into())
+            })?;
+        return Ok(Payload::Flash {
+            session: value.get("session").cloned().unwrap_or(Value::Null),
+            image: decode_base64(data)?,
+        });
+    }
+    match value.get("image") {
+        Some(Value::String(s)) => Ok(Payload::One(NamedImage {
+            filename: None,
+            bytes: decode_base64(s)?,
+        })),
+        Some(_) => Err(ApiError::BadRequest(
+            "`image` must be a base64 string".into(),
+        )),
+        None => Err(ApiError::BadRequest(
+            "missing field `image` (base64 image)".into(),
+        )),
+    }
+}
+
+/// Work out what a `/predict` body holds.
+pub async fn parse_payload(headers: &HeaderMap, body: Bytes) -> Result<Payload, ApiError> {
+    let raw = content_type(headers);
+    let ct = raw.to_ascii_lowercase();
+    if ct.starts_with("multipart/form-data") {
+        let mut images = multipart_images(raw, body).await?;
+        return match images.len() {
+            0 => Err(ApiError::BadRequest("missing form field `file`".into())),
+            1 => Ok(Payload::One(images.remove(0))),
+            _ => Ok(Payload::Many(images)),
+        };
+    }
+    if ct.starts_with("application/json") {
+        return json_payload(&body);
+    }
+    if ct.starts_with("image/") || ct.starts_with("application/octet-stream") {
+        return Ok(Payload::One(NamedImage {
+            filename: None,
+            bytes: body,
+        }));
+    }
+    Err(ApiError::UnsupportedMediaType(format!(
+        "unsupported content type `{ct}`: send multipart/form-data with a `file` field, an image/* body, or JSON {{\"image\": \"<base64>\"}}"
+    )))
+}
+
+/// Decode off the executor, then queue for the batcher and wait for the answer.
+pub async fn classify_bytes(
+    state: &AppState,
+    bytes: Bytes,
+    top_k: usize,
+) -> Result<Vec<Prediction>, ApiError> {
+    let loaded = state.loaded()?;
+    let engine = loaded.engine.clone();
+    let image = {
+        let _permit = state
+            .0
+            .decode_permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal)?;
+        tokio::task::spawn_blocking(move || engine.preprocess(&bytes))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(ApiError::from_decode)?
+    };
+    let (reply, answer) = oneshot::channel();
+    loaded
+        .batcher
+        .submit(Job {
+            image,
+            top_k,
+            reply,
+        })
+        .map_err(|_| ApiError::QueueFull)?;
+    answer
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|_| ApiError::Internal)
+}
+
+pub fn resolve_top_k(state: &AppState, requested: Option<usize>) -> Result<usize, ApiError> {
+    match requested {
+        Some(0) => Err(ApiError::BadRequest("top_k must be at least 1".into())),
+        Some(k) => Ok(k),
+        None => Ok(state.0.limits.default_top_k),
+    }
+}
+
+fn response_for(
+    state: &AppState,
+    filename: Option<String>,
+    predictions: Vec<Prediction>,
+) -> PredictResponse {
+    let top = predictions.first();
+    PredictResponse {
+        class_id: top.map_or(0, |p| p.index),
+        class_name: top.map_or_else(String::new, |p| p.label.clone()),
+        model: state.0.model_name.clone(),
+        predictions,
+        filename,
+    }
+}
+
+/// Run `work` under the per-request timeout.
+pub async fn with_timeout<T>(
+    state: &AppState,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(state.0.limits.request_timeout, work)
+        .await
+        .map_err(|_| ApiError::Timeout)?
+}
+
+/// `POST /predict`
+pub async fn predict(
+    State(state): State<AppState>,
+    Query(query): Query<PredictQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let top_k = resolve_top_k(&state, query.top_k)?;
+    with_timeout(&state, async {
+        state.loaded()?;
+        let (headers, body) = read_body(&state, request).await?;
+        match parse_payload(&headers, body).await? {
+            Payload::One(img) => {
+                let preds = classify_bytes(&state, img.bytes, top_k).await?;
+                Ok(Json(response_for(&state, img.filename, preds)).into_response())
+            }
+            Payload::Many(images) => {
+                let results = futures_util::future::join_all(images.into_iter().map(|img| {
+                    let state = state.clone();
+                    async move {
+                        match classify_bytes(&state, img.bytes, top_k).await {
+                            Ok(preds) => {
+                                serde_json::to_value(response_for(&state, img.filename, preds))
+                                    .unwrap_or(Value::Null)
+                            }
+                            Err(e) => serde_json::json!({
+                                "filename": img.filename,
+                                "error": e.to_string(),
+                                "status": e.status().as_u16(),
+                            }),
+                        }
+                    }
+                }))
+                .await;
+                Ok(Json(results).into_response())
+            }
+            Payload::Flash { session, image } => {
+                let preds = classify_bytes(&state, image, top_k).await?;
+                let label = preds.first().map(|p| p.label.clone()).unwrap_or_default();
+                Ok(
+                    Json(serde_json::json!({"session": session, "result": {"prediction": label}}))
+                        .into_response(),
+                )
+            }
+        }
+    })
+    .await
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// `GET /`: the upload page for browsers, the Flask recipe's hint for API clients.
+pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if wants_html(&headers) {
+        Html(pages::upload_page(&state.0.model_name)).into_response()
+    } else {
+        Json(serde_json::json!({
+            "msg": "Try POSTing to the /predict endpoint with an RGB image attachment",
+            "model": state.0.model_name,
+        }))
+        .into_response()
+    }
+}
+
+/// `POST /` from the page's plain form (works without JavaScript): a result page with the
+/// image inlined as a data URL. Nothing is written to disk.
+pub async fn form_result(State(state): State<AppState>, request: Request) -> Response {
+    let outcome = with_timeout(&state, async {
+        let (headers, body) = read_body(&state, request).await?;
+        let image = match parse_payload(&headers, body).await? {
+            Payload::One(img) => img,
+            Payload::Many(mut imgs) => imgs.remove(0),
+            Payload::Flash { image, .. } => NamedImage {
+                filename: None,
+                bytes: image,
+            },
+        };
+        let top_k = state.0.limits.default_top_k;
+        let preds = classify_bytes(&state, image.bytes.clone(), top_k).await?;
+        Ok((image, preds))
+    })
+    .await;
+    match outcome {
+        Ok((image, preds)) => Html(pages::result_page(
+            &state.0.model_name,
+            &image.bytes,
+            &preds,
+        ))
+        .into_response(),
+        Err(e) => (e.status(), Html(pages::error_page(&e.to_string()))).into_response(),
+    }
+}
+
+/// `GET /health`: the process is up.
+pub async fn health() -> Json<Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /ready`: 200 once the model is loaded and warmed up.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        Json(serde_json::json!({"status": "ready", "model": state.0.model_name})).into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let depth = state.0.loaded.get().map_or(0, |l| l.batcher.depth());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.0.metrics.render(depth),
+    )
+        .into_response()
+}

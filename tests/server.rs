@@ -1,0 +1,628 @@
+//! `classify serve`: every route in-process (`tower::ServiceExt::oneshot` on `app(state)`)
+//! with the real EfficientNet-Lite0 weights, every error path, and the real binary on an
+//! ephemeral port driven with curl exactly as the Flask tutorial does.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use base64::Engine as _;
+use classify::config::{DeviceChoice, ModelSettings, PreprocessOverrides};
+use classify::engine::Engine;
+use classify::hub::{HubOptions, ModelRef};
+use classify::preprocess::{Interpolation, DEFAULT_MAX_PIXELS};
+use classify::server::{app, AppState, BatchConfig, ServerLimits};
+use common::photo;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn engine() -> Engine {
+    let settings = ModelSettings {
+        name: "efficientnet_lite0".into(),
+        model: ModelRef::parse("efficientnet_lite0").unwrap(),
+        weights: Some(common::lite0_pth()),
+        labels: None,
+        preprocess: PreprocessOverrides {
+            interpolation: Some(Interpolation::Bilinear),
+            mean: Some([127.0 / 255.0; 3]),
+            std: Some([128.0 / 255.0; 3]),
+            ..Default::default()
+        },
+        device: DeviceChoice::Cpu,
+        max_pixels: DEFAULT_MAX_PIXELS,
+    };
+    let hub = HubOptions {
+        cache_dir: PathBuf::from("/nonexistent"),
+        offline: true,
+        endpoint: None,
+        token: None,
+        progress: false,
+    };
+    Engine::load(&settings, &hub).unwrap()
+}
+
+/// One ready server state for all in-process tests (loading takes a moment).
+fn state() -> AppState {
+    static STATE: OnceLock<AppState> = OnceLock::new();
+    STATE
+        .get_or_init(|| {
+            let limits = ServerLimits {
+                max_body_bytes: 4 * 1024 * 1024,
+                ..Default::default()
+            };
+            AppState::with_engine(engine(), limits, BatchConfig::default()).unwrap()
+        })
+        .clone()
+}
+
+fn multipart(fields: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
+    // Mixed case, as browsers send it (WebKit: ----WebKitFormBoundaryAbC...).
+    let boundary = "----ClassifyTestBoundaryXyZ";
+    let mut body = Vec::new();
+    for (name, filename, data) in fields {
+        body.extend(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).as_bytes());
+        body.extend(*data);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn send(state: AppState, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = app(state).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+async fn send_json(state: AppState, req: Request<Body>) -> (StatusCode, Value) {
+    let (status, headers, body) = send(state, req).await;
+    assert!(
+        headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.to_str().unwrap().starts_with("application/json")),
+        "{status}: not JSON: {}",
+        String::from_utf8_lossy(&body)
+    );
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+fn post(uri: &str, content_type: &str, body: Vec<u8>) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(photo(name)).unwrap()
+}
+
+#[tokio::test]
+async fn predict_multipart_file_like_the_flask_recipe() {
+    let (ct, body) = multipart(&[("file", "coffee.png", &read("coffee.png"))]);
+    let (status, v) = send_json(state(), post("/predict", &ct, body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["class_id"], 967);
+    assert_eq!(v["class_name"], "espresso");
+    assert_eq!(v["model"], "efficientnet_lite0");
+    assert_eq!(v["filename"], "coffee.png");
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 5);
+    assert_eq!(v["predictions"][0]["index"], 967);
+}
+
+#[tokio::test]
+async fn predict_raw_body_base64_json_and_top_k() {
+    let (status, v) = send_json(
+        state(),
+        post("/predict?top_k=2", "image/jpeg", read("rocket.jpg")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["class_id"], 657);
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 2);
+
+    let b64 = base64::engine::general_purpose::STANDARD.encode(read("coffee.png"));
+    let body = serde_json::json!({"image": format!("data:image/png;base64,{b64}")}).to_string();
+    let (status, v) = send_json(
+        state(),
+        post("/predict", "application/json", body.into_bytes()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["class_id"], 967);
+
+    let (status, v) = send_json(
+        state(),
+        post("/predict?top_k=0", "image/jpeg", read("rocket.jpg")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn several_files_answer_a_list_in_order() {
+    let (ct, body) = multipart(&[
+        ("file", "rocket.jpg", &read("rocket.jpg")),
+        ("file", "notes.txt", b"hello"),
+        ("file", "coffee.png", &read("coffee.png")),
+    ]);
+    let (status, v) = send_json(state(), post("/predict", &ct, body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["class_id"], 657);
+    assert_eq!(list[1]["status"], 415);
+    assert_eq!(list[1]["filename"], "notes.txt");
+    assert_eq!(list[2]["class_id"], 967);
+}
+
+#[tokio::test]
+async fn flash_serve_body_echoes_the_session() {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(read("coffee.png"));
+    let body =
+        serde_json::json!({"session": "abc-123", "payload": {"img": {"data": b64}}}).to_string();
+    let (status, v) = send_json(
+        state(),
+        post("/predict", "application/json", body.into_bytes()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        serde_json::json!({"session": "abc-123", "result": {"prediction": "espresso"}})
+    );
+}
+
+#[tokio::test]
+async fn index_answers_json_to_api_clients_and_html_to_browsers() {
+    let req = Request::get("/")
+        .header(header::ACCEPT, "*/*")
+        .body(Body::empty())
+        .unwrap();
+    let (status, v) = send_json(state(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(v["msg"].as_str().unwrap().contains("/predict"));
+
+    let req = Request::get("/")
+        .header(header::ACCEPT, "text/html,application/xhtml+xml")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(state(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    let html = String::from_utf8(body).unwrap();
+    assert!(html.contains(
+        "<form id=\"form\" method=\"post\" action=\"/\" enctype=\"multipart/form-data\">"
+    ));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+}
+
+#[tokio::test]
+async fn form_post_without_javascript_renders_a_result_page() {
+    let (ct, body) = multipart(&[("file", "coffee.png", &read("coffee.png"))]);
+    let (status, _, body) = send(state(), post("/", &ct, body)).await;
+    assert_eq!(status, StatusCode::OK);
+    let html = String::from_utf8(body).unwrap();
+    assert!(html.contains("<h2 id=\"label\">espresso</h2>"), "{html}");
+    assert!(html.contains("src=\"data:image/png;base64,iVBOR"));
+}
+
+#[tokio::test]
+async fn health_ready_metrics_openapi_docs() {
+    let s = state();
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    assert_eq!(send_json(s.clone(), get("/health")).await.0, StatusCode::OK);
+    let (status, v) = send_json(s.clone(), get("/ready")).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+
+    let _ = send(
+        s.clone(),
+        post("/predict", "image/jpeg", read("rocket.jpg")),
+    )
+    .await;
+    let (status, headers, body) = send(s.clone(), get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("classify_requests_total{route=\"/predict\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(text.contains("classify_request_duration_seconds_bucket{route=\"/predict\""));
+    assert!(text.contains("classify_batch_size_count"));
+    assert!(text.contains("classify_queue_depth"));
+    assert!(text.contains("classify_images_classified_total"));
+
+    let (status, v) = send_json(s.clone(), get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["openapi"], "3.0.3");
+    for path in [
+        "/predict",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/v2/health/ready",
+        "/v2/models/efficientnet_lite0/infer",
+    ] {
+        assert!(v["paths"].get(path).is_some(), "{path} documented");
+    }
+    let (status, _, body) = send(s.clone(), get("/docs")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .contains("swagger-ui-bundle.js"));
+    let (status, _, body) = send(s, get("/docs/swagger-ui-bundle.js")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.len() > 100_000, "Swagger UI is served from the binary");
+}
+
+#[tokio::test]
+async fn not_ready_until_a_model_is_installed() {
+    let s = AppState::new("resnet50", ServerLimits::default(), BatchConfig::default());
+    let (status, headers, _) = send(
+        s.clone(),
+        Request::get("/ready").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    let (status, v) = send_json(
+        s.clone(),
+        post("/predict", "image/jpeg", read("rocket.jpg")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let (status, _) = send_json(
+        s.clone(),
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "alive while loading");
+    let (status, _) = send_json(
+        s,
+        Request::get("/v2/health/ready")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn every_error_is_json_with_the_right_status() {
+    let s = state();
+    let png = read("coffee.png");
+    let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "body too large",
+            post("/predict", "image/png", vec![0u8; 5 * 1024 * 1024]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "text as image",
+            post("/predict", "image/jpeg", b"just some text".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "truncated png",
+            post("/predict", "image/png", png[..png.len() / 2].to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty body",
+            post("/predict", "image/png", Vec::new()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bomb",
+            post(
+                "/predict",
+                "image/png",
+                common::hostile::bomb_png(50_000, 50_000),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "missing field",
+            {
+                let (ct, body) = multipart(&[("upload", "a.png", &png)]);
+                post("/predict", &ct, body)
+            },
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unsupported type",
+            post("/predict", "text/plain", b"hi".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "bad json",
+            post("/predict", "application/json", b"{nope".to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad base64",
+            post(
+                "/predict",
+                "application/json",
+                br#"{"image": "!!!"}"#.to_vec(),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "json without image",
+            post("/predict", "application/json", br#"{"img": 1}"#.to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unknown route",
+            Request::get("/nope").body(Body::empty()).unwrap(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "wrong method",
+            Request::get("/predict").body(Body::empty()).unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (name, req, want) in cases {
+        let (status, v) = send_json(s.clone(), req).await;
+        assert_eq!(status, want, "{name}: {v}");
+        assert_eq!(v["status"], want.as_u16(), "{name}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            !msg.is_empty() && !msg.contains("/work") && !msg.contains("src/"),
+            "{name}: {msg}"
+        );
+    }
+    // The server still answers good requests correctly afterwards.
+    let (status, v) = send_json(s, post("/predict", "image/png", png)).await;
+    assert_eq!(
+        (status, v["class_id"].as_u64()),
+        (StatusCode::OK, Some(967))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_queue_answers_503_with_retry_after() {
+    let batch = BatchConfig {
+        max_batch_size: 1,
+        max_batch_delay: Duration::from_millis(0),
+        queue_capacity: 1,
+    };
+    let s = AppState::with_engine(engine(), ServerLimits::default(), batch).unwrap();
+    let png = read("coffee.png");
+    let requests = (0..24).map(|_| {
+        let s = s.clone();
+        let png = png.clone();
+        tokio::spawn(async move { send(s, post("/predict", "image/png", png)).await })
+    });
+    let results = futures_util::future::join_all(requests).await;
+    let mut busy = 0;
+    for r in results {
+        let (status, headers, body) = r.unwrap();
+        match status {
+            StatusCode::OK => {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["class_id"], 967);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                busy += 1;
+                assert_eq!(headers[header::RETRY_AFTER], "1");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "a queue of one must overflow under 24 concurrent requests"
+    );
+}
+
+#[tokio::test]
+async fn kserve_v2_protocol() {
+    let s = state();
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    assert_eq!(
+        send_json(s.clone(), get("/v2/health/live")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_json(s.clone(), get("/v2/health/ready")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_json(s.clone(), get("/v2/models/efficientnet_lite0/ready"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, meta) = send_json(s.clone(), get("/v2/models/efficientnet_lite0")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
+    assert_eq!(
+        send_json(s.clone(), get("/v2/models/other")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // JSON form: base64 strings.
+    let b64 = |n: &str| base64::engine::general_purpose::STANDARD.encode(read(n));
+    let body = serde_json::json!({
+        "id": "42",
+        "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [b64("rocket.jpg"), b64("coffee.png")]}],
+        "parameters": {"top_k": 3}
+    });
+    let (status, v) = send_json(
+        s.clone(),
+        post(
+            "/v2/models/efficientnet_lite0/infer",
+            "application/json",
+            body.to_string().into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["id"], "42");
+    let out = |name: &str| {
+        v["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(out("class_ids")["shape"], serde_json::json!([2, 3]));
+    assert_eq!(out("class_ids")["data"][0], 657);
+    assert_eq!(out("class_ids")["data"][3], 967);
+    assert_eq!(out("labels")["data"][3], "espresso");
+
+    // Binary tensor extension: JSON header, then length-prefixed elements.
+    let img = read("coffee.png");
+    let mut binary = (img.len() as u32).to_le_bytes().to_vec();
+    binary.extend(&img);
+    let header = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": binary.len()}}]
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(&binary);
+    let req = Request::post("/v2/models/efficientnet_lite0/infer")
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .body(Body::from(body))
+        .unwrap();
+    let (status, v) = send_json(s.clone(), req).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outputs"][2]["data"][0], 967);
+
+    let bad = serde_json::json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]});
+    let (status, _) = send_json(
+        s,
+        post(
+            "/v2/models/efficientnet_lite0/infer",
+            "application/json",
+            bad.to_string().into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// The real binary, on an ephemeral port, used with curl exactly as the tutorial shows.
+#[test]
+fn real_binary_with_curl_and_graceful_shutdown() {
+    let hub = common::HubCache::new();
+    let mut child = hub
+        .command()
+        .args(["serve", "--port", "0", "--model", "efficientnet_lite0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("classify: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    let lines =
+        std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30"])
+            .args(args)
+            .output()
+            .expect("curl must be installed");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Wait (bounded) for readiness: the model loads in the background.
+    let ready = (0..300).any(|_| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{addr}/ready"),
+            ])
+            .output()
+            .unwrap();
+        let ok = out.stdout == b"200";
+        if !ok {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    });
+    if !ready {
+        let _ = child.kill();
+        panic!("server never became ready: {:?}", lines.join().unwrap());
+    }
+
+    let kitten = photo("chelsea.png");
+    let v: Value = serde_json::from_str(&curl(&[
+        "-F",
+        &format!("file=@{}", kitten.display()),
+        &format!("{addr}/predict"),
+    ]))
+    .unwrap();
+    assert!(
+        (281..=285).contains(&v["class_id"].as_u64().unwrap()),
+        "{v}"
+    );
+    let v: Value = serde_json::from_str(&curl(&[
+        "--data-binary",
+        &format!("@{}", photo("rocket.jpg").display()),
+        "-H",
+        "Content-Type: image/jpeg",
+        &format!("{addr}/predict"),
+    ]))
+    .unwrap();
+    assert_eq!(v["class_id"], 657);
+    let v: Value = serde_json::from_str(&curl(&[&format!("{addr}/")])).unwrap();
+    assert!(v["msg"].is_string());
+
+    // SIGTERM: graceful shutdown, exit 0.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let log = lines.join().unwrap().join("\n");
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
