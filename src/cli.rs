@@ -51,6 +51,8 @@ pub enum Command {
     },
     /// Serve the classifier over HTTP (Flask-recipe /predict, upload page, KServe v2, metrics).
     Serve(Box<ServeArgs>),
+    /// Measure forward-pass speed and memory (synthetic weights unless --weights is given).
+    Bench(BenchArgs),
     /// Print a shell completion script (e.g. `classify completions bash > /etc/bash_completion.d/classify`).
     Completions {
         #[arg(value_enum)]
@@ -199,6 +201,66 @@ pub struct ServeArgs {
     /// Per-request time limit in seconds (504 beyond).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,
+
+    /// Seconds a client has to send its request headers before the connection is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Architecture to measure (a short name, or a timm architecture name).
+    #[arg(short, long, default_value = "resnet50")]
+    pub model: String,
+
+    /// Measure with this checkpoint instead of synthetic weights.
+    #[arg(short, long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+
+    #[arg(short, long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub batch_size: u64,
+
+    /// Timed forward passes (after warm-up).
+    #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: u64,
+
+    /// Untimed forward passes first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u64).range(32..=1024))]
+    pub input_size: u64,
+
+    /// Where to run: cpu, cuda[:N], metal[:N], or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// CPU threads [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Skip the second measurement with candle's stock operations.
+    #[arg(long)]
+    pub no_stock: bool,
+}
+
+impl BenchArgs {
+    pub fn settings(&self) -> anyhow::Result<crate::bench::BenchSettings> {
+        Ok(crate::bench::BenchSettings {
+            arch: crate::model::Arch::from_name(&self.model)?,
+            weights: self.weights.clone(),
+            batch_size: self.batch_size as usize,
+            iterations: self.iterations as usize,
+            warmup: self.warmup as usize,
+            input_size: self.input_size as usize,
+            device: self.device.open()?,
+            compare_stock: !self.no_stock,
+        })
+    }
 }
 
 impl ServeArgs {
@@ -212,6 +274,7 @@ impl ServeArgs {
                 max_body_bytes: (self.max_body_mb as usize) * 1024 * 1024,
                 request_timeout: Duration::from_secs(self.request_timeout_secs),
                 default_top_k: self.top_k as usize,
+                header_read_timeout: Duration::from_secs(self.header_timeout_secs),
             },
             batch: crate::server::BatchConfig {
                 max_batch_size: self.max_batch_size as usize,

@@ -6,6 +6,7 @@
 //! [`model`], [`preprocess`], [`weights`], [`hub`], [`labels`].
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

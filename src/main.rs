@@ -37,6 +37,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(classify::server::serve(settings, hub))?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Bench(args)) => {
+            set_threads(args.threads);
+            let report = classify::bench::run(&args.settings()?)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 shell,

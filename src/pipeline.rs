@@ -17,8 +17,9 @@ use crate::config::Shard;
 use crate::engine::{Engine, Prediction};
 
 /// Extensions picked up when walking a directory (case-insensitive).
-pub const IMAGE_EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "jfif", "png", "gif", "webp", "bmp", "tif", "tiff",
+/// HEIC/HEIF/AVIF are listed so that such files are reported as unsupported, not skipped.
+pub const IMAGE_EXTENSIONS: [&str; 12] = [
+    "jpg", "jpeg", "jfif", "png", "gif", "webp", "bmp", "tif", "tiff", "heic", "heif", "avif",
 ];
 
 /// Largest input file read (bytes); anything bigger is refused before reading it.

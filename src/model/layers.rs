@@ -10,6 +10,8 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::kernels::{depthwise_conv2d, Pad2d};
+
 /// Options that change how a checkpoint becomes a network, not what it computes.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
@@ -123,23 +125,51 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (x, pad) = match self.spec.padding {
-            Padding::Symmetric(p) => (x.clone(), p),
+impl Conv2d {
+    /// Padding (top, bottom, left, right) for an input of `h` x `w`.
+    fn padding_for(&self, h: usize, w: usize) -> Pad2d {
+        match self.spec.padding {
+            Padding::Symmetric(p) => Pad2d {
+                top: p,
+                bottom: p,
+                left: p,
+                right: p,
+            },
             Padding::TfSame => {
-                let (_, _, h, w) = x.dims4()?;
                 let (top, bottom) = tf_same_padding(h, self.spec.kernel, self.spec.stride);
                 let (left, right) = tf_same_padding(w, self.spec.kernel, self.spec.stride);
-                if top == bottom && left == right && top == left {
-                    (x.clone(), top)
-                } else {
-                    let x = x.pad_with_zeros(2, top, bottom)?;
-                    (x.pad_with_zeros(3, left, right)?, 0)
+                Pad2d {
+                    top,
+                    bottom,
+                    left,
+                    right,
                 }
             }
+        }
+    }
+
+    fn is_depthwise(&self) -> bool {
+        self.spec.groups > 1
+            && self.spec.groups == self.spec.in_channels
+            && self.spec.groups == self.spec.out_channels
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let pad = self.padding_for(h, w);
+        if self.is_depthwise() {
+            return depthwise_conv2d(x, &self.weight, self.bias.as_ref(), self.spec.stride, pad);
+        }
+        let symmetric = pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left;
+        let (x, p) = if symmetric {
+            (x.clone(), pad.top)
+        } else {
+            let x = x.pad_with_zeros(2, pad.top, pad.bottom)?;
+            (x.pad_with_zeros(3, pad.left, pad.right)?, 0)
         };
-        let y = x.conv2d(&self.weight, pad, self.spec.stride, 1, self.spec.groups)?;
+        let y = x.conv2d(&self.weight, p, self.spec.stride, 1, self.spec.groups)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),

@@ -3,6 +3,7 @@
 
 pub mod densenet;
 pub mod efficientnet_lite;
+pub mod kernels;
 pub mod layers;
 pub mod resnet;
 

@@ -32,6 +32,7 @@ pub use batcher::BatchConfig;
 use batcher::Batcher;
 pub use error::ApiError;
 use metrics::Metrics;
+pub use routes::{parse_payload, Payload};
 
 use crate::config::ModelSettings;
 use crate::engine::Engine;
@@ -43,7 +44,12 @@ pub struct ServerLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub default_top_k: usize,
+    /// A client must send its complete request head within this (slow-client guard).
+    pub header_read_timeout: Duration,
 }
+
+/// Largest request head (request line + headers); beyond it the answer is 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -51,6 +57,7 @@ impl Default for ServerLimits {
             max_body_bytes: 20 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             default_top_k: 5,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -232,6 +239,52 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// Serve connections until `stop` resolves, then let in-flight requests finish (at most 30 s).
+/// Each connection is HTTP/1.1 with a deadline for the request head and a cap on its size.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(MAX_HEADER_BYTES);
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {},
+        _ = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("in-flight requests still running after 30 s; exiting"),
+    }
+}
+
 /// Bind, load the model in the background, serve until SIGINT/SIGTERM.
 pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<()> {
     let state = AppState::new(&settings.model.name, settings.limits, settings.batch);
@@ -266,15 +319,20 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
         }
         failure
     });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => {},
-                // An Err means the loader succeeded and dropped the sender: keep serving.
-                Ok(()) = stop_rx => {},
-            }
-        })
-        .await?;
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            // An Err means the loader succeeded and dropped the sender: keep serving.
+            Ok(()) = stop_rx => {},
+        }
+    };
+    accept_loop(
+        listener,
+        app(state),
+        settings.limits.header_read_timeout,
+        stop,
+    )
+    .await;
     if failure.is_finished() {
         if let Ok(Some(e)) = failure.await {
             return Err(e.context("cannot load the model"));

@@ -142,14 +142,19 @@ pub fn bomb_png(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-/// A baseline JPEG header (SOI, DQT, SOF0) declaring `w` x `h`, then nothing.
+/// A small valid JPEG whose frame header (SOF0) is patched to claim `w` x `h`: all the
+/// headers a decoder needs, a few bytes of scan data, and a huge declared size.
 fn bomb_jpeg(w: u16, h: u16) -> Vec<u8> {
-    let mut j = vec![0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43, 0x00];
-    j.extend([1u8; 64]);
-    j.extend([0xff, 0xc0, 0x00, 0x11, 0x08]);
-    j.extend(h.to_be_bytes());
-    j.extend(w.to_be_bytes());
-    j.extend([0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x00, 0x03, 0x11, 0x00]);
+    let mut j = encode(
+        &DynamicImage::ImageRgb8(gradient(16, 16)),
+        ImageFormat::Jpeg,
+    );
+    let sof = j
+        .windows(2)
+        .position(|m| m == [0xff, 0xc0])
+        .expect("baseline JPEG");
+    j[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    j[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
     j
 }
 

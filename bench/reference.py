@@ -1,0 +1,102 @@
+"""PyTorch and ONNX Runtime on the same shapes as `classify bench`, for the README table.
+Run by hand (not in CI), pinned to the same thread count:
+
+    python3 -m venv /tmp/pyref && /tmp/pyref/bin/pip install torch torchvision timm onnx onnxruntime
+    /tmp/pyref/bin/python bench/reference.py --threads 2 --batch-sizes 1 16 --iterations 10
+
+Prints one JSON object per (framework, model, batch size): images_per_sec, latency
+percentiles and the process's peak RSS measured in a fresh subprocess per case.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+MODELS = {
+    "resnet18": ("torchvision", "resnet18"),
+    "resnet50": ("torchvision", "resnet50"),
+    "densenet121": ("torchvision", "densenet121"),
+    "efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
+}
+
+
+def build(name):
+    import timm
+    import torchvision
+    kind, ctor = MODELS[name]
+    model = getattr(torchvision.models, ctor)() if kind == "torchvision" else timm.create_model(ctor, pretrained=False)
+    return model.eval()
+
+
+def case(framework, name, batch, iterations, warmup, threads):
+    import numpy as np
+    import torch
+    torch.set_num_threads(threads)
+    model = build(name)
+    x = torch.randn(batch, 3, 224, 224)
+    times = []
+    if framework == "pytorch":
+        model = model.to(memory_format=torch.channels_last)
+        xc = x.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            for i in range(warmup + iterations):
+                t = time.perf_counter()
+                model(xc)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t)
+    else:
+        import onnxruntime as ort
+        path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
+        torch.onnx.export(model, x, path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        xn = x.numpy()
+        for i in range(warmup + iterations):
+            t = time.perf_counter()
+            sess.run(None, {"x": xn})
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    times.sort()
+    pct = lambda p: times[min(len(times) - 1, max(0, int(np.ceil(len(times) * p)) - 1))] * 1000
+    return {
+        "framework": framework, "model": name, "batch_size": batch, "threads": threads,
+        "images_per_sec": batch * len(times) / sum(times),
+        "latency_ms_p50": pct(0.5), "latency_ms_p90": pct(0.9),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--frameworks", nargs="+", default=["pytorch", "onnxruntime"])
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "BATCH"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(case(a.one[0], a.one[1], int(a.one[2]), a.iterations, a.warmup, a.threads)))
+        return
+    # Each case in its own process so peak RSS is that case's alone.
+    for name in a.models:
+        for batch in a.batch_sizes:
+            for fw in a.frameworks:
+                out = subprocess.run([sys.executable, __file__, "--one", fw, name, str(batch),
+                                      "--threads", str(a.threads), "--iterations", str(a.iterations),
+                                      "--warmup", str(a.warmup)], capture_output=True, text=True)
+                line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else json.dumps(
+                    {"framework": fw, "model": name, "batch_size": batch, "error": out.stderr[-500:]})
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
