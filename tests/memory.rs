@@ -14,15 +14,29 @@ fn peak_rss_stays_bounded_on_the_hostile_corpus() {
     common::hostile::write_corpus(dir.path(), &common::fixtures().join("photos"));
     let out = hub
         .command()
-        .args(["--model", "efficientnet_lite0", "--json", "--batch-size", "8"])
+        .args([
+            "--model",
+            "efficientnet_lite0",
+            "--json",
+            "--batch-size",
+            "8",
+        ])
         .arg(dir.path())
         .arg(common::fixtures().join("photos"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage only writes into the struct we pass.
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
     let peak_mb = usage.ru_maxrss / 1024; // Linux reports KiB
     eprintln!("peak RSS {peak_mb} MiB (bound {BOUND_MB} MiB)");
     assert!(peak_mb > 0 && peak_mb < BOUND_MB, "peak RSS {peak_mb} MiB");

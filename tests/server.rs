@@ -24,11 +24,15 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 fn engine() -> Engine {
+    engine_with_labels(None)
+}
+
+fn engine_with_labels(labels: Option<PathBuf>) -> Engine {
     let settings = ModelSettings {
         name: "efficientnet_lite0".into(),
         model: ModelRef::parse("efficientnet_lite0").unwrap(),
         weights: Some(common::lite0_pth()),
-        labels: None,
+        labels,
         preprocess: PreprocessOverrides {
             interpolation: Some(Interpolation::Bilinear),
             mean: Some([127.0 / 255.0; 3]),
@@ -625,4 +629,51 @@ fn real_binary_with_curl_and_graceful_shutdown() {
     let log = lines.join().unwrap().join("\n");
     assert!(status.success(), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The PyTorch Flask recipe with its `imagenet_class_index.json`: `class_name` is the file's
+/// name for the class (`Egyptian_cat`, underscores and all), exactly as the recipe answers.
+#[tokio::test]
+async fn flask_recipe_class_names_come_from_index_to_name_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("imagenet_class_index.json");
+    let imagenet = classify::labels::Labels::imagenet();
+    let map: serde_json::Map<String, Value> = (0..1000)
+        .map(|i| {
+            (
+                i.to_string(),
+                serde_json::json!([imagenet.id(i).unwrap(), imagenet.name(i).replace(' ', "_")]),
+            )
+        })
+        .collect();
+    std::fs::write(&labels, Value::Object(map).to_string()).unwrap();
+    let s = AppState::with_engine(
+        engine_with_labels(Some(labels)),
+        ServerLimits::default(),
+        BatchConfig::default(),
+    )
+    .unwrap();
+    // Exactly the recipe's request: curl -F "file=@kitten.jpg" localhost:5000/predict
+    let (ct, body) = multipart(&[("file", "coffee.png", &read("coffee.png"))]);
+    let (status, v) = send_json(s.clone(), post("/predict", &ct, body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (v["class_id"].as_u64(), v["class_name"].as_str()),
+        (Some(967), Some("espresso"))
+    );
+    let (ct, body) = multipart(&[("file", "cat.png", &read("chelsea.png"))]);
+    let (_, v) = send_json(s.clone(), post("/predict", &ct, body)).await;
+    let name = v["class_name"].as_str().unwrap();
+    assert!(
+        ["tiger_cat", "Egyptian_cat", "tabby"].contains(&name),
+        "{v}"
+    );
+    // The blog's page shows it with spaces.
+    let (ct, body) = multipart(&[("file", "cat.png", &read("chelsea.png"))]);
+    let (_, _, html) = send(s, post("/", &ct, body)).await;
+    let html = String::from_utf8(html).unwrap();
+    assert!(
+        html.contains(&format!("<h2 id=\"label\">{}</h2>", name.replace('_', " "))),
+        "{html}"
+    );
 }
