@@ -677,3 +677,15 @@ async fn flask_recipe_class_names_come_from_index_to_name_json() {
         "{html}"
     );
 }
+
+#[tokio::test]
+async fn slow_requests_time_out_with_504() {
+    let limits = ServerLimits {
+        request_timeout: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let s = AppState::with_engine(engine(), limits, BatchConfig::default()).unwrap();
+    let (status, v) = send_json(s, post("/predict", "image/png", read("coffee.png"))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(v["error"], "request timed out");
+}
