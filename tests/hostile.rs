@@ -147,24 +147,12 @@ fn max_pixels_is_configurable() {
 }
 
 fn server_state() -> classify::server::AppState {
-    let hub = classify::hub::HubOptions {
-        cache_dir: "/nonexistent".into(),
-        offline: true,
-        endpoint: None,
-        token: None,
-        progress: false,
-    };
-    let settings = classify::config::ModelSettings {
-        name: "efficientnet_lite0".into(),
-        model: classify::hub::ModelRef::parse("efficientnet_lite0").unwrap(),
-        weights: Some(common::lite0_pth()),
-        labels: None,
-        preprocess: Default::default(),
-        device: classify::config::DeviceChoice::Cpu,
-        max_pixels: classify::preprocess::DEFAULT_MAX_PIXELS,
-    };
-    let engine = classify::engine::Engine::load(&settings, &hub).unwrap();
-    classify::server::AppState::with_engine(engine, Default::default(), Default::default()).unwrap()
+    classify::server::AppState::with_engine(
+        common::lite0_engine(None),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap()
 }
 
 async fn call(state: &classify::server::AppState, req: Request<Body>) -> (StatusCode, Value) {

