@@ -117,6 +117,91 @@ pub fn depthwise_conv2d(
     depthwise_reference(x, weight, bias, stride, pad)
 }
 
+/// Dense convolution (groups = 1) of NCHW `x` as matrix products in NCHW, with no layout
+/// round trips: a 1x1 stride-1 convolution is `W (Cout x Cin) . X[n] (Cin x HW)` directly;
+/// anything else gathers the receptive fields (im2col, in parallel over input channels)
+/// into `(Cin*k*k) x (OH*OW)` and multiplies by `W (Cout x Cin*k*k)`. Falls back to candle's
+/// convolution off the CPU or for other dtypes.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: Pad2d) -> Result<Tensor> {
+    let (cout, cin, kh, kw) = weight.dims4()?;
+    if !use_custom_cpu(x) || kh != kw {
+        return conv2d_reference(x, weight, stride, pad);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    if c != cin {
+        candle_core::bail!("conv2d: input has {c} channels, weight expects {cin}")
+    }
+    let k = kh;
+    let oh = (h + pad.top + pad.bottom - k) / stride + 1;
+    let ow = (w + pad.left + pad.right - k) / stride + 1;
+    let w2 = weight.reshape((cout, cin * k * k))?;
+    let no_pad = pad
+        == Pad2d {
+            top: 0,
+            bottom: 0,
+            left: 0,
+            right: 0,
+        };
+    if k == 1 && stride == 1 && no_pad {
+        let x = x.reshape((n, cin, h * w))?;
+        let outputs = (0..n)
+            .map(|i| w2.matmul(&x.get(i)?))
+            .collect::<Result<Vec<_>>>()?;
+        return Tensor::stack(&outputs, 0)?.reshape((n, cout, oh, ow));
+    }
+    // One image at a time: each product is a large 2-D GEMM (which the matmul kernel runs
+    // multi-threaded), and the gathered columns stay one image's size.
+    let x = x.contiguous()?;
+    let data = x.flatten_all()?.to_vec1::<f32>()?;
+    let per_channel = k * k * oh * ow;
+    let mut outputs = Vec::with_capacity(n);
+    let mut cols = vec![0f32; cin * per_channel];
+    for image in data.chunks(cin * h * w) {
+        cols.par_chunks_mut(per_channel)
+            .enumerate()
+            .for_each(|(ch, out)| {
+                let input = &image[ch * h * w..(ch + 1) * h * w];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let row = &mut out[(ky * k + kx) * oh * ow..(ky * k + kx + 1) * oh * ow];
+                        for oy in 0..oh {
+                            let iy = (oy * stride + ky) as isize - pad.top as isize;
+                            let dst = &mut row[oy * ow..(oy + 1) * ow];
+                            if iy < 0 || iy >= h as isize {
+                                dst.fill(0.0);
+                                continue;
+                            }
+                            let src = &input[iy as usize * w..(iy as usize + 1) * w];
+                            for (ox, d) in dst.iter_mut().enumerate() {
+                                let ix = (ox * stride + kx) as isize - pad.left as isize;
+                                *d = if ix >= 0 && ix < w as isize {
+                                    src[ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                    }
+                }
+            });
+        let cols_t = Tensor::from_slice(&cols, (cin * k * k, oh * ow), x.device())?;
+        outputs.push(w2.matmul(&cols_t)?);
+    }
+    Tensor::stack(&outputs, 0)?.reshape((n, cout, oh, ow))
+}
+
+/// candle's own convolution: the fallback and the reference for tests.
+pub fn conv2d_reference(x: &Tensor, weight: &Tensor, stride: usize, pad: Pad2d) -> Result<Tensor> {
+    let symmetric = pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left;
+    if symmetric {
+        return x.conv2d(weight, pad.top, stride, 1, 1);
+    }
+    let x = x
+        .pad_with_zeros(2, pad.top, pad.bottom)?
+        .pad_with_zeros(3, pad.left, pad.right)?;
+    x.conv2d(weight, 0, stride, 1, 1)
+}
+
 /// candle's own grouped convolution: the fallback and the reference for tests.
 pub fn depthwise_reference(
     x: &Tensor,
@@ -139,6 +224,39 @@ pub fn depthwise_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dense_conv_matches_candle() {
+        let dev = Device::Cpu;
+        let p = |t, b, l, r| Pad2d {
+            top: t,
+            bottom: b,
+            left: l,
+            right: r,
+        };
+        for (cin, cout, h, w, k, s, pad) in [
+            (3, 8, 13, 11, 7, 2, p(3, 3, 3, 3)),
+            (6, 5, 9, 9, 3, 1, p(1, 1, 1, 1)),
+            (6, 5, 10, 10, 3, 2, p(0, 1, 0, 1)),
+            (8, 4, 7, 7, 1, 1, p(0, 0, 0, 0)),
+            (8, 4, 8, 8, 1, 2, p(0, 0, 0, 0)),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
+            let ours = conv2d(&x, &wt, s, pad).unwrap();
+            let reference = conv2d_reference(&x, &wt, s, pad).unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "{cin}->{cout} {h}x{w} k{k} s{s}: {diff}");
+        }
+    }
 
     #[test]
     fn depthwise_matches_candle_grouped_conv() {
