@@ -125,7 +125,7 @@ pub fn depthwise_conv2d(
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: Pad2d) -> Result<Tensor> {
     let (cout, cin, kh, kw) = weight.dims4()?;
     if !use_custom_cpu(x) || kh != kw {
-        return conv2d_reference(x, weight, stride, pad);
+        return conv2d_reference(x, weight, stride, pad, 1);
     }
     let (n, c, h, w) = x.dims4()?;
     if c != cin {
@@ -190,19 +190,25 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: Pad2d) -> Result<
     Tensor::stack(&outputs, 0)?.reshape((n, cout, oh, ow))
 }
 
-/// candle's own convolution: the fallback and the reference for tests.
-pub fn conv2d_reference(x: &Tensor, weight: &Tensor, stride: usize, pad: Pad2d) -> Result<Tensor> {
-    let symmetric = pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left;
-    if symmetric {
-        return x.conv2d(weight, pad.top, stride, 1, 1);
+/// candle's own convolution (any group count), with explicit zero padding when it is
+/// asymmetric: the fallback and the reference for tests.
+pub fn conv2d_reference(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    pad: Pad2d,
+    groups: usize,
+) -> Result<Tensor> {
+    if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
+        return x.conv2d(weight, pad.top, stride, 1, groups);
     }
     let x = x
         .pad_with_zeros(2, pad.top, pad.bottom)?
         .pad_with_zeros(3, pad.left, pad.right)?;
-    x.conv2d(weight, 0, stride, 1, 1)
+    x.conv2d(weight, 0, stride, 1, groups)
 }
 
-/// candle's own grouped convolution: the fallback and the reference for tests.
+/// candle's grouped convolution as a depthwise one, plus bias.
 pub fn depthwise_reference(
     x: &Tensor,
     weight: &Tensor,
@@ -210,11 +216,7 @@ pub fn depthwise_reference(
     stride: usize,
     pad: Pad2d,
 ) -> Result<Tensor> {
-    let c = weight.dim(0)?;
-    let x = x
-        .pad_with_zeros(2, pad.top, pad.bottom)?
-        .pad_with_zeros(3, pad.left, pad.right)?;
-    let y = x.conv2d(weight, 0, stride, 1, c)?;
+    let y = conv2d_reference(x, weight, stride, pad, weight.dim(0)?)?;
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(y),
@@ -224,6 +226,18 @@ pub fn depthwise_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn max_abs_diff(a: Tensor, b: Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
 
     #[test]
     fn dense_conv_matches_candle() {
@@ -244,16 +258,8 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
             let ours = conv2d(&x, &wt, s, pad).unwrap();
-            let reference = conv2d_reference(&x, &wt, s, pad).unwrap();
-            assert_eq!(ours.dims(), reference.dims());
-            let diff = (ours - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let reference = conv2d_reference(&x, &wt, s, pad, 1).unwrap();
+            let diff = max_abs_diff(ours, reference);
             assert!(diff < 1e-4, "{cin}->{cout} {h}x{w} k{k} s{s}: {diff}");
         }
     }
@@ -320,15 +326,7 @@ mod tests {
             let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
             let ours = depthwise_conv2d(&x, &wt, Some(&b), s, pad).unwrap();
             let reference = depthwise_reference(&x, &wt, Some(&b), s, pad).unwrap();
-            assert_eq!(ours.dims(), reference.dims());
-            let diff = (ours - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(ours, reference);
             assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s}: {diff}");
         }
     }

@@ -10,7 +10,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::kernels::{conv2d, depthwise_conv2d, Pad2d};
+use super::kernels::{conv2d, conv2d_reference, depthwise_conv2d, Pad2d};
 
 /// Options that change how a checkpoint becomes a network, not what it computes.
 #[derive(Debug, Clone, Copy)]
@@ -165,30 +165,13 @@ impl Module for Conv2d {
         let y = if self.spec.groups == 1 {
             conv2d(x, &self.weight, self.spec.stride, pad)?
         } else {
-            grouped_conv2d(x, &self.weight, self.spec.stride, pad, self.spec.groups)?
+            conv2d_reference(x, &self.weight, self.spec.stride, pad, self.spec.groups)?
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
     }
-}
-
-/// Grouped (not depthwise) convolution: candle's, after explicit padding if asymmetric.
-fn grouped_conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    stride: usize,
-    pad: Pad2d,
-    groups: usize,
-) -> Result<Tensor> {
-    if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
-        return x.conv2d(weight, pad.top, stride, 1, groups);
-    }
-    let x = x
-        .pad_with_zeros(2, pad.top, pad.bottom)?
-        .pad_with_zeros(3, pad.left, pad.right)?;
-    x.conv2d(weight, 0, stride, 1, groups)
 }
 
 /// Per-channel `x * scale + shift` over NCHW input: eval-mode BatchNorm precomputed.
