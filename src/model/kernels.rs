@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 static STOCK_ONLY: AtomicBool = AtomicBool::new(false);
@@ -134,60 +134,114 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: Pad2d) -> Result<
     let k = kh;
     let oh = (h + pad.top + pad.bottom - k) / stride + 1;
     let ow = (w + pad.left + pad.right - k) / stride + 1;
-    let w2 = weight.reshape((cout, cin * k * k))?;
-    let no_pad = pad
-        == Pad2d {
-            top: 0,
-            bottom: 0,
-            left: 0,
-            right: 0,
-        };
-    if k == 1 && stride == 1 && no_pad {
-        let x = x.reshape((n, cin, h * w))?;
-        let outputs = (0..n)
-            .map(|i| w2.matmul(&x.get(i)?))
-            .collect::<Result<Vec<_>>>()?;
-        return Tensor::stack(&outputs, 0)?.reshape((n, cout, oh, ow));
-    }
-    // One image at a time: each product is a large 2-D GEMM (which the matmul kernel runs
-    // multi-threaded), and the gathered columns stay one image's size.
+    let kk = cin * k * k;
+    let ohw = oh * ow;
     let x = x.contiguous()?;
-    let data = x.flatten_all()?.to_vec1::<f32>()?;
-    let per_channel = k * k * oh * ow;
-    let mut outputs = Vec::with_capacity(n);
-    let mut cols = vec![0f32; cin * per_channel];
-    for image in data.chunks(cin * h * w) {
-        cols.par_chunks_mut(per_channel)
-            .enumerate()
-            .for_each(|(ch, out)| {
-                let input = &image[ch * h * w..(ch + 1) * h * w];
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let row = &mut out[(ky * k + kx) * oh * ow..(ky * k + kx + 1) * oh * ow];
-                        for oy in 0..oh {
-                            let iy = (oy * stride + ky) as isize - pad.top as isize;
-                            let dst = &mut row[oy * ow..(oy + 1) * ow];
-                            if iy < 0 || iy >= h as isize {
-                                dst.fill(0.0);
-                                continue;
-                            }
-                            let src = &input[iy as usize * w..(iy as usize + 1) * w];
-                            for (ox, d) in dst.iter_mut().enumerate() {
-                                let ix = (ox * stride + kx) as isize - pad.left as isize;
-                                *d = if ix >= 0 && ix < w as isize {
-                                    src[ix as usize]
-                                } else {
-                                    0.0
-                                };
-                            }
+    let weight = weight.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(xs)), Storage::Cpu(CpuStorage::F32(ws))) =
+        (&*x_storage, &*w_storage)
+    else {
+        candle_core::bail!("conv2d: expected f32 CPU tensors")
+    };
+    let xs = &xs[x_layout.start_offset()..x_layout.start_offset() + n * cin * h * w];
+    let ws = &ws[w_layout.start_offset()..w_layout.start_offset() + cout * kk];
+    let direct = k == 1
+        && stride == 1
+        && pad
+            == Pad2d {
+                top: 0,
+                bottom: 0,
+                left: 0,
+                right: 0,
+            };
+    let mut out = vec![0f32; n * cout * ohw];
+    let mut cols = if direct {
+        Vec::new()
+    } else {
+        vec![0f32; kk * ohw]
+    };
+    let threads = candle_core::utils::get_num_threads();
+    // One image at a time: each product is one large GEMM written straight into the output
+    // (W: Cout x K, row-major; columns: K x OH*OW), and the gathered columns stay one image's size.
+    for (image, dst) in xs.chunks(cin * h * w).zip(out.chunks_mut(cout * ohw)) {
+        let rhs: &[f32] = if direct {
+            image
+        } else {
+            im2col(image, &mut cols, h, w, k, stride, pad, oh, ow);
+            &cols
+        };
+        // SAFETY: the pointers cover cout*kk, kk*ohw and cout*ohw elements with the given
+        // row-major strides, and the three buffers do not overlap.
+        unsafe {
+            gemm::gemm(
+                cout,
+                ohw,
+                kk,
+                dst.as_mut_ptr(),
+                1,
+                ohw as isize,
+                false,
+                ws.as_ptr(),
+                1,
+                kk as isize,
+                rhs.as_ptr(),
+                1,
+                ohw as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+    }
+    drop((x_storage, w_storage));
+    Tensor::from_vec(out, (n, cout, oh, ow), x.device())
+}
+
+/// Gather the receptive fields of one CHW image into `cols` (Cin*k*k rows of OH*OW).
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    image: &[f32],
+    cols: &mut [f32],
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: Pad2d,
+    oh: usize,
+    ow: usize,
+) {
+    cols.par_chunks_mut(k * k * oh * ow)
+        .enumerate()
+        .for_each(|(ch, out)| {
+            let input = &image[ch * h * w..(ch + 1) * h * w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut out[(ky * k + kx) * oh * ow..(ky * k + kx + 1) * oh * ow];
+                    for oy in 0..oh {
+                        let iy = (oy * stride + ky) as isize - pad.top as isize;
+                        let dst = &mut row[oy * ow..(oy + 1) * ow];
+                        if iy < 0 || iy >= h as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &input[iy as usize * w..(iy as usize + 1) * w];
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * stride + kx) as isize - pad.left as isize;
+                            *d = if ix >= 0 && ix < w as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
                         }
                     }
                 }
-            });
-        let cols_t = Tensor::from_slice(&cols, (cin * k * k, oh * ow), x.device())?;
-        outputs.push(w2.matmul(&cols_t)?);
-    }
-    Tensor::stack(&outputs, 0)?.reshape((n, cout, oh, ow))
+            }
+        });
 }
 
 /// candle's own convolution (any group count), with explicit zero padding when it is
