@@ -196,21 +196,29 @@ pub fn run(
             }
         });
         for (chunk, decoded) in inputs.chunks(batch_size).zip(rx) {
-            let good: Vec<Vec<f32>> = decoded
-                .iter()
-                .filter_map(|d| d.as_ref().ok().cloned())
+            // Move the decoded images out (no copy); keep each input's decode error in place.
+            let mut good = Vec::with_capacity(decoded.len());
+            let failures: Vec<Option<String>> = decoded
+                .into_iter()
+                .map(|d| match d {
+                    Ok(image) => {
+                        good.push(image);
+                        None
+                    }
+                    Err(e) => Some(e),
+                })
                 .collect();
             let mut predictions = match engine.classify(&good, top_k) {
                 Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(e) => vec![Err(format!("inference failed: {e}")); good.len()],
             }
             .into_iter();
-            for (input, d) in chunk.iter().zip(decoded) {
-                let outcome = match d {
-                    Ok(_) => predictions
+            for (input, failure) in chunk.iter().zip(failures) {
+                let outcome = match failure {
+                    None => predictions
                         .next()
                         .unwrap_or_else(|| Err("internal: missing result".into())),
-                    Err(e) => Err(e),
+                    Some(e) => Err(e),
                 };
                 emit(ImageResult {
                     name: input.name.clone(),
