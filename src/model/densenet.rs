@@ -10,9 +10,11 @@
 //! so only `norm0` and each layer's `norm2` fold into a convolution; the others become a
 //! precomputed per-channel affine map.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
+use super::kernels::{self, Act, Activation};
 use super::layers::{
     global_avg_pool, max_pool_3x3_s2_after_relu, Classifier, Conv2d, ConvBn, ConvSpec, LoadOptions,
     Norm,
@@ -117,6 +119,18 @@ impl DenseLayer {
     }
 }
 
+impl DenseLayer {
+    /// Read the first `in_ch` channels of the block's features and write this layer's new
+    /// maps right after them, in place: no concatenation is ever copied.
+    fn forward_nhwc(&self, features: &mut Act, in_ch: usize) -> Result<()> {
+        let y = self.norm1.forward_nhwc_relu(features)?;
+        let y = self.conv1.forward_nhwc(&y, Activation::Relu, None)?;
+        let stride = features.c;
+        self.conv2
+            .forward_nhwc_into(&y, &mut features.data[in_ch..], stride)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Transition {
     norm: Norm,
@@ -127,6 +141,12 @@ impl Transition {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.conv.forward(&self.norm.forward(x)?.relu()?)?;
         y.avg_pool2d_with_stride(2, 2)
+    }
+
+    fn forward_nhwc(&self, x: &Act) -> Result<Act> {
+        let y = self.norm.forward_nhwc_relu(x)?;
+        let y = self.conv.forward_nhwc(&y, Activation::Identity, None)?;
+        kernels::avg_pool_2x2(&y)
     }
 }
 
@@ -145,6 +165,32 @@ impl DenseBlock {
             features.push(layer.forward(&input)?);
         }
         Tensor::cat(&features, 1)
+    }
+
+    /// All layers on one preallocated NHWC buffer holding the block's final width.
+    fn forward_nhwc(&self, x: &Act) -> Result<Act> {
+        let c_total = x.c
+            + self
+                .layers
+                .iter()
+                .map(|l| l.conv2.out_channels())
+                .sum::<usize>();
+        let mut features = Act {
+            c: c_total,
+            data: vec![0f32; x.rows() * c_total],
+            ..*x
+        };
+        features
+            .data
+            .par_chunks_mut(c_total)
+            .zip(x.data.par_chunks(x.c))
+            .for_each(|(dst, src)| dst[..x.c].copy_from_slice(src));
+        let mut in_ch = x.c;
+        for layer in &self.layers {
+            layer.forward_nhwc(&mut features, in_ch)?;
+            in_ch += layer.conv2.out_channels();
+        }
+        Ok(features)
     }
 }
 
@@ -211,6 +257,20 @@ impl DenseNet {
 
 impl Module for DenseNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::fast_path_for(x) && self.stem.has_nhwc_kernel() {
+            let x = self
+                .stem
+                .forward_nhwc(&Act::from_nchw(x)?, Activation::Relu, None)?;
+            let mut x = kernels::max_pool_3x3_s2(&x)?;
+            for (i, block) in self.blocks.iter().enumerate() {
+                x = block.forward_nhwc(&x)?;
+                if let Some(t) = self.transitions.get(i) {
+                    x = t.forward_nhwc(&x)?;
+                }
+            }
+            let x = self.norm5.forward_nhwc_relu(&x)?;
+            return self.classifier.forward(&x.global_avg_pool(&Device::Cpu)?);
+        }
         let mut x = max_pool_3x3_s2_after_relu(&self.stem.forward(x)?.relu()?)?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x)?;

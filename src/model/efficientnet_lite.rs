@@ -7,9 +7,10 @@
 //! `classifier`. Checkpoints in the efficientnet_pytorch spelling (`_conv_stem`,
 //! `_blocks.{n}._depthwise_conv`, `_fc`, ...) are rewritten by [`canonical_key`].
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::kernels::{self, Act, Activation};
 use super::layers::{global_avg_pool, relu6, Classifier, ConvBn, ConvSpec, LoadOptions, Padding};
 
 const BN_EPS: f64 = 1e-3;
@@ -189,6 +190,21 @@ impl Block {
     }
 }
 
+impl Block {
+    fn forward_nhwc(&self, x: &Act) -> Result<Act> {
+        let expanded = match &self.expand {
+            Some(expand) => Some(expand.forward_nhwc(x, Activation::Relu6, None)?),
+            None => None,
+        };
+        let y =
+            self.depthwise
+                .forward_nhwc(expanded.as_ref().unwrap_or(x), Activation::Relu6, None)?;
+        let residual = self.residual.then_some(x);
+        self.project
+            .forward_nhwc(&y, Activation::Identity, residual)
+    }
+}
+
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = match &self.expand {
@@ -257,6 +273,16 @@ impl EfficientNetLite {
 
 impl Module for EfficientNetLite {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::fast_path_for(x) && self.stem.has_nhwc_kernel() {
+            let mut x = self
+                .stem
+                .forward_nhwc(&Act::from_nchw(x)?, Activation::Relu6, None)?;
+            for block in &self.blocks {
+                x = block.forward_nhwc(&x)?;
+            }
+            let x = self.head.forward_nhwc(&x, Activation::Relu6, None)?;
+            return self.classifier.forward(&x.global_avg_pool(&Device::Cpu)?);
+        }
         let mut x = relu6(&self.stem.forward(x)?)?;
         for block in &self.blocks {
             x = block.forward(&x)?;

@@ -1,24 +1,32 @@
-//! CPU kernels the models call where candle's generic path is slow. Each has a candle
-//! fallback (used on other devices and as the reference in tests).
+//! The fast CPU path: f32 activations in NHWC order held in plain buffers, and the kernels
+//! the models run on them.
 //!
-//! Depthwise convolution: candle runs a grouped convolution as one convolution per group,
-//! which for EfficientNet's 1152-channel depthwise layers means 1152 small convolutions and
-//! copies per call. This computes all channels directly, in parallel over (image, channel).
+//! - Dense convolutions are GEMMs (the `gemm` crate, which candle itself uses) of the
+//!   activation rows (`N*H*W x Cin`, or their gathered receptive fields for k > 1) by the
+//!   weight, packed once at load as `(k*k*Cin) x Cout`. A 1x1 stride-1 convolution reads the
+//!   activation as it is. Bias, ReLU/ReLU6 and a residual add are applied while each block of
+//!   output rows is still in cache.
+//! - Depthwise convolutions, pooling and the per-channel affine map run in parallel over
+//!   output rows and vectorise over channels.
+//!
+//! Candle's own operations on NCHW tensors stay the reference (and the only path on other
+//! devices): [`set_stock_only`] selects them on the CPU too, and the tests compare the two.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 static STOCK_ONLY: AtomicBool = AtomicBool::new(false);
 
-/// Use candle's stock operations everywhere instead of these kernels (for comparison:
-/// `classify bench` measures both).
+/// Run candle's stock NCHW operations instead of these kernels (for comparison: `classify
+/// bench` measures both).
 pub fn set_stock_only(stock: bool) {
     STOCK_ONLY.store(stock, Ordering::Relaxed);
 }
 
-fn use_custom_cpu(x: &Tensor) -> bool {
+/// Whether a forward pass over `x` should take the NHWC kernels.
+pub fn fast_path_for(x: &Tensor) -> bool {
     !STOCK_ONLY.load(Ordering::Relaxed)
         && matches!(x.device(), Device::Cpu)
         && x.dtype() == DType::F32
@@ -33,219 +41,622 @@ pub struct Pad2d {
     pub right: usize,
 }
 
-struct DepthwiseConv {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    kernel: usize,
-    stride: usize,
-    pad: Pad2d,
-}
-
-impl CustomOp1 for DepthwiseConv {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d"
+impl Pad2d {
+    pub fn uniform(p: usize) -> Self {
+        Self {
+            top: p,
+            bottom: p,
+            left: p,
+            right: p,
+        }
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("depthwise-conv2d: only f32 is supported")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("depthwise-conv2d: input must be contiguous")
-        };
-        let x = &data[start..end];
-        let (n, c, h, w) = layout.shape().dims4()?;
-        let (k, s, p) = (self.kernel, self.stride, self.pad);
-        let oh = (h + p.top + p.bottom - k) / s + 1;
-        let ow = (w + p.left + p.right - k) / s + 1;
-        let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut(oh * ow)
+    /// Output size of a `k`x`k` window with `stride` over `h` x `w`.
+    fn output_size(&self, h: usize, w: usize, k: usize, stride: usize) -> Result<(usize, usize)> {
+        let (ph, pw) = (h + self.top + self.bottom, w + self.left + self.right);
+        if ph < k || pw < k {
+            candle_core::bail!("a {k}x{k} window does not fit a {h}x{w} input")
+        }
+        Ok(((ph - k) / stride + 1, (pw - k) / stride + 1))
+    }
+}
+
+/// What an epilogue applies after the bias (and the residual, if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    #[inline(always)]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+}
+
+/// An f32 activation of `n` images, `h` x `w` pixels of `c` channels, stored NHWC: one row
+/// of `c` values per pixel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Act {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+impl Act {
+    /// Rows (pixels over all images).
+    pub fn rows(&self) -> usize {
+        self.n * self.h * self.w
+    }
+
+    /// Transpose an NCHW tensor into NHWC, in parallel over image rows.
+    pub fn from_nchw(x: &Tensor) -> Result<Self> {
+        let (n, c, h, w) = x.dims4()?;
+        let src = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut data = vec![0f32; n * h * w * c];
+        data.par_chunks_mut(w * c)
             .enumerate()
-            .for_each(|(plane, o)| {
-                let ch = plane % c;
-                let input = &x[plane * h * w..(plane + 1) * h * w];
-                let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
-                let b = self.bias[ch];
-                for oy in 0..oh {
-                    let row = &mut o[oy * ow..(oy + 1) * ow];
-                    for (ox, out_v) in row.iter_mut().enumerate() {
-                        let mut acc = 0f32;
-                        for ky in 0..k {
-                            let iy = (oy * s + ky) as isize - p.top as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            let in_row = &input[iy as usize * w..(iy as usize + 1) * w];
-                            for kx in 0..k {
-                                let ix = (ox * s + kx) as isize - p.left as isize;
-                                if ix >= 0 && ix < w as isize {
-                                    acc += in_row[ix as usize] * wk[ky * k + kx];
-                                }
-                            }
-                        }
-                        *out_v = acc + b;
+            .for_each(|(row, dst)| {
+                let (img, y) = (row / h, row % h);
+                for ch in 0..c {
+                    let plane = &src[((img * c + ch) * h + y) * w..][..w];
+                    for (x, &v) in plane.iter().enumerate() {
+                        dst[x * c + ch] = v;
                     }
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+        Ok(Self { n, h, w, c, data })
+    }
+
+    /// Back to an NCHW tensor (tests and debugging).
+    pub fn to_nchw(&self, device: &Device) -> Result<Tensor> {
+        Tensor::from_slice(&self.data, (self.n, self.h, self.w, self.c), device)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
+    }
+
+    /// The mean of every channel over each image's pixels: `(n, c)`, ready for a classifier.
+    pub fn global_avg_pool(&self, device: &Device) -> Result<Tensor> {
+        let (hw, c) = (self.h * self.w, self.c);
+        let mut out = vec![0f32; self.n * c];
+        out.par_chunks_mut(c)
+            .zip(self.data.par_chunks(hw * c))
+            .for_each(|(sum, image)| {
+                for px in image.chunks_exact(c) {
+                    for (s, &v) in sum.iter_mut().zip(px) {
+                        *s += v;
+                    }
+                }
+                let scale = 1.0 / hw as f32;
+                sum.iter_mut().for_each(|s| *s *= scale);
+            });
+        Tensor::from_vec(out, (self.n, c), device)
     }
 }
 
-/// Depthwise convolution of NCHW `x` with `weight` (C, 1, k, k) and optional `bias` (C).
-/// Uses the direct CPU kernel for f32 on the CPU, candle's grouped convolution otherwise.
-pub fn depthwise_conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    pad: Pad2d,
-) -> Result<Tensor> {
-    let (c, _, k, _) = weight.dims4()?;
-    if use_custom_cpu(x) {
-        let op = DepthwiseConv {
-            weight: weight.flatten_all()?.to_vec1::<f32>()?,
-            bias: match bias {
-                Some(b) => b.to_vec1::<f32>()?,
-                None => vec![0.0; c],
-            },
-            kernel: k,
-            stride,
-            pad,
-        };
-        return x.contiguous()?.apply_op1_no_bwd(&op);
-    }
-    depthwise_reference(x, weight, bias, stride, pad)
-}
-
-/// Dense convolution (groups = 1) of NCHW `x` as matrix products in NCHW, with no layout
-/// round trips: a 1x1 stride-1 convolution is `W (Cout x Cin) . X[n] (Cin x HW)` directly;
-/// anything else gathers the receptive fields (im2col, in parallel over input channels)
-/// into `(Cin*k*k) x (OH*OW)` and multiplies by `W (Cout x Cin*k*k)`. Falls back to candle's
-/// convolution off the CPU or for other dtypes.
-pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: Pad2d) -> Result<Tensor> {
-    let (cout, cin, kh, kw) = weight.dims4()?;
-    if !use_custom_cpu(x) || kh != kw {
-        return conv2d_reference(x, weight, stride, pad, 1);
-    }
-    let (n, c, h, w) = x.dims4()?;
-    if c != cin {
-        candle_core::bail!("conv2d: input has {c} channels, weight expects {cin}")
-    }
-    let k = kh;
-    let oh = (h + pad.top + pad.bottom - k) / stride + 1;
-    let ow = (w + pad.left + pad.right - k) / stride + 1;
-    let kk = cin * k * k;
-    let ohw = oh * ow;
-    let x = x.contiguous()?;
-    let weight = weight.contiguous()?;
-    let (x_storage, x_layout) = x.storage_and_layout();
-    let (w_storage, w_layout) = weight.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(xs)), Storage::Cpu(CpuStorage::F32(ws))) =
-        (&*x_storage, &*w_storage)
-    else {
-        candle_core::bail!("conv2d: expected f32 CPU tensors")
-    };
-    let xs = &xs[x_layout.start_offset()..x_layout.start_offset() + n * cin * h * w];
-    let ws = &ws[w_layout.start_offset()..w_layout.start_offset() + cout * kk];
-    let direct = k == 1
-        && stride == 1
-        && pad
-            == Pad2d {
-                top: 0,
-                bottom: 0,
-                left: 0,
-                right: 0,
-            };
-    let mut out = vec![0f32; n * cout * ohw];
-    let mut cols = if direct {
-        Vec::new()
-    } else {
-        vec![0f32; kk * ohw]
-    };
-    let threads = candle_core::utils::get_num_threads();
-    // One image at a time: each product is one large GEMM written straight into the output
-    // (W: Cout x K, row-major; columns: K x OH*OW), and the gathered columns stay one image's size.
-    for (image, dst) in xs.chunks(cin * h * w).zip(out.chunks_mut(cout * ohw)) {
-        let rhs: &[f32] = if direct {
-            image
-        } else {
-            im2col(image, &mut cols, h, w, k, stride, pad, oh, ow);
-            &cols
-        };
-        // SAFETY: the pointers cover cout*kk, kk*ohw and cout*ohw elements with the given
-        // row-major strides, and the three buffers do not overlap.
-        unsafe {
-            gemm::gemm(
-                cout,
-                ohw,
-                kk,
-                dst.as_mut_ptr(),
-                1,
-                ohw as isize,
-                false,
-                ws.as_ptr(),
-                1,
-                kk as isize,
-                rhs.as_ptr(),
-                1,
-                ohw as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(threads),
-            );
-        }
-    }
-    drop((x_storage, w_storage));
-    Tensor::from_vec(out, (n, cout, oh, ow), x.device())
-}
-
-/// Gather the receptive fields of one CHW image into `cols` (Cin*k*k rows of OH*OW).
-#[allow(clippy::too_many_arguments)]
-fn im2col(
-    image: &[f32],
-    cols: &mut [f32],
-    h: usize,
-    w: usize,
+/// A dense (groups = 1) convolution packed for GEMM.
+#[derive(Debug, Clone)]
+pub struct GemmConv {
+    cin: usize,
+    cout: usize,
     k: usize,
     stride: usize,
+    /// `(k*k*cin) x cout`, row-major, rows ordered (ky, kx, ci) to match the gathered fields.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// Output rows per GEMM call when the rows are split across threads: large enough for the
+/// GEMM to run at full speed, small enough for the gathered fields to stay in cache.
+const ROW_BLOCK: usize = 256;
+
+impl GemmConv {
+    /// Pack `weight` (Cout, Cin, k, k) and `bias` (Cout).
+    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Self> {
+        let (cout, cin, k, k2) = weight.dims4()?;
+        if k != k2 {
+            candle_core::bail!("conv: only square kernels are supported, got {k}x{k2}")
+        }
+        let w = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut packed = vec![0f32; k * k * cin * cout];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        packed[((ky * k + kx) * cin + ci) * cout + co] =
+                            w[((co * cin + ci) * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
+        let bias = match bias {
+            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; cout],
+        };
+        Ok(Self {
+            cin,
+            cout,
+            k,
+            stride,
+            weight: packed,
+            bias,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.cout
+    }
+
+    /// Output height and width for an input of `h` x `w` with padding `pad`.
+    pub fn output_size(&self, h: usize, w: usize, pad: Pad2d) -> Result<(usize, usize)> {
+        pad.output_size(h, w, self.k, self.stride)
+    }
+
+    /// `act(conv(x) + bias [+ residual])` as a new activation.
+    pub fn forward(
+        &self,
+        x: &Act,
+        pad: Pad2d,
+        act: Activation,
+        residual: Option<&Act>,
+    ) -> Result<Act> {
+        let (oh, ow) = self.output_size(x.h, x.w, pad)?;
+        let mut data = vec![0f32; x.n * oh * ow * self.cout];
+        if let Some(r) = residual {
+            if (r.n, r.h, r.w, r.c) != (x.n, oh, ow, self.cout) {
+                candle_core::bail!(
+                    "residual {:?} does not match the convolution output {:?}",
+                    (r.n, r.h, r.w, r.c),
+                    (x.n, oh, ow, self.cout)
+                )
+            }
+        }
+        self.forward_into(
+            x,
+            pad,
+            &mut data,
+            self.cout,
+            act,
+            residual.map(|r| &r.data[..]),
+        )?;
+        Ok(Act {
+            n: x.n,
+            h: oh,
+            w: ow,
+            c: self.cout,
+            data,
+        })
+    }
+
+    /// Write `act(conv(x) + bias [+ residual])` into the first `cout` columns of `out`, whose
+    /// rows are `out_stride` apart (so a DenseNet layer writes straight into its block's
+    /// concatenated features). `residual`, if given, is `rows x cout`.
+    pub fn forward_into(
+        &self,
+        x: &Act,
+        pad: Pad2d,
+        out: &mut [f32],
+        out_stride: usize,
+        act: Activation,
+        residual: Option<&[f32]>,
+    ) -> Result<()> {
+        if x.c != self.cin {
+            candle_core::bail!(
+                "conv: input has {} channels, weight expects {}",
+                x.c,
+                self.cin
+            )
+        }
+        let (oh, ow) = self.output_size(x.h, x.w, pad)?;
+        let rows = x.n * oh * ow;
+        if rows == 0 || out_stride < self.cout || out.len() < (rows - 1) * out_stride + self.cout {
+            candle_core::bail!("conv: output buffer too small")
+        }
+        if residual.is_some_and(|r| r.len() < rows * self.cout) {
+            candle_core::bail!("conv: residual smaller than the output")
+        }
+        let kk = self.k * self.k * self.cin;
+        let direct = self.k == 1 && self.stride == 1 && pad == Pad2d::uniform(0);
+        let geom = Gather {
+            x,
+            pad,
+            k: self.k,
+            stride: self.stride,
+            oh,
+            ow,
+        };
+        let threads = rayon::current_num_threads();
+        let dst = SendPtr(out.as_mut_ptr());
+        let tile = Tile {
+            conv: self,
+            out_stride,
+            act,
+            residual,
+        };
+        if rows >= ROW_BLOCK * 2 * threads {
+            // Plenty of rows: blocks of rows, as many per thread, each gathered, multiplied
+            // by a single-threaded GEMM and finished while it is in this core's cache.
+            let blocks = rows.div_ceil(ROW_BLOCK).next_multiple_of(threads);
+            let len = rows.div_ceil(blocks);
+            (0..blocks)
+                .into_par_iter()
+                .for_each_init(Vec::new, |cols, b| {
+                    let r0 = b * len;
+                    let len = len.min(rows.saturating_sub(r0));
+                    if len == 0 {
+                        return;
+                    }
+                    let lhs: &[f32] = if direct {
+                        &x.data[r0 * kk..(r0 + len) * kk]
+                    } else {
+                        cols.resize(len * kk, 0.0);
+                        geom.gather(r0, len, cols);
+                        cols
+                    };
+                    // SAFETY: blocks are disjoint row ranges of the checked output.
+                    unsafe { tile.run(lhs, dst, r0, len, 0..self.cout, gemm::Parallelism::None) }
+                });
+        } else {
+            // Few rows (deep layers, small batches): gather once, then split the output
+            // channels between threads so each streams its own part of the weight.
+            let mut cols = Vec::new();
+            let lhs: &[f32] = if direct {
+                &x.data[..rows * kk]
+            } else {
+                cols.resize(rows * kk, 0.0);
+                cols.par_chunks_mut(16 * kk)
+                    .enumerate()
+                    .for_each(|(i, c)| geom.gather(i * 16, c.len() / kk, c));
+                &cols
+            };
+            let panels = threads.min(self.cout / 16).max(1);
+            if panels == 1 {
+                // SAFETY: one call covers the whole checked output.
+                unsafe {
+                    tile.run(
+                        lhs,
+                        dst,
+                        0,
+                        rows,
+                        0..self.cout,
+                        gemm::Parallelism::Rayon(threads),
+                    )
+                }
+            } else {
+                let width = self.cout.div_ceil(panels).next_multiple_of(8);
+                (0..panels).into_par_iter().for_each(|p| {
+                    let c0 = (p * width).min(self.cout);
+                    let c1 = ((p + 1) * width).min(self.cout);
+                    if c0 < c1 {
+                        // SAFETY: panels are disjoint channel ranges of the checked output.
+                        unsafe { tile.run(lhs, dst, 0, rows, c0..c1, gemm::Parallelism::None) }
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The output pointer, shared by threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to write disjoint regions, as each use documents.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// What every GEMM tile of one convolution shares.
+struct Tile<'a> {
+    conv: &'a GemmConv,
+    out_stride: usize,
+    act: Activation,
+    residual: Option<&'a [f32]>,
+}
+
+impl Tile<'_> {
+    /// Output rows `r0..r0+len`, channels `chans`: multiply `lhs` (`len` rows of k*k*Cin)
+    /// by the weight's columns `chans`, then add bias (and residual) and activate.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `r0 + len` rows `out_stride` apart, and no other thread may
+    /// touch those rows' `chans` at the same time.
+    unsafe fn run(
+        &self,
+        lhs: &[f32],
+        dst: SendPtr,
+        r0: usize,
+        len: usize,
+        chans: std::ops::Range<usize>,
+        par: gemm::Parallelism,
+    ) {
+        let conv = self.conv;
+        let kk = lhs.len() / len;
+        let base = dst.0.add(r0 * self.out_stride + chans.start);
+        gemm::gemm(
+            len,
+            chans.len(),
+            kk,
+            base,
+            1,
+            self.out_stride as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            kk as isize,
+            conv.weight.as_ptr().add(chans.start),
+            1,
+            conv.cout as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+        let bias = &conv.bias[chans.clone()];
+        for r in 0..len {
+            let row = std::slice::from_raw_parts_mut(base.add(r * self.out_stride), chans.len());
+            match self.residual {
+                Some(res) => {
+                    let res = &res[(r0 + r) * conv.cout..][chans.clone()];
+                    for ((v, &b), &s) in row.iter_mut().zip(bias).zip(res) {
+                        *v = self.act.apply(*v + b + s);
+                    }
+                }
+                None => {
+                    for (v, &b) in row.iter_mut().zip(bias) {
+                        *v = self.act.apply(*v + b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Geometry for gathering receptive fields (im2col) from an NHWC activation.
+struct Gather<'a> {
+    x: &'a Act,
     pad: Pad2d,
+    k: usize,
+    stride: usize,
     oh: usize,
     ow: usize,
-) {
-    cols.par_chunks_mut(k * k * oh * ow)
-        .enumerate()
-        .for_each(|(ch, out)| {
-            let input = &image[ch * h * w..(ch + 1) * h * w];
+}
+
+impl Gather<'_> {
+    /// Fill `cols` (`len` rows of k*k*C) with the fields of output rows `r0..r0+len`.
+    fn gather(&self, r0: usize, len: usize, cols: &mut [f32]) {
+        let (x, k, c) = (self.x, self.k, self.x.c);
+        let kk = k * k * c;
+        for (i, dst) in cols.chunks_exact_mut(kk).take(len).enumerate() {
+            let r = r0 + i;
+            let (img, oy, ox) = (
+                r / (self.oh * self.ow),
+                (r / self.ow) % self.oh,
+                r % self.ow,
+            );
             for ky in 0..k {
+                let iy = (oy * self.stride + ky) as isize - self.pad.top as isize;
+                let span = &mut dst[ky * k * c..(ky + 1) * k * c];
+                if iy < 0 || iy >= x.h as isize {
+                    span.fill(0.0);
+                    continue;
+                }
+                let src_row = &x.data[(img * x.h + iy as usize) * x.w * c..][..x.w * c];
+                let ix0 = (ox * self.stride) as isize - self.pad.left as isize;
+                if ix0 >= 0 && ix0 as usize + k <= x.w {
+                    // The k taps of a row are k*C contiguous values of the input.
+                    span.copy_from_slice(&src_row[ix0 as usize * c..(ix0 as usize + k) * c]);
+                    continue;
+                }
                 for kx in 0..k {
-                    let row = &mut out[(ky * k + kx) * oh * ow..(ky * k + kx + 1) * oh * ow];
-                    for oy in 0..oh {
-                        let iy = (oy * stride + ky) as isize - pad.top as isize;
-                        let dst = &mut row[oy * ow..(oy + 1) * ow];
-                        if iy < 0 || iy >= h as isize {
-                            dst.fill(0.0);
+                    let ix = ix0 + kx as isize;
+                    let d = &mut span[kx * c..(kx + 1) * c];
+                    if ix < 0 || ix >= x.w as isize {
+                        d.fill(0.0);
+                    } else {
+                        d.copy_from_slice(&src_row[ix as usize * c..(ix as usize + 1) * c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A depthwise convolution (one k x k filter per channel) with bias.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv {
+    c: usize,
+    k: usize,
+    stride: usize,
+    /// `(k*k) x c`: the taps of every channel for one kernel position are contiguous.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl DepthwiseConv {
+    /// Pack `weight` (C, 1, k, k) and `bias` (C).
+    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Self> {
+        let (c, one, k, k2) = weight.dims4()?;
+        if one != 1 || k != k2 {
+            candle_core::bail!(
+                "depthwise conv: unexpected weight shape {:?}",
+                weight.dims()
+            )
+        }
+        let w = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut packed = vec![0f32; k * k * c];
+        for ch in 0..c {
+            for t in 0..k * k {
+                packed[t * c + ch] = w[ch * k * k + t];
+            }
+        }
+        let bias = match bias {
+            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; c],
+        };
+        Ok(Self {
+            c,
+            k,
+            stride,
+            weight: packed,
+            bias,
+        })
+    }
+
+    pub fn forward(&self, x: &Act, pad: Pad2d, act: Activation) -> Result<Act> {
+        if x.c != self.c {
+            candle_core::bail!(
+                "depthwise conv: input has {} channels, expects {}",
+                x.c,
+                self.c
+            )
+        }
+        let (k, s, c) = (self.k, self.stride, self.c);
+        let (oh, ow) = pad.output_size(x.h, x.w, k, s)?;
+        let mut data = vec![0f32; x.n * oh * ow * c];
+        data.par_chunks_mut(ow * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (img, oy) = (row / oh, row % oh);
+                for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
+                    acc.copy_from_slice(&self.bias);
+                    for ky in 0..k {
+                        let iy = (oy * s + ky) as isize - pad.top as isize;
+                        if iy < 0 || iy >= x.h as isize {
                             continue;
                         }
-                        let src = &input[iy as usize * w..(iy as usize + 1) * w];
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let ix = (ox * stride + kx) as isize - pad.left as isize;
-                            *d = if ix >= 0 && ix < w as isize {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                        let src_row = &x.data[(img * x.h + iy as usize) * x.w * c..][..x.w * c];
+                        for kx in 0..k {
+                            let ix = (ox * s + kx) as isize - pad.left as isize;
+                            if ix < 0 || ix >= x.w as isize {
+                                continue;
+                            }
+                            let px = &src_row[ix as usize * c..(ix as usize + 1) * c];
+                            let taps = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                            for ((a, &v), &t) in acc.iter_mut().zip(px).zip(taps) {
+                                *a += v * t;
+                            }
+                        }
+                    }
+                    acc.iter_mut().for_each(|a| *a = act.apply(*a));
+                }
+            });
+        Ok(Act {
+            n: x.n,
+            h: oh,
+            w: ow,
+            c,
+            data,
+        })
+    }
+}
+
+/// `relu(x * scale + shift)` per channel over the first `scale.len()` channels of `x`
+/// (rows `x.c` apart): a pre-activation BatchNorm + ReLU, reading a prefix of a DenseNet
+/// block's features without copying them first.
+pub fn affine_relu(x: &Act, scale: &[f32], shift: &[f32]) -> Act {
+    let c = scale.len();
+    let mut data = vec![0f32; x.rows() * c];
+    data.par_chunks_mut(c * 64)
+        .zip(x.data.par_chunks(x.c * 64))
+        .for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(x.c)) {
+                for (((o, &v), &a), &b) in d.iter_mut().zip(&s[..c]).zip(scale).zip(shift) {
+                    *o = (v * a + b).max(0.0);
+                }
+            }
+        });
+    Act {
+        n: x.n,
+        h: x.h,
+        w: x.w,
+        c,
+        data,
+    }
+}
+
+/// `MaxPool2d(kernel=3, stride=2, padding=1)`, padding that never wins (as PyTorch's).
+pub fn max_pool_3x3_s2(x: &Act) -> Result<Act> {
+    let c = x.c;
+    let (oh, ow) = Pad2d::uniform(1).output_size(x.h, x.w, 3, 2)?;
+    let mut data = vec![0f32; x.n * oh * ow * c];
+    data.par_chunks_mut(ow * c)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (img, oy) = (row / oh, row % oh);
+            for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
+                out.fill(f32::NEG_INFINITY);
+                for iy in (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(x.h) {
+                    let src_row = &x.data[(img * x.h + iy) * x.w * c..][..x.w * c];
+                    for ix in (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(x.w) {
+                        for (o, &v) in out.iter_mut().zip(&src_row[ix * c..(ix + 1) * c]) {
+                            *o = o.max(v);
                         }
                     }
                 }
             }
         });
+    Ok(Act {
+        n: x.n,
+        h: oh,
+        w: ow,
+        c,
+        data,
+    })
+}
+
+/// `AvgPool2d(kernel=2, stride=2)` (DenseNet's transitions; an odd last row/column is
+/// dropped, as PyTorch does).
+pub fn avg_pool_2x2(x: &Act) -> Result<Act> {
+    let c = x.c;
+    let (oh, ow) = (x.h / 2, x.w / 2);
+    if oh == 0 || ow == 0 {
+        candle_core::bail!(
+            "avg pool: a 2x2 window does not fit a {}x{} input",
+            x.h,
+            x.w
+        )
+    }
+    let mut data = vec![0f32; x.n * oh * ow * c];
+    data.par_chunks_mut(ow * c)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (img, oy) = (row / oh, row % oh);
+            let r0 = &x.data[(img * x.h + 2 * oy) * x.w * c..][..x.w * c];
+            let r1 = &x.data[(img * x.h + 2 * oy + 1) * x.w * c..][..x.w * c];
+            for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
+                let (a, b) = (2 * ox * c, (2 * ox + 1) * c);
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = (r0[a + i] + r0[b + i] + r1[a + i] + r1[b + i]) * 0.25;
+                }
+            }
+        });
+    Ok(Act {
+        n: x.n,
+        h: oh,
+        w: ow,
+        c,
+        data,
+    })
 }
 
 /// candle's own convolution (any group count), with explicit zero padding when it is
-/// asymmetric: the fallback and the reference for tests.
+/// asymmetric: the stock path and the reference for tests.
 pub fn conv2d_reference(
     x: &Tensor,
     weight: &Tensor,
@@ -253,7 +664,7 @@ pub fn conv2d_reference(
     pad: Pad2d,
     groups: usize,
 ) -> Result<Tensor> {
-    if pad.top == pad.bottom && pad.left == pad.right && pad.top == pad.left {
+    if pad == Pad2d::uniform(pad.top) {
         return x.conv2d(weight, pad.top, stride, 1, groups);
     }
     let x = x
@@ -262,26 +673,11 @@ pub fn conv2d_reference(
     x.conv2d(weight, 0, stride, 1, groups)
 }
 
-/// candle's grouped convolution as a depthwise one, plus bias.
-pub fn depthwise_reference(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    pad: Pad2d,
-) -> Result<Tensor> {
-    let y = conv2d_reference(x, weight, stride, pad, weight.dim(0)?)?;
-    match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-        None => Ok(y),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn max_abs_diff(a: Tensor, b: Tensor) -> f32 {
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
         (a - b)
             .unwrap()
@@ -293,28 +689,101 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn dense_conv_matches_candle() {
-        let dev = Device::Cpu;
-        let p = |t, b, l, r| Pad2d {
+    fn p(t: usize, b: usize, l: usize, r: usize) -> Pad2d {
+        Pad2d {
             top: t,
             bottom: b,
             left: l,
             right: r,
-        };
-        for (cin, cout, h, w, k, s, pad) in [
-            (3, 8, 13, 11, 7, 2, p(3, 3, 3, 3)),
-            (6, 5, 9, 9, 3, 1, p(1, 1, 1, 1)),
-            (6, 5, 10, 10, 3, 2, p(0, 1, 0, 1)),
-            (8, 4, 7, 7, 1, 1, p(0, 0, 0, 0)),
-            (8, 4, 8, 8, 1, 2, p(0, 0, 0, 0)),
+        }
+    }
+
+    fn reference_epilogue(
+        y: Tensor,
+        bias: &Tensor,
+        res: Option<&Tensor>,
+        act: Activation,
+    ) -> Tensor {
+        let mut y = y
+            .broadcast_add(&bias.reshape((1, (), 1, 1)).unwrap())
+            .unwrap();
+        if let Some(r) = res {
+            y = (y + r).unwrap();
+        }
+        match act {
+            Activation::Identity => y,
+            Activation::Relu => y.relu().unwrap(),
+            Activation::Relu6 => y.clamp(0f32, 6f32).unwrap(),
+        }
+    }
+
+    #[test]
+    fn nhwc_round_trip() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &Device::Cpu).unwrap();
+        let back = Act::from_nchw(&x).unwrap().to_nchw(&Device::Cpu).unwrap();
+        assert_eq!(max_abs_diff(&x, &back), 0.0);
+    }
+
+    #[test]
+    fn gemm_conv_matches_candle() {
+        let dev = Device::Cpu;
+        // Batch 9 and 20x20 make some cases large enough for the row-blocked parallel path.
+        for (n, cin, cout, h, w, k, s, pad, act) in [
+            (2, 3, 8, 13, 11, 7, 2, p(3, 3, 3, 3), Activation::Relu),
+            (2, 6, 5, 9, 9, 3, 1, p(1, 1, 1, 1), Activation::Identity),
+            (2, 6, 5, 10, 10, 3, 2, p(0, 1, 0, 1), Activation::Relu6),
+            (2, 8, 4, 7, 7, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+            (2, 8, 4, 8, 8, 1, 2, p(0, 0, 0, 0), Activation::Identity),
+            (9, 16, 12, 20, 20, 3, 1, p(1, 1, 1, 1), Activation::Relu),
+            (9, 16, 12, 20, 20, 1, 1, p(0, 0, 0, 0), Activation::Relu),
         ] {
-            let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
-            let ours = conv2d(&x, &wt, s, pad).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let conv = GemmConv::pack(&wt, Some(&b), s).unwrap();
             let reference = conv2d_reference(&x, &wt, s, pad, 1).unwrap();
-            let diff = max_abs_diff(ours, reference);
-            assert!(diff < 1e-4, "{cin}->{cout} {h}x{w} k{k} s{s}: {diff}");
+            let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
+            for with_res in [false, true] {
+                let res_act = with_res.then(|| Act::from_nchw(&res).unwrap());
+                let ours = conv
+                    .forward(&Act::from_nchw(&x).unwrap(), pad, act, res_act.as_ref())
+                    .unwrap()
+                    .to_nchw(&dev)
+                    .unwrap();
+                let expected =
+                    reference_epilogue(reference.clone(), &b, with_res.then_some(&res), act);
+                let diff = max_abs_diff(&ours, &expected);
+                assert!(
+                    diff < 1e-4,
+                    "{cin}->{cout} {h}x{w} k{k} s{s} res {with_res}: {diff}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conv_writes_into_a_wider_buffer() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
+        let conv = GemmConv::pack(&wt, None, 1).unwrap();
+        let xa = Act::from_nchw(&x).unwrap();
+        let alone = conv
+            .forward(&xa, Pad2d::uniform(1), Activation::Identity, None)
+            .unwrap();
+        let mut wide = vec![7f32; xa.rows() * 5];
+        conv.forward_into(
+            &xa,
+            Pad2d::uniform(1),
+            &mut wide,
+            5,
+            Activation::Identity,
+            None,
+        )
+        .unwrap();
+        for (row, expect) in wide.chunks(5).zip(alone.data.chunks(3)) {
+            assert_eq!(&row[..3], expect);
+            assert_eq!(&row[3..], &[7.0, 7.0], "columns past cout are left alone");
         }
     }
 
@@ -322,66 +791,70 @@ mod tests {
     fn depthwise_matches_candle_grouped_conv() {
         let dev = Device::Cpu;
         for (c, h, w, k, s, pad) in [
-            (
-                5,
-                9,
-                7,
-                3,
-                1,
-                Pad2d {
-                    top: 1,
-                    bottom: 1,
-                    left: 1,
-                    right: 1,
-                },
-            ),
-            (
-                4,
-                10,
-                10,
-                3,
-                2,
-                Pad2d {
-                    top: 0,
-                    bottom: 1,
-                    left: 0,
-                    right: 1,
-                },
-            ),
-            (
-                3,
-                11,
-                8,
-                5,
-                2,
-                Pad2d {
-                    top: 1,
-                    bottom: 2,
-                    left: 1,
-                    right: 2,
-                },
-            ),
-            (
-                2,
-                6,
-                6,
-                5,
-                1,
-                Pad2d {
-                    top: 2,
-                    bottom: 2,
-                    left: 2,
-                    right: 2,
-                },
-            ),
+            (5, 9, 7, 3, 1, p(1, 1, 1, 1)),
+            (4, 10, 10, 3, 2, p(0, 1, 0, 1)),
+            (3, 11, 8, 5, 2, p(1, 2, 1, 2)),
+            (2, 6, 6, 5, 1, p(2, 2, 2, 2)),
         ] {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
-            let ours = depthwise_conv2d(&x, &wt, Some(&b), s, pad).unwrap();
-            let reference = depthwise_reference(&x, &wt, Some(&b), s, pad).unwrap();
-            let diff = max_abs_diff(ours, reference);
+            let ours = DepthwiseConv::pack(&wt, Some(&b), s)
+                .unwrap()
+                .forward(&Act::from_nchw(&x).unwrap(), pad, Activation::Relu6)
+                .unwrap()
+                .to_nchw(&dev)
+                .unwrap();
+            let reference = conv2d_reference(&x, &wt, s, pad, c).unwrap();
+            let expected = reference_epilogue(reference, &b, None, Activation::Relu6);
+            let diff = max_abs_diff(&ours, &expected);
             assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s}: {diff}");
         }
+    }
+
+    #[test]
+    fn pooling_and_affine_match_candle() {
+        let dev = Device::Cpu;
+        // Odd sizes: the max pool's padding and the average pool's dropped edge both matter.
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 11, 9), &dev).unwrap();
+        let xa = Act::from_nchw(&x).unwrap();
+
+        let ours = max_pool_3x3_s2(&xa).unwrap().to_nchw(&dev).unwrap();
+        let padded = Tensor::full(f32::MIN, (2, 6, 13, 11), &dev)
+            .unwrap()
+            .slice_assign(&[0..2, 0..6, 1..12, 1..10], &x)
+            .unwrap();
+        let expected = padded.max_pool2d_with_stride(3, 2).unwrap();
+        assert_eq!(max_abs_diff(&ours, &expected), 0.0);
+
+        let ours = avg_pool_2x2(&xa).unwrap().to_nchw(&dev).unwrap();
+        let expected = x.avg_pool2d_with_stride(2, 2).unwrap();
+        assert!(max_abs_diff(&ours, &expected) < 1e-6);
+
+        let scale = [0.5f32, -1.0, 2.0, 0.0];
+        let shift = [0.1f32, 0.2, -0.3, 0.4];
+        let ours = affine_relu(&xa, &scale, &shift).to_nchw(&dev).unwrap();
+        let s = Tensor::new(&scale, &dev)
+            .unwrap()
+            .reshape((1, 4, 1, 1))
+            .unwrap();
+        let b = Tensor::new(&shift, &dev)
+            .unwrap()
+            .reshape((1, 4, 1, 1))
+            .unwrap();
+        let expected = x
+            .narrow(1, 0, 4)
+            .unwrap()
+            .broadcast_mul(&s)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_abs_diff(&ours, &expected) < 1e-6);
+
+        let ours = xa.global_avg_pool(&dev).unwrap();
+        let expected = x.mean((2, 3)).unwrap();
+        assert!(max_abs_diff(&ours, &expected) < 1e-5);
     }
 }

@@ -7,10 +7,12 @@
 //! form is kept (selected by [`LoadOptions::fold_batchnorm`]) so tests can check that folding
 //! changes nothing but rounding.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::kernels::{conv2d, conv2d_reference, depthwise_conv2d, Pad2d};
+use super::kernels::{
+    affine_relu, conv2d_reference, Act, Activation, DepthwiseConv, GemmConv, Pad2d,
+};
 
 /// Options that change how a checkpoint becomes a network, not what it computes.
 #[derive(Debug, Clone, Copy)]
@@ -88,27 +90,104 @@ pub fn tf_same_padding(input: usize, kernel: usize, stride: usize) -> (usize, us
     (needed / 2, needed - needed / 2)
 }
 
-/// A 2-D convolution with an optional per-output-channel bias.
+/// The same convolution packed for the NHWC CPU kernels.
+#[derive(Debug, Clone)]
+enum Packed {
+    Dense(GemmConv),
+    Depthwise(DepthwiseConv),
+}
+
+/// A 2-D convolution with an optional per-output-channel bias. On the CPU it also keeps its
+/// weights packed for the NHWC kernels (see [`Conv2d::packed`]).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     spec: ConvSpec,
+    packed: Option<Packed>,
 }
 
 impl Conv2d {
+    /// Load and pack for the CPU kernels (a convolution that nothing is folded into).
     pub fn load(vb: VarBuilder, spec: ConvSpec, has_bias: bool) -> Result<Self> {
+        Self::load_unpacked(vb, spec, has_bias)?.packed()
+    }
+
+    fn load_unpacked(vb: VarBuilder, spec: ConvSpec, has_bias: bool) -> Result<Self> {
         let weight = vb.get(spec.weight_shape(), "weight")?;
         let bias = if has_bias {
             Some(vb.get(spec.out_channels, "bias")?)
         } else {
             None
         };
-        Ok(Self { weight, bias, spec })
+        Ok(Self {
+            weight,
+            bias,
+            spec,
+            packed: None,
+        })
+    }
+
+    /// Pack the final weights once for the NHWC CPU kernels (CPU f32 weights only).
+    fn packed(mut self) -> Result<Self> {
+        if !matches!(self.weight.device(), Device::Cpu) || self.weight.dtype() != DType::F32 {
+            return Ok(self);
+        }
+        let (stride, bias) = (self.spec.stride, self.bias.as_ref());
+        self.packed = Some(if self.is_depthwise() {
+            Packed::Depthwise(DepthwiseConv::pack(&self.weight, bias, stride)?)
+        } else if self.spec.groups == 1 {
+            Packed::Dense(GemmConv::pack(&self.weight, bias, stride)?)
+        } else {
+            return Ok(self);
+        });
+        Ok(self)
+    }
+
+    /// `act(conv(x) + bias [+ residual])` on an NHWC activation.
+    pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
+        let pad = self.padding_for(x.h, x.w);
+        match (&self.packed, residual) {
+            (Some(Packed::Dense(conv)), _) => conv.forward(x, pad, act, residual),
+            (Some(Packed::Depthwise(conv)), None) => conv.forward(x, pad, act),
+            _ => candle_core::bail!(
+                "convolution {:?} has no NHWC kernel for this use",
+                self.spec
+            ),
+        }
+    }
+
+    /// Write `conv(x) + bias` into the first columns of `out` (rows `out_stride` apart).
+    pub fn forward_nhwc_into(&self, x: &Act, out: &mut [f32], out_stride: usize) -> Result<()> {
+        let pad = self.padding_for(x.h, x.w);
+        match &self.packed {
+            Some(Packed::Dense(conv)) => {
+                conv.forward_into(x, pad, out, out_stride, Activation::Identity, None)
+            }
+            _ => candle_core::bail!(
+                "convolution {:?} has no NHWC kernel for this use",
+                self.spec
+            ),
+        }
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.spec.out_channels
+    }
+
+    /// Output (height, width) for an input of `h` x `w`.
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let p = self.padding_for(h, w);
+        let k = self.spec.kernel;
+        let s = self.spec.stride;
+        (
+            (h + p.top + p.bottom).saturating_sub(k) / s + 1,
+            (w + p.left + p.right).saturating_sub(k) / s + 1,
+        )
     }
 
     /// Scale each output channel by `scale` and add `shift` to the bias: the result of
-    /// applying an affine map after this convolution.
+    /// applying an affine map after this convolution. Packs the folded weights.
     fn fold_affine(self, affine: &ChannelAffine) -> Result<Self> {
         let weight = self
             .weight
@@ -117,11 +196,13 @@ impl Conv2d {
             Some(b) => b.mul(&affine.scale)?.add(&affine.shift)?,
             None => affine.shift.clone(),
         };
-        Ok(Self {
+        Self {
             weight,
             bias: Some(bias),
             spec: self.spec,
-        })
+            packed: None,
+        }
+        .packed()
     }
 }
 
@@ -129,12 +210,7 @@ impl Conv2d {
     /// Padding (top, bottom, left, right) for an input of `h` x `w`.
     fn padding_for(&self, h: usize, w: usize) -> Pad2d {
         match self.spec.padding {
-            Padding::Symmetric(p) => Pad2d {
-                top: p,
-                bottom: p,
-                left: p,
-                right: p,
-            },
+            Padding::Symmetric(p) => Pad2d::uniform(p),
             Padding::TfSame => {
                 let (top, bottom) = tf_same_padding(h, self.spec.kernel, self.spec.stride);
                 let (left, right) = tf_same_padding(w, self.spec.kernel, self.spec.stride);
@@ -156,17 +232,11 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
+    /// candle's stock convolution on NCHW tensors.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = self.padding_for(h, w);
-        if self.is_depthwise() {
-            return depthwise_conv2d(x, &self.weight, self.bias.as_ref(), self.spec.stride, pad);
-        }
-        let y = if self.spec.groups == 1 {
-            conv2d(x, &self.weight, self.spec.stride, pad)?
-        } else {
-            conv2d_reference(x, &self.weight, self.spec.stride, pad, self.spec.groups)?
-        };
+        let y = conv2d_reference(x, &self.weight, self.spec.stride, pad, self.spec.groups)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
@@ -179,6 +249,18 @@ impl Module for Conv2d {
 pub struct ChannelAffine {
     scale: Tensor,
     shift: Tensor,
+    /// The same on the host, for the NHWC kernels.
+    host: (Vec<f32>, Vec<f32>),
+}
+
+impl ChannelAffine {
+    fn new(scale: Tensor, shift: Tensor) -> Result<Self> {
+        let host = (
+            scale.to_dtype(DType::F32)?.to_vec1()?,
+            shift.to_dtype(DType::F32)?.to_vec1()?,
+        );
+        Ok(Self { scale, shift, host })
+    }
 }
 
 impl Module for ChannelAffine {
@@ -220,10 +302,7 @@ impl BatchNorm {
             .bias
             .to_dtype(DType::F64)?
             .sub(&self.running_mean.to_dtype(DType::F64)?.mul(&scale)?)?;
-        Ok(ChannelAffine {
-            scale: scale.to_dtype(dtype)?,
-            shift: shift.to_dtype(dtype)?,
-        })
+        ChannelAffine::new(scale.to_dtype(dtype)?, shift.to_dtype(dtype)?)
     }
 }
 
@@ -258,6 +337,16 @@ impl Norm {
     }
 }
 
+impl Norm {
+    /// `relu(norm(x))` over the first `channels` channels of an NHWC activation.
+    pub fn forward_nhwc_relu(&self, x: &Act) -> Result<Act> {
+        match self {
+            Norm::Affine(a) => Ok(affine_relu(x, &a.host.0, &a.host.1)),
+            Norm::Literal(_) => candle_core::bail!("an unfolded BatchNorm has no NHWC kernel"),
+        }
+    }
+}
+
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -284,13 +373,33 @@ impl ConvBn {
         eps: f64,
         opts: LoadOptions,
     ) -> Result<Self> {
-        let conv = Conv2d::load(conv, spec, false)?;
+        let conv = Conv2d::load_unpacked(conv, spec, false)?;
         let bn = BatchNorm::load(bn, spec.out_channels, eps)?;
         Ok(if opts.fold_batchnorm {
             ConvBn::Folded(conv.fold_affine(&bn.to_affine()?)?)
         } else {
             ConvBn::Unfolded(conv, bn)
         })
+    }
+}
+
+impl ConvBn {
+    /// Whether this convolution runs on the NHWC CPU kernels (folded, CPU f32 weights).
+    pub fn has_nhwc_kernel(&self) -> bool {
+        matches!(
+            self,
+            ConvBn::Folded(Conv2d {
+                packed: Some(_),
+                ..
+            })
+        )
+    }
+
+    pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
+        match self {
+            ConvBn::Folded(conv) => conv.forward_nhwc(x, act, residual),
+            ConvBn::Unfolded(..) => candle_core::bail!("an unfolded BatchNorm has no NHWC kernel"),
+        }
     }
 }
 

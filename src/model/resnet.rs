@@ -3,9 +3,10 @@
 //! Module paths mirror torchvision's and timm's `resnet*.tv_in1k` state dicts: `conv1`,
 //! `bn1`, `layer{1..4}.{i}.conv{1,2,3}` / `bn{1,2,3}`, `layer{n}.0.downsample.{0,1}`, `fc`.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::kernels::{self, Act, Activation};
 use super::layers::{
     global_avg_pool, max_pool_3x3_s2_after_relu, Classifier, ConvBn, ConvSpec, LoadOptions,
 };
@@ -130,6 +131,23 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The same block on the NHWC CPU kernels, the residual add and ReLU fused into the last
+    /// convolution.
+    fn forward_nhwc(&self, x: &Act) -> Result<Act> {
+        let shortcut = match &self.downsample {
+            Some(ds) => Some(ds.forward_nhwc(x, Activation::Identity, None)?),
+            None => None,
+        };
+        let (last, first) = self.convs.split_last().expect("a block has convolutions");
+        let mut y = first[0].forward_nhwc(x, Activation::Relu, None)?;
+        for conv in &first[1..] {
+            y = conv.forward_nhwc(&y, Activation::Relu, None)?;
+        }
+        last.forward_nhwc(&y, Activation::Relu, Some(shortcut.as_ref().unwrap_or(x)))
+    }
+}
+
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let last = self.convs.len() - 1;
@@ -194,6 +212,16 @@ impl ResNet {
 
 impl Module for ResNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::fast_path_for(x) && self.stem.has_nhwc_kernel() {
+            let x = self
+                .stem
+                .forward_nhwc(&Act::from_nchw(x)?, Activation::Relu, None)?;
+            let mut x = kernels::max_pool_3x3_s2(&x)?;
+            for block in &self.blocks {
+                x = block.forward_nhwc(&x)?;
+            }
+            return self.fc.forward(&x.global_avg_pool(&Device::Cpu)?);
+        }
         let mut x = max_pool_3x3_s2_after_relu(&self.stem.forward(x)?.relu()?)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
