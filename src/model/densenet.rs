@@ -123,8 +123,12 @@ impl DenseLayer {
     /// Read the first `in_ch` channels of the block's features and write this layer's new
     /// maps right after them, in place: no concatenation is ever copied.
     fn forward_nhwc(&self, features: &mut Act, in_ch: usize) -> Result<()> {
-        let y = self.norm1.forward_nhwc_relu(features)?;
-        let y = self.conv1.forward_nhwc(&y, Activation::Relu, None)?;
+        let y = self.conv1.forward_nhwc_view(
+            features.prefix(in_ch),
+            Some(self.norm1.relu_prologue()?),
+            Activation::Relu,
+            None,
+        )?;
         let stride = features.c;
         self.conv2
             .forward_nhwc_into(&y, &mut features.data[in_ch..], stride)
@@ -144,9 +148,10 @@ impl Transition {
     }
 
     fn forward_nhwc(&self, x: &Act) -> Result<Act> {
-        let y = self.norm.forward_nhwc_relu(x)?;
-        let y = self.conv.forward_nhwc(&y, Activation::Identity, None)?;
-        kernels::avg_pool_2x2(&y)
+        // Pool first: pooling and a 1x1 convolution commute, and this way the convolution
+        // runs on a quarter of the pixels.
+        let y = kernels::avg_pool_2x2(x, Some(self.norm.relu_prologue()?))?;
+        self.conv.forward_nhwc(&y, Activation::Identity, None)
     }
 }
 
@@ -268,8 +273,8 @@ impl Module for DenseNet {
                     x = t.forward_nhwc(&x)?;
                 }
             }
-            let x = self.norm5.forward_nhwc_relu(&x)?;
-            return self.classifier.forward(&x.global_avg_pool(&Device::Cpu)?);
+            let pooled = x.global_avg_pool(Some(self.norm5.relu_prologue()?), &Device::Cpu)?;
+            return self.classifier.forward(&pooled);
         }
         let mut x = max_pool_3x3_s2_after_relu(&self.stem.forward(x)?.relu()?)?;
         for (i, block) in self.blocks.iter().enumerate() {

@@ -281,7 +281,9 @@ impl Module for EfficientNetLite {
                 x = block.forward_nhwc(&x)?;
             }
             let x = self.head.forward_nhwc(&x, Activation::Relu6, None)?;
-            return self.classifier.forward(&x.global_avg_pool(&Device::Cpu)?);
+            return self
+                .classifier
+                .forward(&x.global_avg_pool(None, &Device::Cpu)?);
         }
         let mut x = relu6(&self.stem.forward(x)?)?;
         for block in &self.blocks {

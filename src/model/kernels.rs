@@ -97,6 +97,24 @@ impl Act {
         self.n * self.h * self.w
     }
 
+    /// All channels, as a view.
+    pub fn view(&self) -> View<'_> {
+        self.prefix(self.c)
+    }
+
+    /// The first `c` channels of every pixel (what a DenseNet layer reads of its block).
+    pub fn prefix(&self, c: usize) -> View<'_> {
+        assert!(c <= self.c, "a prefix of {c} channels of {}", self.c);
+        View {
+            data: &self.data,
+            n: self.n,
+            h: self.h,
+            w: self.w,
+            c,
+            stride: self.c,
+        }
+    }
+
     /// Transpose an NCHW tensor into NHWC, in parallel over image rows.
     pub fn from_nchw(x: &Tensor) -> Result<Self> {
         let (n, c, h, w) = x.dims4()?;
@@ -123,14 +141,23 @@ impl Act {
             .contiguous()
     }
 
-    /// The mean of every channel over each image's pixels: `(n, c)`, ready for a classifier.
-    pub fn global_avg_pool(&self, device: &Device) -> Result<Tensor> {
+    /// The mean of every channel (after `pro`, if given) over each image's pixels: `(n, c)`,
+    /// ready for a classifier.
+    pub fn global_avg_pool(&self, pro: Option<Prologue>, device: &Device) -> Result<Tensor> {
         let (hw, c) = (self.h * self.w, self.c);
         let mut out = vec![0f32; self.n * c];
         out.par_chunks_mut(c)
             .zip(self.data.par_chunks(hw * c))
             .for_each(|(sum, image)| {
+                let mut px_out = vec![0f32; c];
                 for px in image.chunks_exact(c) {
+                    let px = match pro {
+                        Some(p) => {
+                            p.apply(px, &mut px_out);
+                            &px_out[..]
+                        }
+                        None => px,
+                    };
                     for (s, &v) in sum.iter_mut().zip(px) {
                         *s += v;
                     }
@@ -140,6 +167,59 @@ impl Act {
             });
         Tensor::from_vec(out, (self.n, c), device)
     }
+}
+
+/// A read-only NHWC view: `c` channels of each pixel, pixels `stride` values apart.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub stride: usize,
+}
+
+impl View<'_> {
+    fn pixel(&self, img: usize, y: usize, x: usize) -> &[f32] {
+        &self.data[((img * self.h + y) * self.w + x) * self.stride..][..self.c]
+    }
+}
+
+/// `relu(x * scale + shift)` per channel, applied to an input as a kernel reads it: a
+/// pre-activation BatchNorm + ReLU (DenseNet) that never gets its own pass or buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Prologue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+}
+
+impl Prologue<'_> {
+    #[inline(always)]
+    fn apply(&self, src: &[f32], dst: &mut [f32]) {
+        for (((o, &v), &a), &b) in dst.iter_mut().zip(src).zip(self.scale).zip(self.shift) {
+            *o = (v * a + b).max(0.0);
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on `len` floats of scratch space that this thread reuses from call to call, so the
+/// gathered receptive fields never cost an allocation or a page fault in steady state.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered (a thread waiting in one kernel ran another's task): a private buffer.
+        Err(_) => f(&mut vec![0f32; len]),
+    })
 }
 
 /// A dense (groups = 1) convolution packed for GEMM.
@@ -203,16 +283,16 @@ impl GemmConv {
         pad.output_size(h, w, self.k, self.stride)
     }
 
-    /// `act(conv(x) + bias [+ residual])` as a new activation.
+    /// `act(conv(pro(x)) + bias [+ residual])` as a new activation.
     pub fn forward(
         &self,
-        x: &Act,
+        x: View,
         pad: Pad2d,
+        pro: Option<Prologue>,
         act: Activation,
         residual: Option<&Act>,
     ) -> Result<Act> {
         let (oh, ow) = self.output_size(x.h, x.w, pad)?;
-        let mut data = vec![0f32; x.n * oh * ow * self.cout];
         if let Some(r) = residual {
             if (r.n, r.h, r.w, r.c) != (x.n, oh, ow, self.cout) {
                 candle_core::bail!(
@@ -222,14 +302,24 @@ impl GemmConv {
                 )
             }
         }
-        self.forward_into(
+        let len = x.n * oh * ow * self.cout;
+        let mut data = Vec::with_capacity(len);
+        let conv = Launch {
+            conv: self,
             x,
             pad,
-            &mut data,
-            self.cout,
+            pro,
             act,
-            residual.map(|r| &r.data[..]),
-        )?;
+            residual: residual.map(|r| &r.data[..]),
+            oh,
+            ow,
+        };
+        // SAFETY: the capacity holds every output row, `cout` apart; `run` writes all of it
+        // (every row block or channel panel) before `set_len` exposes it.
+        unsafe {
+            conv.run(SendPtr(data.as_mut_ptr()), self.cout)?;
+            data.set_len(len);
+        }
         Ok(Act {
             n: x.n,
             h: oh,
@@ -239,161 +329,221 @@ impl GemmConv {
         })
     }
 
-    /// Write `act(conv(x) + bias [+ residual])` into the first `cout` columns of `out`, whose
-    /// rows are `out_stride` apart (so a DenseNet layer writes straight into its block's
-    /// concatenated features). `residual`, if given, is `rows x cout`.
+    /// Write `act(conv(pro(x)) + bias)` into the first `cout` columns of `out`, whose rows
+    /// are `out_stride` apart (so a DenseNet layer writes straight into its block's
+    /// concatenated features).
     pub fn forward_into(
         &self,
-        x: &Act,
+        x: View,
         pad: Pad2d,
+        pro: Option<Prologue>,
         out: &mut [f32],
         out_stride: usize,
         act: Activation,
-        residual: Option<&[f32]>,
     ) -> Result<()> {
-        if x.c != self.cin {
-            candle_core::bail!(
-                "conv: input has {} channels, weight expects {}",
-                x.c,
-                self.cin
-            )
-        }
         let (oh, ow) = self.output_size(x.h, x.w, pad)?;
         let rows = x.n * oh * ow;
-        if rows == 0 || out_stride < self.cout || out.len() < (rows - 1) * out_stride + self.cout {
+        if out_stride < self.cout || out.len() < (rows - 1) * out_stride + self.cout {
             candle_core::bail!("conv: output buffer too small")
         }
-        if residual.is_some_and(|r| r.len() < rows * self.cout) {
-            candle_core::bail!("conv: residual smaller than the output")
-        }
-        let kk = self.k * self.k * self.cin;
-        let direct = self.k == 1 && self.stride == 1 && pad == Pad2d::uniform(0);
-        let geom = Gather {
+        let conv = Launch {
+            conv: self,
             x,
             pad,
-            k: self.k,
-            stride: self.stride,
+            pro,
+            act,
+            residual: None,
             oh,
             ow,
         };
+        // SAFETY: `out` was just checked to hold every row.
+        unsafe { conv.run(SendPtr(out.as_mut_ptr()), out_stride) }
+    }
+}
+
+/// One convolution call: input, geometry and epilogue.
+struct Launch<'a> {
+    conv: &'a GemmConv,
+    x: View<'a>,
+    pad: Pad2d,
+    pro: Option<Prologue<'a>>,
+    act: Activation,
+    /// `rows x cout`, added before the activation.
+    residual: Option<&'a [f32]>,
+    oh: usize,
+    ow: usize,
+}
+
+impl Launch<'_> {
+    /// Compute every output row into `dst` (rows `out_stride` apart).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `rows` rows of `cout` values, `out_stride` apart.
+    unsafe fn run(&self, dst: SendPtr, out_stride: usize) -> Result<()> {
+        let (conv, x) = (self.conv, self.x);
+        if x.c != conv.cin {
+            candle_core::bail!(
+                "conv: input has {} channels, weight expects {}",
+                x.c,
+                conv.cin
+            )
+        }
+        let rows = x.n * self.oh * self.ow;
+        if rows == 0 || x.data.len() < (x.n * x.h * x.w - 1) * x.stride + x.c {
+            candle_core::bail!("conv: empty or short input")
+        }
+        if self.residual.is_some_and(|r| r.len() < rows * conv.cout) {
+            candle_core::bail!("conv: residual smaller than the output")
+        }
+        let kk = conv.k * conv.k * conv.cin;
+        // A 1x1 stride-1 unpadded convolution of a plain input multiplies the input rows as
+        // they are; everything else gathers its receptive fields first.
+        let direct =
+            conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none();
         let threads = rayon::current_num_threads();
-        let dst = SendPtr(out.as_mut_ptr());
-        let tile = Tile {
-            conv: self,
-            out_stride,
-            act,
-            residual,
-        };
         if rows >= ROW_BLOCK * 2 * threads {
             // Plenty of rows: blocks of rows, as many per thread, each gathered, multiplied
             // by a single-threaded GEMM and finished while it is in this core's cache.
             let blocks = rows.div_ceil(ROW_BLOCK).next_multiple_of(threads);
             let len = rows.div_ceil(blocks);
-            (0..blocks)
-                .into_par_iter()
-                .for_each_init(Vec::new, |cols, b| {
-                    let r0 = b * len;
-                    let len = len.min(rows.saturating_sub(r0));
-                    if len == 0 {
-                        return;
-                    }
-                    let lhs: &[f32] = if direct {
-                        &x.data[r0 * kk..(r0 + len) * kk]
-                    } else {
-                        cols.resize(len * kk, 0.0);
-                        geom.gather(r0, len, cols);
-                        cols
+            (0..blocks).into_par_iter().for_each(|b| {
+                let r0 = b * len;
+                let len = len.min(rows.saturating_sub(r0));
+                if len == 0 {
+                    return;
+                }
+                // SAFETY (both arms): blocks are disjoint row ranges of the output.
+                if direct {
+                    let lhs = Lhs {
+                        ptr: x.data[r0 * x.stride..].as_ptr(),
+                        row_stride: x.stride,
+                        k: kk,
                     };
-                    // SAFETY: blocks are disjoint row ranges of the checked output.
-                    unsafe { tile.run(lhs, dst, r0, len, 0..self.cout, gemm::Parallelism::None) }
-                });
+                    unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+                } else {
+                    with_scratch(len * kk, |cols| {
+                        self.gather(r0, len, cols);
+                        let lhs = Lhs {
+                            ptr: cols.as_ptr(),
+                            row_stride: kk,
+                            k: kk,
+                        };
+                        unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+                    })
+                }
+            });
         } else {
             // Few rows (deep layers, small batches): gather once, then split the output
             // channels between threads so each streams its own part of the weight.
-            let mut cols = Vec::new();
-            let lhs: &[f32] = if direct {
-                &x.data[..rows * kk]
-            } else {
-                cols.resize(rows * kk, 0.0);
-                cols.par_chunks_mut(16 * kk)
-                    .enumerate()
-                    .for_each(|(i, c)| geom.gather(i * 16, c.len() / kk, c));
-                &cols
-            };
-            let panels = threads.min(self.cout / 16).max(1);
-            if panels == 1 {
-                // SAFETY: one call covers the whole checked output.
-                unsafe {
-                    tile.run(
-                        lhs,
-                        dst,
-                        0,
-                        rows,
-                        0..self.cout,
-                        gemm::Parallelism::Rayon(threads),
-                    )
+            let panels = threads.min(conv.cout / 16).max(1);
+            let multiply = |lhs: Lhs| {
+                if panels == 1 {
+                    let par = Some(threads);
+                    // SAFETY: one call covers the whole output.
+                    unsafe { self.tile(lhs, dst, out_stride, 0, rows, 0..conv.cout, par) }
+                    return;
                 }
-            } else {
-                let width = self.cout.div_ceil(panels).next_multiple_of(8);
+                let width = conv.cout.div_ceil(panels).next_multiple_of(8);
                 (0..panels).into_par_iter().for_each(|p| {
-                    let c0 = (p * width).min(self.cout);
-                    let c1 = ((p + 1) * width).min(self.cout);
-                    if c0 < c1 {
-                        // SAFETY: panels are disjoint channel ranges of the checked output.
-                        unsafe { tile.run(lhs, dst, 0, rows, c0..c1, gemm::Parallelism::None) }
+                    let chans = (p * width).min(conv.cout)..((p + 1) * width).min(conv.cout);
+                    if !chans.is_empty() {
+                        // SAFETY: panels are disjoint channel ranges of the output.
+                        unsafe { self.tile(lhs, dst, out_stride, 0, rows, chans, None) }
                     }
+                });
+            };
+            if direct {
+                multiply(Lhs {
+                    ptr: x.data.as_ptr(),
+                    row_stride: x.stride,
+                    k: kk,
+                });
+            } else {
+                with_scratch(rows * kk, |cols| {
+                    cols.par_chunks_mut(16 * kk)
+                        .enumerate()
+                        .for_each(|(i, c)| self.gather(i * 16, c.len() / kk, c));
+                    multiply(Lhs {
+                        ptr: cols.as_ptr(),
+                        row_stride: kk,
+                        k: kk,
+                    });
                 });
             }
         }
         Ok(())
     }
-}
 
-/// The output pointer, shared by threads that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to write disjoint regions, as each use documents.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+    /// Fill `cols` (`len` rows of k*k*C) with the receptive fields of output rows
+    /// `r0..r0+len`, zeros where they overhang the input, the prologue applied.
+    fn gather(&self, r0: usize, len: usize, cols: &mut [f32]) {
+        let (x, k, c, s) = (self.x, self.conv.k, self.x.c, self.conv.stride);
+        let (oh, ow) = (self.oh, self.ow);
+        for (i, dst) in cols.chunks_exact_mut(k * k * c).take(len).enumerate() {
+            let r = r0 + i;
+            let (img, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+            for ky in 0..k {
+                let iy = (oy * s + ky) as isize - self.pad.top as isize;
+                let span = &mut dst[ky * k * c..(ky + 1) * k * c];
+                if iy < 0 || iy >= x.h as isize {
+                    span.fill(0.0);
+                    continue;
+                }
+                let iy = iy as usize;
+                let ix0 = (ox * s) as isize - self.pad.left as isize;
+                if self.pro.is_none() && x.stride == c && ix0 >= 0 && ix0 as usize + k <= x.w {
+                    // The k taps of a row are k*C contiguous values of the input.
+                    let start = ((img * x.h + iy) * x.w + ix0 as usize) * c;
+                    span.copy_from_slice(&x.data[start..start + k * c]);
+                    continue;
+                }
+                for (kx, d) in span.chunks_exact_mut(c).enumerate() {
+                    let ix = ix0 + kx as isize;
+                    if ix < 0 || ix >= x.w as isize {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let src = x.pixel(img, iy, ix as usize);
+                    match &self.pro {
+                        Some(p) => p.apply(src, d),
+                        None => d.copy_from_slice(src),
+                    }
+                }
+            }
+        }
+    }
 
-/// What every GEMM tile of one convolution shares.
-struct Tile<'a> {
-    conv: &'a GemmConv,
-    out_stride: usize,
-    act: Activation,
-    residual: Option<&'a [f32]>,
-}
-
-impl Tile<'_> {
-    /// Output rows `r0..r0+len`, channels `chans`: multiply `lhs` (`len` rows of k*k*Cin)
-    /// by the weight's columns `chans`, then add bias (and residual) and activate.
+    /// Output rows `r0..r0+len`, channels `chans`: multiply `len` rows of `lhs` by the
+    /// weight's columns `chans`, then add bias (and residual) and activate. `threads`: let
+    /// the GEMM itself split the work.
     ///
     /// # Safety
-    /// `dst` must be valid for `r0 + len` rows `out_stride` apart, and no other thread may
-    /// touch those rows' `chans` at the same time.
-    unsafe fn run(
+    /// `dst` must be valid for `r0 + len` rows `out_stride` apart, `lhs` for `len` rows, and
+    /// no other thread may touch those output rows' `chans` at the same time.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
         &self,
-        lhs: &[f32],
+        lhs: Lhs,
         dst: SendPtr,
+        out_stride: usize,
         r0: usize,
         len: usize,
         chans: std::ops::Range<usize>,
-        par: gemm::Parallelism,
+        threads: Option<usize>,
     ) {
         let conv = self.conv;
-        let kk = lhs.len() / len;
-        let base = dst.0.add(r0 * self.out_stride + chans.start);
+        let base = dst.0.add(r0 * out_stride + chans.start);
         gemm::gemm(
             len,
             chans.len(),
-            kk,
+            lhs.k,
             base,
             1,
-            self.out_stride as isize,
+            out_stride as isize,
             false,
-            lhs.as_ptr(),
+            lhs.ptr,
             1,
-            kk as isize,
+            lhs.row_stride as isize,
             conv.weight.as_ptr().add(chans.start),
             1,
             conv.cout as isize,
@@ -402,11 +552,11 @@ impl Tile<'_> {
             false,
             false,
             false,
-            par,
+            threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
         );
         let bias = &conv.bias[chans.clone()];
         for r in 0..len {
-            let row = std::slice::from_raw_parts_mut(base.add(r * self.out_stride), chans.len());
+            let row = std::slice::from_raw_parts_mut(base.add(r * out_stride), chans.len());
             match self.residual {
                 Some(res) => {
                     let res = &res[(r0 + r) * conv.cout..][chans.clone()];
@@ -424,55 +574,23 @@ impl Tile<'_> {
     }
 }
 
-/// Geometry for gathering receptive fields (im2col) from an NHWC activation.
-struct Gather<'a> {
-    x: &'a Act,
-    pad: Pad2d,
+/// The left-hand matrix of a GEMM: rows of `k` values, `row_stride` apart.
+#[derive(Clone, Copy)]
+struct Lhs {
+    ptr: *const f32,
+    row_stride: usize,
     k: usize,
-    stride: usize,
-    oh: usize,
-    ow: usize,
 }
+// SAFETY: read-only, and the data outlives every parallel section that uses it.
+unsafe impl Send for Lhs {}
+unsafe impl Sync for Lhs {}
 
-impl Gather<'_> {
-    /// Fill `cols` (`len` rows of k*k*C) with the fields of output rows `r0..r0+len`.
-    fn gather(&self, r0: usize, len: usize, cols: &mut [f32]) {
-        let (x, k, c) = (self.x, self.k, self.x.c);
-        let kk = k * k * c;
-        for (i, dst) in cols.chunks_exact_mut(kk).take(len).enumerate() {
-            let r = r0 + i;
-            let (img, oy, ox) = (
-                r / (self.oh * self.ow),
-                (r / self.ow) % self.oh,
-                r % self.ow,
-            );
-            for ky in 0..k {
-                let iy = (oy * self.stride + ky) as isize - self.pad.top as isize;
-                let span = &mut dst[ky * k * c..(ky + 1) * k * c];
-                if iy < 0 || iy >= x.h as isize {
-                    span.fill(0.0);
-                    continue;
-                }
-                let src_row = &x.data[(img * x.h + iy as usize) * x.w * c..][..x.w * c];
-                let ix0 = (ox * self.stride) as isize - self.pad.left as isize;
-                if ix0 >= 0 && ix0 as usize + k <= x.w {
-                    // The k taps of a row are k*C contiguous values of the input.
-                    span.copy_from_slice(&src_row[ix0 as usize * c..(ix0 as usize + k) * c]);
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = ix0 + kx as isize;
-                    let d = &mut span[kx * c..(kx + 1) * c];
-                    if ix < 0 || ix >= x.w as isize {
-                        d.fill(0.0);
-                    } else {
-                        d.copy_from_slice(&src_row[ix as usize * c..(ix as usize + 1) * c]);
-                    }
-                }
-            }
-        }
-    }
-}
+/// The output pointer, shared by threads that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to write disjoint regions, as each use documents.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
 
 /// A depthwise convolution (one k x k filter per channel) with bias.
 #[derive(Debug, Clone)]
@@ -518,7 +636,7 @@ impl DepthwiseConv {
         })
     }
 
-    pub fn forward(&self, x: &Act, pad: Pad2d, act: Activation) -> Result<Act> {
+    pub fn forward(&self, x: View, pad: Pad2d, act: Activation) -> Result<Act> {
         if x.c != self.c {
             candle_core::bail!(
                 "depthwise conv: input has {} channels, expects {}",
@@ -540,13 +658,12 @@ impl DepthwiseConv {
                         if iy < 0 || iy >= x.h as isize {
                             continue;
                         }
-                        let src_row = &x.data[(img * x.h + iy as usize) * x.w * c..][..x.w * c];
                         for kx in 0..k {
                             let ix = (ox * s + kx) as isize - pad.left as isize;
                             if ix < 0 || ix >= x.w as isize {
                                 continue;
                             }
-                            let px = &src_row[ix as usize * c..(ix as usize + 1) * c];
+                            let px = x.pixel(img, iy as usize, ix as usize);
                             let taps = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
                             for ((a, &v), &t) in acc.iter_mut().zip(px).zip(taps) {
                                 *a += v * t;
@@ -563,30 +680,6 @@ impl DepthwiseConv {
             c,
             data,
         })
-    }
-}
-
-/// `relu(x * scale + shift)` per channel over the first `scale.len()` channels of `x`
-/// (rows `x.c` apart): a pre-activation BatchNorm + ReLU, reading a prefix of a DenseNet
-/// block's features without copying them first.
-pub fn affine_relu(x: &Act, scale: &[f32], shift: &[f32]) -> Act {
-    let c = scale.len();
-    let mut data = vec![0f32; x.rows() * c];
-    data.par_chunks_mut(c * 64)
-        .zip(x.data.par_chunks(x.c * 64))
-        .for_each(|(dst, src)| {
-            for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(x.c)) {
-                for (((o, &v), &a), &b) in d.iter_mut().zip(&s[..c]).zip(scale).zip(shift) {
-                    *o = (v * a + b).max(0.0);
-                }
-            }
-        });
-    Act {
-        n: x.n,
-        h: x.h,
-        w: x.w,
-        c,
-        data,
     }
 }
 
@@ -620,9 +713,10 @@ pub fn max_pool_3x3_s2(x: &Act) -> Result<Act> {
     })
 }
 
-/// `AvgPool2d(kernel=2, stride=2)` (DenseNet's transitions; an odd last row/column is
-/// dropped, as PyTorch does).
-pub fn avg_pool_2x2(x: &Act) -> Result<Act> {
+/// `AvgPool2d(kernel=2, stride=2)` of `pro(x)` (DenseNet's transitions, which pool before
+/// their 1x1 convolution: the two commute, and the convolution then runs on a quarter of
+/// the pixels). An odd last row/column is dropped, as PyTorch does.
+pub fn avg_pool_2x2(x: &Act, pro: Option<Prologue>) -> Result<Act> {
     let c = x.c;
     let (oh, ow) = (x.h / 2, x.w / 2);
     if oh == 0 || ow == 0 {
@@ -637,12 +731,18 @@ pub fn avg_pool_2x2(x: &Act) -> Result<Act> {
         .enumerate()
         .for_each(|(row, dst)| {
             let (img, oy) = (row / oh, row % oh);
-            let r0 = &x.data[(img * x.h + 2 * oy) * x.w * c..][..x.w * c];
-            let r1 = &x.data[(img * x.h + 2 * oy + 1) * x.w * c..][..x.w * c];
+            let mut taps = vec![0f32; 4 * c];
             for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
-                let (a, b) = (2 * ox * c, (2 * ox + 1) * c);
+                for (t, (dy, dx)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                    let px = &x.data[((img * x.h + 2 * oy + dy) * x.w + 2 * ox + dx) * c..][..c];
+                    let tap = &mut taps[t * c..(t + 1) * c];
+                    match pro {
+                        Some(p) => p.apply(px, tap),
+                        None => tap.copy_from_slice(px),
+                    }
+                }
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = (r0[a + i] + r0[b + i] + r1[a + i] + r1[b + i]) * 0.25;
+                    *o = (taps[i] + taps[c + i] + taps[2 * c + i] + taps[3 * c + i]) * 0.25;
                 }
             }
         });
@@ -746,7 +846,13 @@ mod tests {
             for with_res in [false, true] {
                 let res_act = with_res.then(|| Act::from_nchw(&res).unwrap());
                 let ours = conv
-                    .forward(&Act::from_nchw(&x).unwrap(), pad, act, res_act.as_ref())
+                    .forward(
+                        Act::from_nchw(&x).unwrap().view(),
+                        pad,
+                        None,
+                        act,
+                        res_act.as_ref(),
+                    )
                     .unwrap()
                     .to_nchw(&dev)
                     .unwrap();
@@ -768,22 +874,64 @@ mod tests {
         let wt = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
         let conv = GemmConv::pack(&wt, None, 1).unwrap();
         let xa = Act::from_nchw(&x).unwrap();
+        let pad = Pad2d::uniform(1);
         let alone = conv
-            .forward(&xa, Pad2d::uniform(1), Activation::Identity, None)
+            .forward(xa.view(), pad, None, Activation::Identity, None)
             .unwrap();
         let mut wide = vec![7f32; xa.rows() * 5];
-        conv.forward_into(
-            &xa,
-            Pad2d::uniform(1),
-            &mut wide,
-            5,
-            Activation::Identity,
-            None,
-        )
-        .unwrap();
+        conv.forward_into(xa.view(), pad, None, &mut wide, 5, Activation::Identity)
+            .unwrap();
         for (row, expect) in wide.chunks(5).zip(alone.data.chunks(3)) {
             assert_eq!(&row[..3], expect);
             assert_eq!(&row[3..], &[7.0, 7.0], "columns past cout are left alone");
+        }
+    }
+
+    /// `relu(x[:, ..c] * scale + shift)` per channel, in candle.
+    fn reference_prologue(x: &Tensor, scale: &[f32], shift: &[f32]) -> Tensor {
+        let dev = x.device();
+        let c = scale.len();
+        let s = Tensor::new(scale, dev)
+            .unwrap()
+            .reshape((1, c, 1, 1))
+            .unwrap();
+        let b = Tensor::new(shift, dev)
+            .unwrap()
+            .reshape((1, c, 1, 1))
+            .unwrap();
+        x.narrow(1, 0, c)
+            .unwrap()
+            .broadcast_mul(&s)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .relu()
+            .unwrap()
+    }
+
+    #[test]
+    fn conv_reads_a_channel_prefix_through_a_prologue() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 12, 12), &dev).unwrap();
+        let xa = Act::from_nchw(&x).unwrap();
+        let (scale, shift) = ([0.5f32, -1.0, 2.0], [0.1f32, 0.2, -0.3]);
+        let pro = Prologue {
+            scale: &scale,
+            shift: &shift,
+        };
+        let input = reference_prologue(&x, &scale, &shift);
+        for (k, pad) in [(1, 0), (3, 1)] {
+            let wt = Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap();
+            let conv = GemmConv::pack(&wt, None, 1).unwrap();
+            let pad = Pad2d::uniform(pad);
+            let ours = conv
+                .forward(xa.prefix(3), pad, Some(pro), Activation::Identity, None)
+                .unwrap()
+                .to_nchw(&dev)
+                .unwrap();
+            let expected = conv2d_reference(&input, &wt, 1, pad, 1).unwrap();
+            let diff = max_abs_diff(&ours, &expected);
+            assert!(diff < 1e-4, "k{k}: {diff}");
         }
     }
 
@@ -801,7 +949,7 @@ mod tests {
             let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
             let ours = DepthwiseConv::pack(&wt, Some(&b), s)
                 .unwrap()
-                .forward(&Act::from_nchw(&x).unwrap(), pad, Activation::Relu6)
+                .forward(Act::from_nchw(&x).unwrap().view(), pad, Activation::Relu6)
                 .unwrap()
                 .to_nchw(&dev)
                 .unwrap();
@@ -813,7 +961,7 @@ mod tests {
     }
 
     #[test]
-    fn pooling_and_affine_match_candle() {
+    fn pooling_matches_candle() {
         let dev = Device::Cpu;
         // Odd sizes: the max pool's padding and the average pool's dropped edge both matter.
         let x = Tensor::randn(0f32, 1.0, (2, 6, 11, 9), &dev).unwrap();
@@ -827,34 +975,26 @@ mod tests {
         let expected = padded.max_pool2d_with_stride(3, 2).unwrap();
         assert_eq!(max_abs_diff(&ours, &expected), 0.0);
 
-        let ours = avg_pool_2x2(&xa).unwrap().to_nchw(&dev).unwrap();
+        let scale = [0.5f32, -1.0, 2.0, 0.0, 1.0, 3.0];
+        let shift = [0.1f32, 0.2, -0.3, 0.4, 0.0, -1.0];
+        let pro = Prologue {
+            scale: &scale,
+            shift: &shift,
+        };
+        let activated = reference_prologue(&x, &scale, &shift);
+
+        let ours = avg_pool_2x2(&xa, None).unwrap().to_nchw(&dev).unwrap();
         let expected = x.avg_pool2d_with_stride(2, 2).unwrap();
         assert!(max_abs_diff(&ours, &expected) < 1e-6);
-
-        let scale = [0.5f32, -1.0, 2.0, 0.0];
-        let shift = [0.1f32, 0.2, -0.3, 0.4];
-        let ours = affine_relu(&xa, &scale, &shift).to_nchw(&dev).unwrap();
-        let s = Tensor::new(&scale, &dev)
-            .unwrap()
-            .reshape((1, 4, 1, 1))
-            .unwrap();
-        let b = Tensor::new(&shift, &dev)
-            .unwrap()
-            .reshape((1, 4, 1, 1))
-            .unwrap();
-        let expected = x
-            .narrow(1, 0, 4)
-            .unwrap()
-            .broadcast_mul(&s)
-            .unwrap()
-            .broadcast_add(&b)
-            .unwrap()
-            .relu()
-            .unwrap();
+        let ours = avg_pool_2x2(&xa, Some(pro)).unwrap().to_nchw(&dev).unwrap();
+        let expected = activated.avg_pool2d_with_stride(2, 2).unwrap();
         assert!(max_abs_diff(&ours, &expected) < 1e-6);
 
-        let ours = xa.global_avg_pool(&dev).unwrap();
+        let ours = xa.global_avg_pool(None, &dev).unwrap();
         let expected = x.mean((2, 3)).unwrap();
+        assert!(max_abs_diff(&ours, &expected) < 1e-5);
+        let ours = xa.global_avg_pool(Some(pro), &dev).unwrap();
+        let expected = activated.mean((2, 3)).unwrap();
         assert!(max_abs_diff(&ours, &expected) < 1e-5);
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    affine_relu, conv2d_reference, Act, Activation, DepthwiseConv, GemmConv, Pad2d,
+    conv2d_reference, Act, Activation, DepthwiseConv, GemmConv, Pad2d, Prologue, View,
 };
 
 /// Options that change how a checkpoint becomes a network, not what it computes.
@@ -146,10 +146,23 @@ impl Conv2d {
 
     /// `act(conv(x) + bias [+ residual])` on an NHWC activation.
     pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
+        self.forward_nhwc_view(x.view(), None, act, residual)
+    }
+
+    /// `act(conv(pro(x)) + bias [+ residual])` on an NHWC view.
+    pub fn forward_nhwc_view(
+        &self,
+        x: View,
+        pro: Option<Prologue>,
+        act: Activation,
+        residual: Option<&Act>,
+    ) -> Result<Act> {
         let pad = self.padding_for(x.h, x.w);
-        match (&self.packed, residual) {
-            (Some(Packed::Dense(conv)), _) => conv.forward(x, pad, act, residual),
-            (Some(Packed::Depthwise(conv)), None) => conv.forward(x, pad, act),
+        match (&self.packed, pro, residual) {
+            (Some(Packed::Dense(conv)), ..) => conv.forward(x, pad, pro, act, residual),
+            (Some(Packed::Depthwise(conv)), None, None) if x.stride == x.c => {
+                conv.forward(x, pad, act)
+            }
             _ => candle_core::bail!(
                 "convolution {:?} has no NHWC kernel for this use",
                 self.spec
@@ -162,7 +175,7 @@ impl Conv2d {
         let pad = self.padding_for(x.h, x.w);
         match &self.packed {
             Some(Packed::Dense(conv)) => {
-                conv.forward_into(x, pad, out, out_stride, Activation::Identity, None)
+                conv.forward_into(x.view(), pad, None, out, out_stride, Activation::Identity)
             }
             _ => candle_core::bail!(
                 "convolution {:?} has no NHWC kernel for this use",
@@ -338,10 +351,13 @@ impl Norm {
 }
 
 impl Norm {
-    /// `relu(norm(x))` over the first `channels` channels of an NHWC activation.
-    pub fn forward_nhwc_relu(&self, x: &Act) -> Result<Act> {
+    /// `relu(norm(x))` as a prologue for the NHWC kernel that reads `x`.
+    pub fn relu_prologue(&self) -> Result<Prologue<'_>> {
         match self {
-            Norm::Affine(a) => Ok(affine_relu(x, &a.host.0, &a.host.1)),
+            Norm::Affine(a) => Ok(Prologue {
+                scale: &a.host.0,
+                shift: &a.host.1,
+            }),
             Norm::Literal(_) => candle_core::bail!("an unfolded BatchNorm has no NHWC kernel"),
         }
     }
@@ -396,8 +412,18 @@ impl ConvBn {
     }
 
     pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
+        self.forward_nhwc_view(x.view(), None, act, residual)
+    }
+
+    pub fn forward_nhwc_view(
+        &self,
+        x: View,
+        pro: Option<Prologue>,
+        act: Activation,
+        residual: Option<&Act>,
+    ) -> Result<Act> {
         match self {
-            ConvBn::Folded(conv) => conv.forward_nhwc(x, act, residual),
+            ConvBn::Folded(conv) => conv.forward_nhwc_view(x, pro, act, residual),
             ConvBn::Unfolded(..) => candle_core::bail!("an unfolded BatchNorm has no NHWC kernel"),
         }
     }

@@ -220,7 +220,7 @@ impl Module for ResNet {
             for block in &self.blocks {
                 x = block.forward_nhwc(&x)?;
             }
-            return self.fc.forward(&x.global_avg_pool(&Device::Cpu)?);
+            return self.fc.forward(&x.global_avg_pool(None, &Device::Cpu)?);
         }
         let mut x = max_pool_3x3_s2_after_relu(&self.stem.forward(x)?.relu()?)?;
         for block in &self.blocks {
