@@ -70,12 +70,13 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// In place over a slice, the `match` outside the loop so that each arm vectorises.
     #[inline(always)]
-    fn apply(self, v: f32) -> f32 {
+    fn apply_all(self, xs: &mut [f32]) {
         match self {
-            Activation::Identity => v,
-            Activation::Relu => v.max(0.0),
-            Activation::Relu6 => v.clamp(0.0, 6.0),
+            Activation::Identity => {}
+            Activation::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Relu6 => xs.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
         }
     }
 }
@@ -561,15 +562,16 @@ impl Launch<'_> {
                 Some(res) => {
                     let res = &res[(r0 + r) * conv.cout..][chans.clone()];
                     for ((v, &b), &s) in row.iter_mut().zip(bias).zip(res) {
-                        *v = self.act.apply(*v + b + s);
+                        *v = *v + b + s;
                     }
                 }
                 None => {
                     for (v, &b) in row.iter_mut().zip(bias) {
-                        *v = self.act.apply(*v + b);
+                        *v += b;
                     }
                 }
             }
+            self.act.apply_all(row);
         }
     }
 }
@@ -637,6 +639,11 @@ impl DepthwiseConv {
     }
 
     pub fn forward(&self, x: View, pad: Pad2d, act: Activation) -> Result<Act> {
+        self.forward_with(x, pad, act, has_avx2_fma())
+    }
+
+    /// `fma`: use the AVX2+FMA copy of the kernel (the caller checked the CPU has them).
+    fn forward_with(&self, x: View, pad: Pad2d, act: Activation, fma: bool) -> Result<Act> {
         if x.c != self.c {
             candle_core::bail!(
                 "depthwise conv: input has {} channels, expects {}",
@@ -644,43 +651,104 @@ impl DepthwiseConv {
                 self.c
             )
         }
-        let (k, s, c) = (self.k, self.stride, self.c);
-        let (oh, ow) = pad.output_size(x.h, x.w, k, s)?;
-        let mut data = vec![0f32; x.n * oh * ow * c];
-        data.par_chunks_mut(ow * c)
+        let (oh, ow) = pad.output_size(x.h, x.w, self.k, self.stride)?;
+        let mut data = vec![0f32; x.n * oh * ow * self.c];
+        data.par_chunks_mut(ow * self.c)
             .enumerate()
             .for_each(|(row, dst)| {
                 let (img, oy) = (row / oh, row % oh);
-                for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
-                    acc.copy_from_slice(&self.bias);
-                    for ky in 0..k {
-                        let iy = (oy * s + ky) as isize - pad.top as isize;
-                        if iy < 0 || iy >= x.h as isize {
-                            continue;
-                        }
-                        for kx in 0..k {
-                            let ix = (ox * s + kx) as isize - pad.left as isize;
-                            if ix < 0 || ix >= x.w as isize {
-                                continue;
-                            }
-                            let px = x.pixel(img, iy as usize, ix as usize);
-                            let taps = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                            for ((a, &v), &t) in acc.iter_mut().zip(px).zip(taps) {
-                                *a += v * t;
-                            }
-                        }
-                    }
-                    acc.iter_mut().for_each(|a| *a = act.apply(*a));
+                #[cfg(target_arch = "x86_64")]
+                if fma {
+                    // SAFETY: the caller checked that the CPU has AVX2 and FMA.
+                    unsafe { self.row_avx2_fma(x, img, oy, pad, act, dst) };
+                    return;
                 }
+                let _ = fma;
+                self.row::<false>(x, img, oy, pad, act, dst);
             });
         Ok(Act {
             n: x.n,
             h: oh,
             w: ow,
-            c,
+            c: self.c,
             data,
         })
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn row_avx2_fma(
+        &self,
+        x: View,
+        img: usize,
+        oy: usize,
+        pad: Pad2d,
+        act: Activation,
+        dst: &mut [f32],
+    ) {
+        self.row::<true>(x, img, oy, pad, act, dst)
+    }
+
+    /// One output row: every pixel's channels accumulated tap by tap (contiguous in NHWC,
+    /// so the inner loop is a vector multiply-add).
+    #[inline(always)]
+    fn row<const FMA: bool>(
+        &self,
+        x: View,
+        img: usize,
+        oy: usize,
+        pad: Pad2d,
+        act: Activation,
+        dst: &mut [f32],
+    ) {
+        let (k, s, c) = (self.k, self.stride, self.c);
+        for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
+            acc.copy_from_slice(&self.bias);
+            for ky in 0..k {
+                let iy = (oy * s + ky) as isize - pad.top as isize;
+                if iy < 0 || iy >= x.h as isize {
+                    continue;
+                }
+                for kx in 0..k {
+                    let ix = (ox * s + kx) as isize - pad.left as isize;
+                    if ix < 0 || ix >= x.w as isize {
+                        continue;
+                    }
+                    let px = x.pixel(img, iy as usize, ix as usize);
+                    let taps = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                    for ((a, &v), &t) in acc.iter_mut().zip(px).zip(taps) {
+                        *a = mul_add::<FMA>(v, t, *a);
+                    }
+                }
+            }
+            act.apply_all(acc);
+        }
+    }
+}
+
+/// `a * b + c`, fused where the caller was compiled for FMA.
+#[inline(always)]
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA: the kernels written as plain loops get a second copy
+/// compiled for them (the release build targets baseline x86-64 so that it runs anywhere).
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `MaxPool2d(kernel=3, stride=2, padding=1)`, padding that never wins (as PyTorch's).
@@ -947,16 +1015,20 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
-            let ours = DepthwiseConv::pack(&wt, Some(&b), s)
-                .unwrap()
-                .forward(Act::from_nchw(&x).unwrap().view(), pad, Activation::Relu6)
-                .unwrap()
-                .to_nchw(&dev)
-                .unwrap();
+            let conv = DepthwiseConv::pack(&wt, Some(&b), s).unwrap();
             let reference = conv2d_reference(&x, &wt, s, pad, c).unwrap();
             let expected = reference_epilogue(reference, &b, None, Activation::Relu6);
-            let diff = max_abs_diff(&ours, &expected);
-            assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s}: {diff}");
+            let xa = Act::from_nchw(&x).unwrap();
+            // Both copies of the kernel: portable, and AVX2+FMA where this CPU has them.
+            for fma in [false, has_avx2_fma()] {
+                let ours = conv
+                    .forward_with(xa.view(), pad, Activation::Relu6, fma)
+                    .unwrap()
+                    .to_nchw(&dev)
+                    .unwrap();
+                let diff = max_abs_diff(&ours, &expected);
+                assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s} fma {fma}: {diff}");
+            }
         }
     }
 
