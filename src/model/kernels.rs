@@ -237,6 +237,8 @@ pub struct GemmConv {
 
 /// Output rows per GEMM call when the rows are split across threads: large enough for the
 /// GEMM to run at full speed, small enough for the gathered fields to stay in cache.
+/// (Measured with `classify bench` on the networks here; see `Launch::run` for when rows
+/// are split at all.)
 const ROW_BLOCK: usize = 256;
 
 impl GemmConv {
@@ -402,9 +404,12 @@ impl Launch<'_> {
         let direct =
             conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none();
         let threads = rayon::current_num_threads();
-        if rows >= ROW_BLOCK * 2 * threads {
-            // Plenty of rows: blocks of rows, as many per thread, each gathered, multiplied
-            // by a single-threaded GEMM and finished while it is in this core's cache.
+        // Blocks of rows while there are at least 128 rows per thread and the weight is the
+        // smaller operand (rows >= Cout); past that (deep layers at small batches, where the
+        // weight dominates and arrives cold from memory) threads split the output channels.
+        if rows >= 128 * threads && rows >= conv.cout {
+            // Blocks of rows, as many per thread, each gathered, multiplied by a
+            // single-threaded GEMM and finished while it is in this core's cache.
             let blocks = rows.div_ceil(ROW_BLOCK).next_multiple_of(threads);
             let len = rows.div_ceil(blocks);
             (0..blocks).into_par_iter().for_each(|b| {
@@ -434,8 +439,8 @@ impl Launch<'_> {
                 }
             });
         } else {
-            // Few rows (deep layers, small batches): gather once, then split the output
-            // channels between threads so each streams its own part of the weight.
+            // Gather once, then split the output channels between threads so each streams
+            // its own part of the weight.
             let panels = threads.min(conv.cout / 16).max(1);
             let multiply = |lhs: Lhs| {
                 if panels == 1 {
