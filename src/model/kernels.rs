@@ -900,7 +900,7 @@ mod tests {
     #[test]
     fn gemm_conv_matches_candle() {
         let dev = Device::Cpu;
-        // Batch 9 and 20x20 make some cases large enough for the row-blocked parallel path.
+        // Batch 9 and 20x20 make some cases large enough to be split by rows.
         for (n, cin, cout, h, w, k, s, pad, act) in [
             (2, 3, 8, 13, 11, 7, 2, p(3, 3, 3, 3), Activation::Relu),
             (2, 6, 5, 9, 9, 3, 1, p(1, 1, 1, 1), Activation::Identity),
@@ -909,6 +909,9 @@ mod tests {
             (2, 8, 4, 8, 8, 1, 2, p(0, 0, 0, 0), Activation::Identity),
             (9, 16, 12, 20, 20, 3, 1, p(1, 1, 1, 1), Activation::Relu),
             (9, 16, 12, 20, 20, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+            // Few rows and more channels: the output channels are split between threads.
+            (1, 8, 40, 6, 6, 3, 1, p(1, 1, 1, 1), Activation::Relu),
+            (1, 8, 40, 5, 5, 1, 1, p(0, 0, 0, 0), Activation::Identity),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
