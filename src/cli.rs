@@ -186,8 +186,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub max_batch_size: u64,
 
-    /// How long the first image of a batch waits for others to join it.
-    #[arg(long, default_value_t = 5)]
+    /// How long the first image of a batch waits for others to join it. With 0 (the
+    /// default) a batch is whatever queued up while the previous one ran: no added latency
+    /// when idle, full batches under load.
+    #[arg(long, default_value_t = 0)]
     pub max_batch_delay_ms: u64,
 
     /// Images that may wait for the network; beyond this requests get 503 + Retry-After.

@@ -1,5 +1,6 @@
 //! Dynamic batching: requests queue up and one worker thread runs them through the network
-//! together, up to `max_batch_size` images or `max_batch_delay` after the first arrived.
+//! together, up to `max_batch_size` images or `max_batch_delay` after the first arrived
+//! (by default no delay: a batch is whatever queued up while the previous one ran).
 //! The queue is bounded; when it is full, `submit` refuses at once (the route answers 503)
 //! instead of letting memory grow. Jobs whose client went away are dropped before they run.
 

@@ -66,7 +66,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch_size: 16,
-            max_batch_delay: Duration::from_millis(5),
+            max_batch_delay: Duration::ZERO,
             queue_capacity: 256,
         }
     }
