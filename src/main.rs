@@ -89,8 +89,8 @@ fn set_threads(threads: Option<u16>) {
 /// Keep freed memory in the heap for the next allocation. By default glibc serves every
 /// allocation above its mmap threshold (at most 32 MiB, and a batch-16 activation is larger)
 /// with a fresh mapping and unmaps it on free, so each layer page-faults its output in again:
-/// keeping the pages makes batch-16 inference 5-30% faster (measured with `classify bench`).
-/// Peak memory is unchanged; freed memory is reused instead of returned. Not for `serve`:
+/// keeping the pages makes batch-16 inference 10-32% faster (measured with `classify bench`).
+/// Peak RSS rises 2-8% (freed memory is kept for reuse instead of returned). Not for `serve`:
 /// a long-running server should hand memory back (in one 3-minute soak run each, peak RSS
 /// grew 13% after warm-up with this setting and 1% without it).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
