@@ -123,7 +123,7 @@ impl DenseLayer {
     /// Read the first `in_ch` channels of the block's features and write this layer's new
     /// maps right after them, in place: no concatenation is ever copied.
     fn forward_nhwc(&self, features: &mut Act, in_ch: usize) -> Result<()> {
-        let y = self.conv1.forward_nhwc_view(
+        let y = self.conv1.nhwc()?.forward_nhwc_view(
             features.prefix(in_ch),
             Some(self.norm1.relu_prologue()?),
             Activation::Relu,

@@ -6,8 +6,9 @@
 //!   weight, packed once at load as `(k*k*Cin) x Cout`. A 1x1 stride-1 convolution reads the
 //!   activation as it is. Bias, ReLU/ReLU6 and a residual add are applied while each block of
 //!   output rows is still in cache.
-//! - Depthwise convolutions, pooling and the per-channel affine map run in parallel over
-//!   output rows and vectorise over channels.
+//! - Depthwise convolutions and pooling run in parallel over output rows and vectorise over
+//!   channels; a pre-activation BatchNorm + ReLU ([`Prologue`]) is applied by the kernel that
+//!   reads its input.
 //!
 //! Candle's own operations on NCHW tensors stay the reference (and the only path on other
 //! devices): [`set_stock_only`] selects them on the CPU too, and the tests compare the two.
@@ -30,6 +31,16 @@ pub fn fast_path_for(x: &Tensor) -> bool {
     !STOCK_ONLY.load(Ordering::Relaxed)
         && matches!(x.device(), Device::Cpu)
         && x.dtype() == DType::F32
+}
+
+/// A tensor's values as f32 on the host (weights and per-channel parameters, at load).
+pub fn to_host(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+/// A bias on the host, zeros where there is none.
+fn bias_to_host(bias: Option<&Tensor>, channels: usize) -> Result<Vec<f32>> {
+    bias.map_or_else(|| Ok(vec![0.0; channels]), to_host)
 }
 
 /// Zero padding on each side of a 2-D input.
@@ -248,10 +259,7 @@ impl GemmConv {
         if k != k2 {
             candle_core::bail!("conv: only square kernels are supported, got {k}x{k2}")
         }
-        let w = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let w = to_host(weight)?;
         let mut packed = vec![0f32; k * k * cin * cout];
         for co in 0..cout {
             for ci in 0..cin {
@@ -263,10 +271,7 @@ impl GemmConv {
                 }
             }
         }
-        let bias = match bias {
-            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            None => vec![0.0; cout],
-        };
+        let bias = bias_to_host(bias, cout)?;
         Ok(Self {
             cin,
             cout,
@@ -277,12 +282,8 @@ impl GemmConv {
         })
     }
 
-    pub fn out_channels(&self) -> usize {
-        self.cout
-    }
-
     /// Output height and width for an input of `h` x `w` with padding `pad`.
-    pub fn output_size(&self, h: usize, w: usize, pad: Pad2d) -> Result<(usize, usize)> {
+    fn output_size(&self, h: usize, w: usize, pad: Pad2d) -> Result<(usize, usize)> {
         pad.output_size(h, w, self.k, self.stride)
     }
 
@@ -346,8 +347,8 @@ impl GemmConv {
     ) -> Result<()> {
         let (oh, ow) = self.output_size(x.h, x.w, pad)?;
         let rows = x.n * oh * ow;
-        if out_stride < self.cout || out.len() < (rows - 1) * out_stride + self.cout {
-            candle_core::bail!("conv: output buffer too small")
+        if rows == 0 || out_stride < self.cout || out.len() < (rows - 1) * out_stride + self.cout {
+            candle_core::bail!("conv: empty input, or output buffer too small")
         }
         let conv = Launch {
             conv: self,
@@ -620,20 +621,14 @@ impl DepthwiseConv {
                 weight.dims()
             )
         }
-        let w = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let w = to_host(weight)?;
         let mut packed = vec![0f32; k * k * c];
         for ch in 0..c {
             for t in 0..k * k {
                 packed[t * c + ch] = w[ch * k * k + t];
             }
         }
-        let bias = match bias {
-            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            None => vec![0.0; c],
-        };
+        let bias = bias_to_host(bias, c)?;
         Ok(Self {
             c,
             k,

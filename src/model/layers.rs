@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    conv2d_reference, Act, Activation, DepthwiseConv, GemmConv, Pad2d, Prologue, View,
+    conv2d_reference, to_host, Act, Activation, DepthwiseConv, GemmConv, Pad2d, Prologue, View,
 };
 
 /// Options that change how a checkpoint becomes a network, not what it computes.
@@ -188,17 +188,6 @@ impl Conv2d {
         self.spec.out_channels
     }
 
-    /// Output (height, width) for an input of `h` x `w`.
-    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
-        let p = self.padding_for(h, w);
-        let k = self.spec.kernel;
-        let s = self.spec.stride;
-        (
-            (h + p.top + p.bottom).saturating_sub(k) / s + 1,
-            (w + p.left + p.right).saturating_sub(k) / s + 1,
-        )
-    }
-
     /// Scale each output channel by `scale` and add `shift` to the bias: the result of
     /// applying an affine map after this convolution. Packs the folded weights.
     fn fold_affine(self, affine: &ChannelAffine) -> Result<Self> {
@@ -268,10 +257,7 @@ pub struct ChannelAffine {
 
 impl ChannelAffine {
     fn new(scale: Tensor, shift: Tensor) -> Result<Self> {
-        let host = (
-            scale.to_dtype(DType::F32)?.to_vec1()?,
-            shift.to_dtype(DType::F32)?.to_vec1()?,
-        );
+        let host = (to_host(&scale)?, to_host(&shift)?);
         Ok(Self { scale, shift, host })
     }
 }
@@ -400,32 +386,22 @@ impl ConvBn {
 }
 
 impl ConvBn {
+    /// The folded convolution, which is what the NHWC CPU kernels run (an unfolded
+    /// BatchNorm has no NHWC kernel).
+    pub fn nhwc(&self) -> Result<&Conv2d> {
+        match self {
+            ConvBn::Folded(conv) => Ok(conv),
+            ConvBn::Unfolded(..) => candle_core::bail!("an unfolded BatchNorm has no NHWC kernel"),
+        }
+    }
+
     /// Whether this convolution runs on the NHWC CPU kernels (folded, CPU f32 weights).
     pub fn has_nhwc_kernel(&self) -> bool {
-        matches!(
-            self,
-            ConvBn::Folded(Conv2d {
-                packed: Some(_),
-                ..
-            })
-        )
+        self.nhwc().is_ok_and(|conv| conv.packed.is_some())
     }
 
     pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
-        self.forward_nhwc_view(x.view(), None, act, residual)
-    }
-
-    pub fn forward_nhwc_view(
-        &self,
-        x: View,
-        pro: Option<Prologue>,
-        act: Activation,
-        residual: Option<&Act>,
-    ) -> Result<Act> {
-        match self {
-            ConvBn::Folded(conv) => conv.forward_nhwc_view(x, pro, act, residual),
-            ConvBn::Unfolded(..) => candle_core::bail!("an unfolded BatchNorm has no NHWC kernel"),
-        }
+        self.nhwc()?.forward_nhwc(x, act, residual)
     }
 }
 
