@@ -206,33 +206,37 @@ impl Launch<'_> {
     /// `v` must hold `len` tiles, and no one else may use them meanwhile.
     unsafe fn transform_input(&self, t0: usize, len: usize, v: Planes) {
         let (x, c) = (self.x, self.x.c);
+        let zeros = vec![0f32; c];
+        // Input pixels after the prologue (only used when there is one).
         let mut patch = vec![0f32; POSITIONS * c];
         let mut rows = vec![0f32; POSITIONS * c];
+        let at = |i: usize, j: usize| (i * 4 + j) * c..(i * 4 + j + 1) * c;
         for t in 0..len {
             let (img, oy, ox) = self.tile_origin(t0 + t);
-            for (i, line) in patch.chunks_exact_mut(4 * c).enumerate() {
-                let iy = (oy + i) as isize - self.pad.top as isize;
-                for (j, d) in line.chunks_exact_mut(c).enumerate() {
-                    let ix = (ox + j) as isize - self.pad.left as isize;
-                    if iy < 0 || iy >= x.h as isize || ix < 0 || ix >= x.w as isize {
-                        d.fill(0.0);
-                        continue;
-                    }
-                    let src = x.pixel(img, iy as usize, ix as usize);
-                    match &self.pro {
-                        Some(p) => p.apply(src, d),
-                        None => d.copy_from_slice(src),
+            // The input pixel under patch position (i, j), if the patch does not overhang there.
+            let inside = |i: usize, j: usize| {
+                let iy = (oy + i).checked_sub(self.pad.top).filter(|&y| y < x.h)?;
+                let ix = (ox + j).checked_sub(self.pad.left).filter(|&x_| x_ < x.w)?;
+                Some(x.pixel(img, iy, ix))
+            };
+            if let Some(pro) = &self.pro {
+                for (ij, d) in patch.chunks_exact_mut(c).enumerate() {
+                    if let Some(src) = inside(ij / 4, ij % 4) {
+                        pro.apply(src, d);
                     }
                 }
             }
+            let d = |i: usize, j: usize| match inside(i, j) {
+                None => &zeros[..],
+                Some(_) if self.pro.is_some() => &patch[at(i, j)],
+                Some(src) => src,
+            };
             // Down each column (`B^T d`), then along each row (`. B`) into the planes.
-            let at = |i: usize, j: usize| (i * 4 + j) * c..(i * 4 + j + 1) * c;
             for j in 0..4 {
-                let x = [0, 1, 2, 3].map(|i| &patch[at(i, j)]);
                 let y = rows
                     .get_disjoint_mut([0, 1, 2, 3].map(|i| at(i, j)))
                     .expect("disjoint rows");
-                input_4(x, y);
+                input_4([0, 1, 2, 3].map(|i| d(i, j)), y);
             }
             for i in 0..4 {
                 let x = [0, 1, 2, 3].map(|j| &rows[at(i, j)]);
@@ -286,7 +290,9 @@ impl Launch<'_> {
     ) {
         let cout = self.conv.cout;
         let mut cols = vec![0f32; 8 * cout];
-        let mut out = vec![0f32; 2 * cout];
+        // Where the second output of a pair goes when it falls past the right edge.
+        let mut overhang = vec![0f32; cout];
+        let row = |r: usize| std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout);
         for t in 0..len {
             let (img, oy, ox) = self.tile_origin(t0 + t);
             // Down each column (`A^T m`): row a of the result, column j, at (a * 4 + j).
@@ -306,17 +312,13 @@ impl Launch<'_> {
                     break;
                 }
                 let x = [0, 1, 2, 3].map(|j| &sums[j * cout..(j + 1) * cout]);
-                let (y0, y1) = out.split_at_mut(cout);
+                let r = (img * self.oh + oy) * self.ow + ox;
+                let both = ox + 1 < self.ow;
+                let (y0, y1) = (row(r), if both { row(r + 1) } else { &mut overhang });
                 output_4(x, y0, y1);
-                for (b, y) in out.chunks_exact(cout).enumerate() {
-                    let ox = ox + b;
-                    if ox >= self.ow {
-                        break;
-                    }
-                    let r = (img * self.oh + oy) * self.ow + ox;
-                    let row = std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout);
-                    row.copy_from_slice(y);
-                    self.epilogue(row, r, 0..cout);
+                self.epilogue(y0, r, 0..cout);
+                if both {
+                    self.epilogue(y1, r + 1, 0..cout);
                 }
             }
         }
