@@ -725,11 +725,21 @@ impl DepthwiseConv {
             )
         }
         let (oh, ow) = pad.output_size(x.h, x.w, self.k, self.stride)?;
-        let mut data = vec![0f32; x.n * oh * ow * self.c];
-        data.par_chunks_mut(ow * self.c)
+        let len = x.n * oh * ow * self.c;
+        let mut data = Vec::with_capacity(len);
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(ow * self.c)
             .enumerate()
             .for_each(|(row, dst)| {
                 let (img, oy) = (row / oh, row % oh);
+                // Every pixel starts from the bias: the output is never zero-filled first.
+                for px in dst.chunks_exact_mut(self.c) {
+                    for (d, &b) in px.iter_mut().zip(&self.bias) {
+                        d.write(b);
+                    }
+                }
+                // SAFETY: every value of the row was just initialised.
+                let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
                 #[cfg(target_arch = "x86_64")]
                 if fma {
                     // SAFETY: the caller checked that the CPU has AVX2 and FMA.
@@ -739,6 +749,8 @@ impl DepthwiseConv {
                 let _ = fma;
                 self.row::<false>(x, img, oy, pad, act, dst);
             });
+        // SAFETY: the rows cover all `len` values, each initialised above.
+        unsafe { data.set_len(len) };
         Ok(Act {
             n: x.n,
             h: oh,
@@ -762,8 +774,8 @@ impl DepthwiseConv {
         self.row::<true>(x, img, oy, pad, act, dst)
     }
 
-    /// One output row: every pixel's channels accumulated tap by tap (contiguous in NHWC,
-    /// so the inner loop is a vector multiply-add).
+    /// One output row, which holds the bias: every pixel's channels accumulated tap by tap
+    /// (contiguous in NHWC, so the inner loop is a vector multiply-add).
     #[inline(always)]
     fn row<const FMA: bool>(
         &self,
@@ -776,7 +788,6 @@ impl DepthwiseConv {
     ) {
         let (k, s, c) = (self.k, self.stride, self.c);
         for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
-            acc.copy_from_slice(&self.bias);
             for ky in 0..k {
                 let iy = (oy * s + ky) as isize - pad.top as isize;
                 if iy < 0 || iy >= x.h as isize {
