@@ -15,6 +15,7 @@
 //! Candle's own operations on NCHW tensors stay the reference (and the only path on other
 //! devices): [`set_stock_only`] selects them on the CPU too, and the tests compare the two.
 
+mod panel;
 mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,8 +247,10 @@ pub struct GemmConv {
     cout: usize,
     k: usize,
     stride: usize,
-    /// `(k*k*cin) x cout`, row-major, rows ordered (ky, kx, ci) to match the gathered fields.
+    /// `(k*k*cin) x cout`, rows ordered (ky, kx, ci) to match the gathered fields: in
+    /// [`panel`]'s 8-channel panels where that kernel runs (`panelled`), else row-major.
     weight: Vec<f32>,
+    panelled: bool,
     bias: Vec<f32>,
     /// The Winograd form of a 3x3 stride-1 weight, made the first time a call takes that path.
     winograd: OnceLock<Vec<f32>>,
@@ -288,15 +291,30 @@ impl GemmConv {
             }
         }
         let bias = bias_to_host(bias, cout)?;
+        let panelled = panel::applies(cout);
         Ok(Self {
             cin,
             cout,
             k,
             stride,
-            weight: packed,
+            weight: if panelled {
+                panel::pack(&packed, k * k * cin, cout)
+            } else {
+                packed
+            },
+            panelled,
             bias,
             winograd: OnceLock::new(),
         })
+    }
+
+    /// The weight as a row-major `(k*k*cin) x cout` matrix.
+    fn row_major(&self) -> std::borrow::Cow<'_, [f32]> {
+        if self.panelled {
+            panel::unpack(&self.weight, self.k * self.k * self.cin, self.cout).into()
+        } else {
+            self.weight.as_slice().into()
+        }
     }
 
     /// Output height and width for an input of `h` x `w` with padding `pad`.
@@ -588,7 +606,7 @@ impl Launch<'_> {
 
     /// Output rows `r0..r0+len`, channels `chans`: multiply `len` rows of `lhs` by the
     /// weight's columns `chans`, then add bias (and residual) and activate. `threads`: let
-    /// the GEMM itself split the work.
+    /// the general GEMM itself split the work (the panel kernel runs on this thread).
     ///
     /// # Safety
     /// `dst` must be valid for `r0 + len` rows `out_stride` apart, `lhs` for `len` rows, and
@@ -606,27 +624,35 @@ impl Launch<'_> {
     ) {
         let conv = self.conv;
         let base = dst.0.add(r0 * out_stride + chans.start);
-        gemm::gemm(
-            len,
-            chans.len(),
-            lhs.k,
-            base,
-            1,
-            out_stride as isize,
-            false,
-            lhs.ptr,
-            1,
-            lhs.row_stride as isize,
-            conv.weight.as_ptr().add(chans.start),
-            1,
-            conv.cout as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
-        );
+        if conv.panelled {
+            // Panels are 8 channels wide, and so is every split of the channels.
+            debug_assert!(chans.start.is_multiple_of(8));
+            let w = conv.weight.as_ptr().add(chans.start * lhs.k);
+            let (n, k) = (chans.len(), lhs.k);
+            panel::gemm(len, n, k, lhs.ptr, lhs.row_stride, w, base, out_stride);
+        } else {
+            gemm::gemm(
+                len,
+                chans.len(),
+                lhs.k,
+                base,
+                1,
+                out_stride as isize,
+                false,
+                lhs.ptr,
+                1,
+                lhs.row_stride as isize,
+                conv.weight.as_ptr().add(chans.start),
+                1,
+                conv.cout as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
+            );
+        }
         for r in 0..len {
             let row = std::slice::from_raw_parts_mut(base.add(r * out_stride), chans.len());
             self.epilogue(row, r0 + r, chans.clone());

@@ -15,7 +15,7 @@
 //!        | 0  1  0 -1 |        | 0    0    1  |
 //! ```
 
-use super::{with_scratch, Launch, SendPtr};
+use super::{panel, with_scratch, Launch, SendPtr};
 use rayon::prelude::*;
 
 /// Transformed positions per tile.
@@ -125,9 +125,16 @@ impl Launch<'_> {
     pub(super) unsafe fn run_winograd(&self, dst: SendPtr, out_stride: usize) {
         let conv = self.conv;
         let (cin, cout) = (conv.cin, conv.cout);
-        let u = conv
-            .winograd
-            .get_or_init(|| transform_weight(&conv.weight, cin, cout));
+        let u = conv.winograd.get_or_init(|| {
+            let u = transform_weight(&conv.row_major(), cin, cout);
+            if !conv.panelled {
+                return u;
+            }
+            // Each position's matrix in the panels that kernel reads.
+            u.chunks_exact(cin * cout)
+                .flat_map(|m| panel::pack(m, cin, cout))
+                .collect()
+        });
         let tiles = self.winograd_tiles().expect("a 3x3 stride-1 convolution");
         let threads = rayon::current_num_threads();
         if tiles >= TILE_BLOCK / 2 * threads {
@@ -245,24 +252,34 @@ impl Launch<'_> {
         }
     }
 
-    /// GEMM of position `p`: `m[p] = v[p] (tiles x cin) * u[p] (cin x cout)`.
+    /// GEMM of position `p`: `m[p] = v[p] (tiles x cin) * u[p] (cin x cout)`, by the panel
+    /// kernel where the weight is panelled.
     ///
     /// # Safety
     /// `v` and `m` must hold `tiles` tiles of position `p`, `m`'s used by no one else.
     unsafe fn multiply(&self, p: usize, tiles: usize, v: Planes, m: Planes, u: &[f32]) {
         let (cin, cout) = (self.conv.cin, self.conv.cout);
+        let (v, m, u) = (
+            v.ptr.0.add(p * v.plane),
+            m.ptr.0.add(p * m.plane),
+            &u[p * cin * cout..],
+        );
+        if self.conv.panelled {
+            panel::gemm(tiles, cout, cin, v, cin, u.as_ptr(), m, cout);
+            return;
+        }
         gemm::gemm(
             tiles,
             cout,
             cin,
-            m.ptr.0.add(p * m.plane),
+            m,
             1,
             cout as isize,
             false,
-            v.ptr.0.add(p * v.plane),
+            v,
             1,
             cin as isize,
-            u[p * cin * cout..].as_ptr(),
+            u.as_ptr(),
             1,
             cout as isize,
             0.0,
