@@ -1,11 +1,12 @@
 //! The fast CPU path: f32 activations in NHWC order held in plain buffers, and the kernels
 //! the models run on them.
 //!
-//! - Dense convolutions are GEMMs (the `gemm` crate, which candle itself uses) of the
-//!   activation rows (`N*H*W x Cin`, or their gathered receptive fields for k > 1) by the
-//!   weight, packed once at load as `(k*k*Cin) x Cout`. A 1x1 stride-1 convolution reads the
-//!   activation as it is. Bias, ReLU/ReLU6 and a residual add are applied while each block of
-//!   output rows is still in cache.
+//! - Dense convolutions are GEMMs of the activation rows (`N*H*W x Cin`, or their gathered
+//!   receptive fields for k > 1) by the weight, packed once at load as `(k*k*Cin) x Cout`:
+//!   in 8-channel panels for the AVX2+FMA kernel in [`panel`], else row-major for the `gemm`
+//!   crate (which candle itself uses). A 1x1 stride-1 convolution reads the activation as it
+//!   is. Bias, ReLU/ReLU6 and a residual add are applied while each block of output rows is
+//!   still in cache.
 //! - 3x3 stride-1 convolutions take Winograd F(2x2, 3x3) instead ([`winograd`]): 16 GEMMs
 //!   over transformed 4x4 tiles, 2.25x fewer multiplies, the same epilogue.
 //! - Depthwise convolutions and pooling run in parallel over output rows and vectorise over
@@ -629,7 +630,39 @@ impl Launch<'_> {
             debug_assert!(chans.start.is_multiple_of(8));
             let w = conv.weight.as_ptr().add(chans.start * lhs.k);
             let (n, k) = (chans.len(), lhs.k);
-            panel::gemm(len, n, k, lhs.ptr, lhs.row_stride, w, base, out_stride);
+            if self.residual.is_none() {
+                // Bias and activation in registers: the output is written once.
+                let finish = panel::Finish {
+                    bias: Some(conv.bias[chans.start..].as_ptr()),
+                    act: self.act,
+                };
+                panel::gemm(
+                    len,
+                    n,
+                    k,
+                    lhs.ptr,
+                    lhs.row_stride,
+                    w,
+                    base,
+                    out_stride,
+                    finish,
+                );
+                return;
+            }
+            // A residual (cold, from an earlier layer) streams better in its own pass over
+            // the block than in the kernel's row-by-row finish.
+            let plain = panel::Finish::NONE;
+            panel::gemm(
+                len,
+                n,
+                k,
+                lhs.ptr,
+                lhs.row_stride,
+                w,
+                base,
+                out_stride,
+                plain,
+            );
         } else {
             gemm::gemm(
                 len,

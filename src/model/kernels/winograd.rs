@@ -265,7 +265,17 @@ impl Launch<'_> {
             &u[p * cin * cout..],
         );
         if self.conv.panelled {
-            panel::gemm(tiles, cout, cin, v, cin, u.as_ptr(), m, cout);
+            panel::gemm(
+                tiles,
+                cout,
+                cin,
+                v,
+                cin,
+                u.as_ptr(),
+                m,
+                cout,
+                panel::Finish::NONE,
+            );
             return;
         }
         gemm::gemm(
