@@ -19,8 +19,10 @@
 mod panel;
 mod winograd;
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
@@ -223,13 +225,28 @@ impl Prologue<'_> {
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run `f` on `len` floats of scratch space that this thread reuses from call to call, so the
 /// gathered receptive fields never cost an allocation or a page fault in steady state.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| match s.try_borrow_mut() {
+    scratch_from(&SCRATCH, len, f)
+}
+
+/// As [`with_scratch`], a second space for the small per-tile buffers of kernels that run
+/// inside the first.
+fn with_tile_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    scratch_from(&TILE_SCRATCH, len, f)
+}
+
+fn scratch_from<R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|s| match s.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);

@@ -39,6 +39,7 @@ impl Finish {
     ///
     /// # Safety
     /// The bias must extend that far.
+    #[cfg(target_arch = "x86_64")]
     unsafe fn skip_columns(self, j: usize) -> Self {
         Self {
             bias: self.bias.map(|b| b.add(j)),

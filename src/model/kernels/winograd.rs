@@ -15,7 +15,7 @@
 //!        | 0  1  0 -1 |        | 0    0    1  |
 //! ```
 
-use super::{panel, with_scratch, Launch, SendPtr};
+use super::{panel, with_scratch, with_tile_scratch, Launch, SendPtr};
 use rayon::prelude::*;
 
 /// Transformed positions per tile.
@@ -92,6 +92,15 @@ struct Planes {
 }
 
 impl Planes {
+    /// Planes for `tiles` tiles of `width` values at the start of `buf`.
+    fn new(buf: &mut [f32], tiles: usize, width: usize) -> Self {
+        Self {
+            ptr: SendPtr(buf.as_mut_ptr()),
+            plane: tiles * width,
+            width,
+        }
+    }
+
     /// The same planes without their first `t0` tiles.
     fn skip(self, t0: usize) -> Self {
         Self {
@@ -148,16 +157,7 @@ impl Launch<'_> {
                 }
                 with_scratch(POSITIONS * len * (cin + cout), |buf| {
                     let (v, m) = buf.split_at_mut(POSITIONS * len * cin);
-                    let v = Planes {
-                        ptr: SendPtr(v.as_mut_ptr()),
-                        plane: len * cin,
-                        width: cin,
-                    };
-                    let m = Planes {
-                        ptr: SendPtr(m.as_mut_ptr()),
-                        plane: len * cout,
-                        width: cout,
-                    };
+                    let (v, m) = (Planes::new(v, len, cin), Planes::new(m, len, cout));
                     // SAFETY: this block's own scratch, and its own tiles of the output.
                     unsafe {
                         self.transform_input(t0, len, v);
@@ -171,16 +171,7 @@ impl Launch<'_> {
         } else {
             with_scratch(POSITIONS * tiles * (cin + cout), |buf| {
                 let (v, m) = buf.split_at_mut(POSITIONS * tiles * cin);
-                let v = Planes {
-                    ptr: SendPtr(v.as_mut_ptr()),
-                    plane: tiles * cin,
-                    width: cin,
-                };
-                let m = Planes {
-                    ptr: SendPtr(m.as_mut_ptr()),
-                    plane: tiles * cout,
-                    width: cout,
-                };
+                let (v, m) = (Planes::new(v, tiles, cin), Planes::new(m, tiles, cout));
                 let chunk = tiles.div_ceil(threads);
                 let chunks = tiles.div_ceil(chunk);
                 // SAFETY: chunks are disjoint tile ranges, positions disjoint planes.
@@ -213,43 +204,46 @@ impl Launch<'_> {
     /// `v` must hold `len` tiles, and no one else may use them meanwhile.
     unsafe fn transform_input(&self, t0: usize, len: usize, v: Planes) {
         let (x, c) = (self.x, self.x.c);
-        let zeros = vec![0f32; c];
-        // Input pixels after the prologue (only used when there is one).
-        let mut patch = vec![0f32; POSITIONS * c];
-        let mut rows = vec![0f32; POSITIONS * c];
-        let at = |i: usize, j: usize| (i * 4 + j) * c..(i * 4 + j + 1) * c;
-        for t in 0..len {
-            let (img, oy, ox) = self.tile_origin(t0 + t);
-            // The input pixel under patch position (i, j), if the patch does not overhang there.
-            let inside = |i: usize, j: usize| {
-                let iy = (oy + i).checked_sub(self.pad.top).filter(|&y| y < x.h)?;
-                let ix = (ox + j).checked_sub(self.pad.left).filter(|&x_| x_ < x.w)?;
-                Some(x.pixel(img, iy, ix))
-            };
-            if let Some(pro) = &self.pro {
-                for (ij, d) in patch.chunks_exact_mut(c).enumerate() {
-                    if let Some(src) = inside(ij / 4, ij % 4) {
-                        pro.apply(src, d);
+        with_tile_scratch((2 * POSITIONS + 1) * c, |buf| {
+            let (zeros, buf) = buf.split_at_mut(c);
+            zeros.fill(0.0);
+            let zeros = &*zeros;
+            // Input pixels after the prologue (only used when there is one), and `B^T d`.
+            let (patch, rows) = buf.split_at_mut(POSITIONS * c);
+            let at = |i: usize, j: usize| (i * 4 + j) * c..(i * 4 + j + 1) * c;
+            for t in 0..len {
+                let (img, oy, ox) = self.tile_origin(t0 + t);
+                // The input pixel under patch position (i, j), if the patch does not overhang there.
+                let inside = |i: usize, j: usize| {
+                    let iy = (oy + i).checked_sub(self.pad.top).filter(|&y| y < x.h)?;
+                    let ix = (ox + j).checked_sub(self.pad.left).filter(|&x_| x_ < x.w)?;
+                    Some(x.pixel(img, iy, ix))
+                };
+                if let Some(pro) = &self.pro {
+                    for (ij, d) in patch.chunks_exact_mut(c).enumerate() {
+                        if let Some(src) = inside(ij / 4, ij % 4) {
+                            pro.apply(src, d);
+                        }
                     }
                 }
+                let d = |i: usize, j: usize| match inside(i, j) {
+                    None => &zeros[..],
+                    Some(_) if self.pro.is_some() => &patch[at(i, j)],
+                    Some(src) => src,
+                };
+                // Down each column (`B^T d`), then along each row (`. B`) into the planes.
+                for j in 0..4 {
+                    let y = rows
+                        .get_disjoint_mut([0, 1, 2, 3].map(|i| at(i, j)))
+                        .expect("disjoint rows");
+                    input_4([0, 1, 2, 3].map(|i| d(i, j)), y);
+                }
+                for i in 0..4 {
+                    let x = [0, 1, 2, 3].map(|j| &rows[at(i, j)]);
+                    input_4(x, [0, 1, 2, 3].map(|j| v.at(i * 4 + j, t)));
+                }
             }
-            let d = |i: usize, j: usize| match inside(i, j) {
-                None => &zeros[..],
-                Some(_) if self.pro.is_some() => &patch[at(i, j)],
-                Some(src) => src,
-            };
-            // Down each column (`B^T d`), then along each row (`. B`) into the planes.
-            for j in 0..4 {
-                let y = rows
-                    .get_disjoint_mut([0, 1, 2, 3].map(|i| at(i, j)))
-                    .expect("disjoint rows");
-                input_4([0, 1, 2, 3].map(|i| d(i, j)), y);
-            }
-            for i in 0..4 {
-                let x = [0, 1, 2, 3].map(|j| &rows[at(i, j)]);
-                input_4(x, [0, 1, 2, 3].map(|j| v.at(i * 4 + j, t)));
-            }
-        }
+        })
     }
 
     /// GEMM of position `p`: `m[p] = v[p] (tiles x cin) * u[p] (cin x cout)`, by the panel
@@ -316,38 +310,39 @@ impl Launch<'_> {
         out_stride: usize,
     ) {
         let cout = self.conv.cout;
-        let mut cols = vec![0f32; 8 * cout];
-        // Where the second output of a pair goes when it falls past the right edge.
-        let mut overhang = vec![0f32; cout];
-        let row = |r: usize| std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout);
-        for t in 0..len {
-            let (img, oy, ox) = self.tile_origin(t0 + t);
-            // Down each column (`A^T m`): row a of the result, column j, at (a * 4 + j).
-            {
-                let (s0, s1) = cols.split_at_mut(4 * cout);
-                for (j, (y0, y1)) in s0
-                    .chunks_exact_mut(cout)
-                    .zip(s1.chunks_exact_mut(cout))
-                    .enumerate()
+        with_tile_scratch(9 * cout, |buf| {
+            // `A^T M`, and where the second output of a pair goes when it falls past the edge.
+            let (cols, overhang) = buf.split_at_mut(8 * cout);
+            let row = |r: usize| std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout);
+            for t in 0..len {
+                let (img, oy, ox) = self.tile_origin(t0 + t);
+                // Down each column (`A^T m`): row a of the result, column j, at (a * 4 + j).
                 {
-                    output_4([0, 1, 2, 3].map(|i| &*m.at(i * 4 + j, t)), y0, y1);
+                    let (s0, s1) = cols.split_at_mut(4 * cout);
+                    for (j, (y0, y1)) in s0
+                        .chunks_exact_mut(cout)
+                        .zip(s1.chunks_exact_mut(cout))
+                        .enumerate()
+                    {
+                        output_4([0, 1, 2, 3].map(|i| &*m.at(i * 4 + j, t)), y0, y1);
+                    }
+                }
+                for (a, sums) in cols.chunks_exact(4 * cout).enumerate() {
+                    let oy = oy + a;
+                    if oy >= self.oh {
+                        break;
+                    }
+                    let x = [0, 1, 2, 3].map(|j| &sums[j * cout..(j + 1) * cout]);
+                    let r = (img * self.oh + oy) * self.ow + ox;
+                    let both = ox + 1 < self.ow;
+                    let (y0, y1) = (row(r), if both { row(r + 1) } else { &mut overhang[..] });
+                    output_4(x, y0, y1);
+                    self.epilogue(y0, r, 0..cout);
+                    if both {
+                        self.epilogue(y1, r + 1, 0..cout);
+                    }
                 }
             }
-            for (a, sums) in cols.chunks_exact(4 * cout).enumerate() {
-                let oy = oy + a;
-                if oy >= self.oh {
-                    break;
-                }
-                let x = [0, 1, 2, 3].map(|j| &sums[j * cout..(j + 1) * cout]);
-                let r = (img * self.oh + oy) * self.ow + ox;
-                let both = ox + 1 < self.ow;
-                let (y0, y1) = (row(r), if both { row(r + 1) } else { &mut overhang });
-                output_4(x, y0, y1);
-                self.epilogue(y0, r, 0..cout);
-                if both {
-                    self.epilogue(y1, r + 1, 0..cout);
-                }
-            }
-        }
+        })
     }
 }
