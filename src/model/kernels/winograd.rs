@@ -227,7 +227,7 @@ impl Launch<'_> {
                     }
                 }
                 let d = |i: usize, j: usize| match inside(i, j) {
-                    None => &zeros[..],
+                    None => zeros,
                     Some(_) if self.pro.is_some() => &patch[at(i, j)],
                     Some(src) => src,
                 };
