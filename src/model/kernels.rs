@@ -647,39 +647,21 @@ impl Launch<'_> {
             debug_assert!(chans.start.is_multiple_of(8));
             let w = conv.weight.as_ptr().add(chans.start * lhs.k);
             let (n, k) = (chans.len(), lhs.k);
-            if self.residual.is_none() {
-                // Bias and activation in registers: the output is written once.
-                let finish = panel::Finish {
+            // Bias and activation in registers, so the output is written once; but a residual
+            // (cold, from an earlier layer) streams better in its own pass over the block
+            // than in the kernel's row-by-row finish, and then the pass does all three.
+            let finish = match self.residual {
+                None => panel::Finish {
                     bias: Some(conv.bias[chans.start..].as_ptr()),
                     act: self.act,
-                };
-                panel::gemm(
-                    len,
-                    n,
-                    k,
-                    lhs.ptr,
-                    lhs.row_stride,
-                    w,
-                    base,
-                    out_stride,
-                    finish,
-                );
+                },
+                Some(_) => panel::Finish::NONE,
+            };
+            let (x, x_rs) = (lhs.ptr, lhs.row_stride);
+            panel::gemm(len, n, k, x, x_rs, w, base, out_stride, finish);
+            if self.residual.is_none() {
                 return;
             }
-            // A residual (cold, from an earlier layer) streams better in its own pass over
-            // the block than in the kernel's row-by-row finish.
-            let plain = panel::Finish::NONE;
-            panel::gemm(
-                len,
-                n,
-                k,
-                lhs.ptr,
-                lhs.row_stride,
-                w,
-                base,
-                out_stride,
-                plain,
-            );
         } else {
             gemm::gemm(
                 len,
