@@ -6,8 +6,8 @@
 //! Bias and activation are applied to the block in registers before it is stored.
 //!
 //! A general GEMM (the `gemm` crate) copies the weight into its own packed layout on every
-//! call: a pass over the whole weight for each block of rows, which dominates where rows are
-//! few (deep layers, Winograd tiles) and cost 5-30% elsewhere (`classify bench`, 2 threads).
+//! call: a pass over the whole weight for each block of rows, which hurts most where rows
+//! are few (deep layers at batch 1, Winograd tiles; `perf` put it at 7-10% of ResNet time).
 //! Reading the row-major weight in place instead thrashes the cache: its rows are thousands
 //! of bytes apart. The `gemm` crate remains the engine where this kernel does not apply.
 
