@@ -362,7 +362,8 @@ impl GemmConv {
         residual: Option<&Act>,
         algorithm: Option<Algorithm>,
     ) -> Result<Act> {
-        let (oh, ow) = self.output_size(x.h, x.w, pad)?;
+        let conv = self.launch(x, pad, pro, act, residual.map(|r| &r.data[..]), algorithm)?;
+        let (oh, ow) = (conv.oh, conv.ow);
         if let Some(r) = residual {
             if (r.n, r.h, r.w, r.c) != (x.n, oh, ow, self.cout) {
                 candle_core::bail!(
@@ -374,17 +375,6 @@ impl GemmConv {
         }
         let len = x.n * oh * ow * self.cout;
         let mut data = Vec::with_capacity(len);
-        let conv = Launch {
-            conv: self,
-            x,
-            pad,
-            pro,
-            act,
-            residual: residual.map(|r| &r.data[..]),
-            oh,
-            ow,
-            algorithm,
-        };
         // SAFETY: the capacity holds every output row, `cout` apart; `run` writes all of it
         // (every row block or channel panel) before `set_len` exposes it.
         unsafe {
@@ -427,24 +417,37 @@ impl GemmConv {
         act: Activation,
         algorithm: Option<Algorithm>,
     ) -> Result<()> {
-        let (oh, ow) = self.output_size(x.h, x.w, pad)?;
-        let rows = x.n * oh * ow;
+        let conv = self.launch(x, pad, pro, act, None, algorithm)?;
+        let rows = x.n * conv.oh * conv.ow;
         if rows == 0 || out_stride < self.cout || out.len() < (rows - 1) * out_stride + self.cout {
             candle_core::bail!("conv: empty input, or output buffer too small")
         }
-        let conv = Launch {
+        // SAFETY: `out` was just checked to hold every row.
+        unsafe { conv.run(SendPtr(out.as_mut_ptr()), out_stride) }
+    }
+
+    /// One call of this convolution on `x`, its output size worked out.
+    fn launch<'a>(
+        &'a self,
+        x: View<'a>,
+        pad: Pad2d,
+        pro: Option<Prologue<'a>>,
+        act: Activation,
+        residual: Option<&'a [f32]>,
+        algorithm: Option<Algorithm>,
+    ) -> Result<Launch<'a>> {
+        let (oh, ow) = self.output_size(x.h, x.w, pad)?;
+        Ok(Launch {
             conv: self,
             x,
             pad,
             pro,
             act,
-            residual: None,
+            residual,
             oh,
             ow,
             algorithm,
-        };
-        // SAFETY: `out` was just checked to hold every row.
-        unsafe { conv.run(SendPtr(out.as_mut_ptr()), out_stride) }
+        })
     }
 }
 
@@ -513,14 +516,7 @@ impl Launch<'_> {
         if rows >= 128 * threads && rows >= conv.cout {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
-            let blocks = rows.div_ceil(ROW_BLOCK).next_multiple_of(threads);
-            let len = rows.div_ceil(blocks);
-            (0..blocks).into_par_iter().for_each(|b| {
-                let r0 = b * len;
-                let len = len.min(rows.saturating_sub(r0));
-                if len == 0 {
-                    return;
-                }
+            par_blocks(rows, ROW_BLOCK, |r0, len| {
                 // SAFETY (both arms): blocks are disjoint row ranges of the output.
                 if direct {
                     let lhs = Lhs {
@@ -663,26 +659,14 @@ impl Launch<'_> {
                 return;
             }
         } else {
-            gemm::gemm(
-                len,
-                chans.len(),
-                lhs.k,
-                base,
-                1,
-                out_stride as isize,
-                false,
+            let (x, x_rs, w) = (
                 lhs.ptr,
-                1,
-                lhs.row_stride as isize,
+                lhs.row_stride,
                 conv.weight.as_ptr().add(chans.start),
-                1,
-                conv.cout as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
+            );
+            let n = chans.len();
+            general_gemm(
+                len, n, lhs.k, x, x_rs, w, conv.cout, base, out_stride, threads,
             );
         }
         for r in 0..len {
@@ -711,6 +695,62 @@ impl Launch<'_> {
         }
         self.act.apply_all(row);
     }
+}
+
+/// Run `f(start, len)` in parallel over `0..total` cut into ranges of about `block` (at
+/// most), as many ranges for every thread.
+fn par_blocks(total: usize, block: usize, f: impl Fn(usize, usize) + Sync) {
+    let threads = rayon::current_num_threads();
+    let blocks = total.div_ceil(block).next_multiple_of(threads);
+    let len = total.div_ceil(blocks);
+    (0..blocks).into_par_iter().for_each(|b| {
+        let start = b * len;
+        let len = len.min(total.saturating_sub(start));
+        if len > 0 {
+            f(start, len);
+        }
+    });
+}
+
+/// `dst = lhs (m x k) * w (k x n)` by the `gemm` crate, `w` row-major; rows of `lhs`, `w` and
+/// `dst` are `lhs_rs`, `w_rs` and `dst_rs` values apart. `threads`: let it split the work.
+///
+/// # Safety
+/// The pointers must be valid for those rows, and `dst` not overlap the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn general_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    w_rs: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    threads: Option<usize>,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        1,
+        lhs_rs as isize,
+        w,
+        1,
+        w_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
+    );
 }
 
 /// The left-hand matrix of a GEMM: rows of `k` values, `row_stride` apart.

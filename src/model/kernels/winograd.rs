@@ -15,7 +15,7 @@
 //!        | 0  1  0 -1 |        | 0    0    1  |
 //! ```
 
-use super::{panel, with_scratch, with_tile_scratch, Launch, SendPtr};
+use super::{general_gemm, panel, par_blocks, with_scratch, with_tile_scratch, Launch, SendPtr};
 use rayon::prelude::*;
 
 /// Transformed positions per tile.
@@ -147,14 +147,7 @@ impl Launch<'_> {
         let tiles = self.winograd_tiles().expect("a 3x3 stride-1 convolution");
         let threads = rayon::current_num_threads();
         if tiles >= TILE_BLOCK / 2 * threads {
-            let blocks = tiles.div_ceil(TILE_BLOCK).next_multiple_of(threads);
-            let len = tiles.div_ceil(blocks);
-            (0..blocks).into_par_iter().for_each(|b| {
-                let t0 = b * len;
-                let len = len.min(tiles.saturating_sub(t0));
-                if len == 0 {
-                    return;
-                }
+            par_blocks(tiles, TILE_BLOCK, |t0, len| {
                 with_scratch(POSITIONS * len * (cin + cout), |buf| {
                     let (v, m) = buf.split_at_mut(POSITIONS * len * cin);
                     let (v, m) = (Planes::new(v, len, cin), Planes::new(m, len, cout));
@@ -173,19 +166,15 @@ impl Launch<'_> {
                 let (v, m) = buf.split_at_mut(POSITIONS * tiles * cin);
                 let (v, m) = (Planes::new(v, tiles, cin), Planes::new(m, tiles, cout));
                 let chunk = tiles.div_ceil(threads);
-                let chunks = tiles.div_ceil(chunk);
                 // SAFETY: chunks are disjoint tile ranges, positions disjoint planes.
-                (0..chunks).into_par_iter().for_each(|i| unsafe {
-                    let t0 = i * chunk;
-                    self.transform_input(t0, chunk.min(tiles - t0), v.skip(t0));
+                par_blocks(tiles, chunk, |t0, len| unsafe {
+                    self.transform_input(t0, len, v.skip(t0));
                 });
                 (0..POSITIONS).into_par_iter().for_each(|p| unsafe {
                     self.multiply(p, tiles, v, m, u);
                 });
-                (0..chunks).into_par_iter().for_each(|i| unsafe {
-                    let t0 = i * chunk;
-                    let m = m.skip(t0);
-                    self.transform_output(t0, chunk.min(tiles - t0), m, dst, out_stride);
+                par_blocks(tiles, chunk, |t0, len| unsafe {
+                    self.transform_output(t0, len, m.skip(t0), dst, out_stride);
                 });
             });
         }
@@ -272,27 +261,7 @@ impl Launch<'_> {
             );
             return;
         }
-        gemm::gemm(
-            tiles,
-            cout,
-            cin,
-            m,
-            1,
-            cout as isize,
-            false,
-            v,
-            1,
-            cin as isize,
-            u.as_ptr(),
-            1,
-            cout as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+        general_gemm(tiles, cout, cin, v, cin, u.as_ptr(), cout, m, cout, None);
     }
 
     /// `A^T m A` of tiles `t0..t0+len` (tile `t` at `t - t0` in `m`) into their output rows,
