@@ -2,7 +2,7 @@
 # Bounded loopback load test of `classify serve` (release build): throughput, p50/p99 latency
 # and errors at concurrency 1, 8 and 64, with dynamic batching (--max-batch-size 16) and
 # without (--max-batch-size 1).
-#   bench/load.sh MODEL_ARGS...   e.g. bench/load.sh --model efficientnet_lite0 --weights lite0.pth
+#   bench/load.sh MODEL_ARGS...   e.g. bench/load.sh --model tf_efficientnet_lite0 --weights lite0.pth
 # Each run stops after REQUESTS requests (default 200) or 60 s, whichever is first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

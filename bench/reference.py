@@ -20,7 +20,7 @@ MODELS = {
     "resnet18": ("torchvision", "resnet18"),
     "resnet50": ("torchvision", "resnet50"),
     "densenet121": ("torchvision", "densenet121"),
-    "efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
+    "tf_efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
 }
 
 

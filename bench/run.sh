@@ -23,7 +23,7 @@ classify() {
     --threads "$threads" --device cpu --json "${@:3}"
 }
 for round in $(seq "$rounds"); do
-  for model in resnet18 resnet50 densenet121 efficientnet_lite0; do
+  for model in resnet18 resnet50 densenet121 tf_efficientnet_lite0; do
     for batch in 1 16; do
       echo "round $round: $model batch $batch" >&2
       classify "$model" "$batch" --no-stock >>"$out"
@@ -34,7 +34,7 @@ for round in $(seq "$rounds"); do
     done
   done
 done
-for model in resnet18 resnet50 densenet121 efficientnet_lite0; do
+for model in resnet18 resnet50 densenet121 tf_efficientnet_lite0; do
   for batch in 1 16; do
     classify "$model" "$batch" | "$py" -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"framework": "stock", **r["stock"], "model": r["model"], "batch_size": r["batch_size"]}))' >>"$out"
   done

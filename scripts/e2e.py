@@ -22,7 +22,7 @@ import numpy as np
 
 def start_server(binary, weights):
     proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--model", "efficientnet_lite0", "--weights", weights,
+        [binary, "serve", "--port", "0", "--model", "tf_efficientnet_lite0", "--weights", weights,
          "--interpolation", "bilinear", "--mean", "0.49803922,0.49803922,0.49803922",
          "--std", "0.5019608,0.5019608,0.5019608"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -45,8 +45,8 @@ def check_kserve(addr, photos):
 
     client = httpclient.InferenceServerClient(url=addr)
     assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("efficientnet_lite0")
-    meta = client.get_model_metadata("efficientnet_lite0")
+    assert client.is_model_ready("tf_efficientnet_lite0")
+    meta = client.get_model_metadata("tf_efficientnet_lite0")
     assert meta["inputs"][0]["datatype"] == "BYTES", meta
 
     images = [open(os.path.join(photos, n), "rb").read() for n in ("rocket.jpg", "coffee.png")]
@@ -56,7 +56,7 @@ def check_kserve(addr, photos):
         inp.set_data_from_numpy(data, binary_data=binary)
         outputs = [httpclient.InferRequestedOutput(n, binary_data=False)
                    for n in ("class_ids", "probabilities", "labels")]
-        result = client.infer("efficientnet_lite0", [inp], outputs=outputs, parameters={"top_k": 3})
+        result = client.infer("tf_efficientnet_lite0", [inp], outputs=outputs, parameters={"top_k": 3})
         ids = result.as_numpy("class_ids")
         probs = result.as_numpy("probabilities")
         labels = result.as_numpy("labels")

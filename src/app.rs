@@ -88,7 +88,8 @@ pub fn classify(settings: &ClassifySettings, hub: &HubOptions) -> anyhow::Result
 #[derive(Debug, Serialize)]
 struct ModelRow {
     name: &'static str,
-    repo: &'static str,
+    /// `null` where the architecture has no published weights (use `--weights`).
+    repo: Option<&'static str>,
     input_size: u32,
     interpolation: &'static str,
     cached: bool,
@@ -96,8 +97,7 @@ struct ModelRow {
 
 /// `classify models`
 pub fn list_models(out: &mut impl Write, hub: &HubOptions, json: bool) -> io::Result<()> {
-    let rows: Vec<ModelRow> = Arch::ALL
-        .iter()
+    let rows: Vec<ModelRow> = Arch::all()
         .map(|arch| {
             let pre = arch.default_preprocess();
             ModelRow {
@@ -108,9 +108,11 @@ pub fn list_models(out: &mut impl Write, hub: &HubOptions, json: bool) -> io::Re
                     crate::preprocess::Interpolation::Bilinear => "bilinear",
                     crate::preprocess::Interpolation::Bicubic => "bicubic",
                 },
-                cached: crate::hub::WEIGHT_FILES[..2]
-                    .iter()
-                    .any(|f| hub.cached(arch.default_repo(), "main", f).is_some()),
+                cached: arch.default_repo().is_some_and(|repo| {
+                    crate::hub::WEIGHT_FILES[..2]
+                        .iter()
+                        .any(|f| hub.cached(repo, "main", f).is_some())
+                }),
             }
         })
         .collect();
@@ -123,15 +125,15 @@ pub fn list_models(out: &mut impl Write, hub: &HubOptions, json: bool) -> io::Re
     }
     writeln!(
         out,
-        "{:<20} {:<34} {:>5}  {:<13} CACHED",
+        "{:<22} {:<34} {:>5}  {:<13} CACHED",
         "MODEL", "DEFAULT REPO", "INPUT", "INTERPOLATION"
     )?;
     for r in &rows {
         writeln!(
             out,
-            "{:<20} {:<34} {:>5}  {:<13} {}",
+            "{:<22} {:<34} {:>5}  {:<13} {}",
             r.name,
-            r.repo,
+            r.repo.unwrap_or("- (no published weights)"),
             r.input_size,
             r.interpolation,
             if r.cached { "yes" } else { "no" }

@@ -71,7 +71,8 @@ pub fn run(s: &BenchSettings) -> anyhow::Result<BenchReport> {
     let (network, weights) = match &s.weights {
         Some(path) => {
             let ck = Checkpoint::open(path)?;
-            let (net, _) = Network::from_checkpoint(s.arch, ck, &s.device, LoadOptions::default())?;
+            let (net, _, _) =
+                Network::from_checkpoint(s.arch, ck, &s.device, LoadOptions::default())?;
             (net, path.display().to_string())
         }
         None => (

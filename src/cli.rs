@@ -76,7 +76,8 @@ pub enum ColorChoice {
 /// Which model, and how images are prepared for it.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Model: a short name (resnet18..resnet152, densenet121..densenet201, efficientnet_lite0),
+    /// Model: a short name (resnet18..resnet152, densenet121..densenet201, efficientnet_lite0..4,
+    /// tf_efficientnet_lite0..4; `classify models` lists them),
     /// a Hugging Face repo `owner/name[@revision]`, or a local folder with config.json and weights.
     #[arg(short, long, env = "CLASSIFY_MODEL", default_value = "densenet121")]
     pub model: String,

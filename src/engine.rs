@@ -108,7 +108,7 @@ impl Engine {
         let device = settings.device.open().map_err(EngineError::Device)?;
         tracing::info!(%arch, weights = %weights.display(), ?device, "loading model");
         let checkpoint = Checkpoint::open(&weights)?;
-        let (network, num_classes) =
+        let (network, num_classes, arch) =
             Network::from_checkpoint(arch, checkpoint, &device, LoadOptions::default())?;
         let (base, crop_pct) = preprocess_from_config(arch, config.as_ref())?;
         let preprocess = settings.preprocess.apply(&base, crop_pct);
@@ -255,11 +255,15 @@ mod tests {
                 "crop_pct": 1.0, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}"#,
         )
         .unwrap();
-        let (cfg, crop_pct) = preprocess_from_config(Arch::ResNet50, Some(&config)).unwrap();
+        let (cfg, crop_pct) =
+            preprocess_from_config(Arch::from_name("resnet50").unwrap(), Some(&config)).unwrap();
         assert_eq!((cfg.input_size, cfg.resize_size, crop_pct), (288, 288, 1.0));
         assert_eq!(cfg.interpolation, Interpolation::Bicubic);
         assert_eq!(cfg.mean, [0.5; 3]);
-        let (cfg, _) = preprocess_from_config(Arch::ResNet50, None).unwrap();
-        assert_eq!(cfg, Arch::ResNet50.default_preprocess());
+        let (cfg, _) = preprocess_from_config(Arch::from_name("resnet50").unwrap(), None).unwrap();
+        assert_eq!(
+            cfg,
+            Arch::from_name("resnet50").unwrap().default_preprocess()
+        );
     }
 }

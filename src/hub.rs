@@ -31,6 +31,8 @@ pub enum ModelRef {
         arch: Option<Arch>,
     },
     LocalDir(PathBuf),
+    /// A short name whose architecture has no published weights: `--weights` must say.
+    Unpublished(Arch),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,10 @@ pub enum HubError {
     BadConfig { path: PathBuf, reason: String },
     #[error("{origin}: cannot tell the architecture (no usable `architecture` in config.json); pass --model with one of {}", Arch::names().join(", "))]
     UnknownArch { origin: String },
+    #[error(
+        "{0} has no published ImageNet weights on the hub; pass a checkpoint with --weights FILE"
+    )]
+    NoPublishedWeights(Arch),
     #[error(transparent)]
     Arch(#[from] crate::model::ModelError),
 }
@@ -69,10 +75,13 @@ impl ModelRef {
         }
         if let Ok(arch) = Arch::from_name(spec) {
             if !spec.contains('/') {
-                return Ok(ModelRef::Hub {
-                    repo: arch.default_repo().to_string(),
-                    revision: "main".into(),
-                    arch: Some(arch),
+                return Ok(match arch.default_repo() {
+                    Some(repo) => ModelRef::Hub {
+                        repo: repo.to_string(),
+                        revision: "main".into(),
+                        arch: Some(arch),
+                    },
+                    None => ModelRef::Unpublished(arch),
                 });
             }
         }
@@ -263,6 +272,13 @@ pub fn resolve(
     hub: &HubOptions,
 ) -> Result<ResolvedModel, HubError> {
     match model {
+        ModelRef::Unpublished(arch) => Ok(ResolvedModel {
+            arch: *arch,
+            weights: weights
+                .ok_or(HubError::NoPublishedWeights(*arch))?
+                .to_path_buf(),
+            config: None,
+        }),
         ModelRef::LocalDir(dir) => {
             let config_path = dir.join("config.json");
             let config = if config_path.is_file() {
@@ -361,7 +377,7 @@ mod tests {
             ModelRef::Hub {
                 repo: "timm/densenet121.tv_in1k".into(),
                 revision: "main".into(),
-                arch: Some(Arch::DenseNet121)
+                arch: Some(Arch::from_name("densenet121").unwrap())
             }
         );
         assert_eq!(
@@ -372,6 +388,29 @@ mod tests {
                 arch: None
             }
         );
+        // timm's two Lite variants have their own repos; Lite1-4 of the PyTorch-trained
+        // one have none, so they need --weights.
+        let lite = |n: &str| ModelRef::parse(n).unwrap();
+        assert!(matches!(lite("efficientnet_lite0"),
+            ModelRef::Hub { repo, .. } if repo == "timm/efficientnet_lite0.ra_in1k"));
+        assert!(matches!(lite("tf_efficientnet_lite2"),
+            ModelRef::Hub { repo, .. } if repo == "timm/tf_efficientnet_lite2.in1k"));
+        let unpublished = lite("efficientnet_lite2");
+        assert!(
+            matches!(unpublished, ModelRef::Unpublished(a) if a.name() == "efficientnet_lite2")
+        );
+        let hub = HubOptions {
+            cache_dir: std::env::temp_dir(),
+            offline: true,
+            endpoint: None,
+            token: None,
+            progress: false,
+        };
+        let err = resolve(&unpublished, None, &hub).unwrap_err().to_string();
+        assert!(err.contains("no published ImageNet weights"), "{err}");
+        let with = resolve(&unpublished, Some(Path::new("x.pth")), &hub).unwrap();
+        assert_eq!(with.weights, Path::new("x.pth"));
+
         assert!(ModelRef::parse("resnet9000").is_err());
         assert!(ModelRef::parse("a/b/c").is_err());
         assert!(ModelRef::parse("../etc").is_err() || Path::new("../etc").is_dir());

@@ -55,7 +55,7 @@ fn single_file_prints_a_human_table() {
     let hub = HubCache::new();
     let out = hub
         .command()
-        .args(["--model", "efficientnet_lite0"])
+        .args(["--model", "tf_efficientnet_lite0"])
         .arg(photo("coffee.png"))
         .output()
         .unwrap();
@@ -75,7 +75,7 @@ fn directory_json_matches_pytorch_in_input_order() {
         .command()
         .args([
             "--model",
-            "efficientnet_lite0",
+            "tf_efficientnet_lite0",
             "--json",
             "--batch-size",
             "3",
@@ -105,7 +105,7 @@ fn directory_json_matches_pytorch_in_input_order() {
             .iter()
             .find(|r| r.path.ends_with(&format!("/{name}")))
             .unwrap();
-        assert_eq!(rec.model.as_deref(), Some("efficientnet_lite0"));
+        assert_eq!(rec.model.as_deref(), Some("tf_efficientnet_lite0"));
         let preds = rec.predictions.as_ref().unwrap();
         assert_eq!(
             preds.iter().map(|p| p.index).collect::<Vec<_>>(),
@@ -133,7 +133,7 @@ fn stdin_is_one_input() {
     let hub = HubCache::new();
     let out = hub
         .command()
-        .args(["--model", "efficientnet_lite0", "--json", "-"])
+        .args(["--model", "tf_efficientnet_lite0", "--json", "-"])
         .stdin(std::fs::File::open(photo("coffee.png")).unwrap())
         .output()
         .unwrap();
@@ -158,7 +158,7 @@ fn bad_inputs_are_reported_and_the_rest_classified() {
         .command()
         .args([
             "--model",
-            "efficientnet_lite0",
+            "tf_efficientnet_lite0",
             "--json",
             "--batch-size",
             "2",
@@ -217,7 +217,7 @@ fn model_errors_exit_2_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
     let out = hub
         .command()
-        .args(["--model", "efficientnet_lite0"])
+        .args(["--model", "tf_efficientnet_lite0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "no inputs is a usage error");
@@ -253,7 +253,7 @@ fn labels_files_and_top_k_clamp() {
             .command()
             .args([
                 "--model",
-                "efficientnet_lite0",
+                "tf_efficientnet_lite0",
                 "--json",
                 "-k",
                 k,
@@ -300,7 +300,7 @@ fn local_folder_and_explicit_weights() {
         .args([
             "--json",
             "--model",
-            "efficientnet_lite0",
+            "tf_efficientnet_lite0",
             "--interpolation",
             "bilinear",
         ])
@@ -327,7 +327,13 @@ fn shards_split_the_inputs_without_overlap() {
     for shard in ["0/3", "1/3", "2/3"] {
         let out = hub
             .command()
-            .args(["--model", "efficientnet_lite0", "--json", "--shard", shard])
+            .args([
+                "--model",
+                "tf_efficientnet_lite0",
+                "--json",
+                "--shard",
+                shard,
+            ])
             .arg(&photos)
             .output()
             .unwrap();
@@ -347,7 +353,7 @@ fn closed_stdout_exits_quietly() {
         .command()
         .args([
             "--model",
-            "efficientnet_lite0",
+            "tf_efficientnet_lite0",
             "--json",
             "--batch-size",
             "1",
@@ -383,14 +389,23 @@ fn models_and_completions() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.len(), classify::model::ARCHITECTURES.len());
+    assert!(rows.len() >= 19);
     let lite = rows
         .iter()
-        .find(|r| r["name"] == "efficientnet_lite0")
+        .find(|r| r["name"] == "tf_efficientnet_lite0")
         .unwrap();
     assert_eq!(lite["cached"], true);
     assert_eq!(lite["repo"], common::REPO);
     assert!(rows.iter().filter(|r| r["cached"] == true).count() == 1);
+    // The PyTorch-trained Lite0 is another repo; Lite1-4 of that variant have no weights.
+    let pt = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap();
+    assert_eq!(
+        pt("efficientnet_lite0")["repo"],
+        "timm/efficientnet_lite0.ra_in1k"
+    );
+    assert!(pt("efficientnet_lite2")["repo"].is_null());
+    assert_eq!(pt("tf_efficientnet_lite2")["input_size"], 260);
 
     let out = hub
         .command()

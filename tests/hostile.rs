@@ -50,7 +50,7 @@ fn cli_reports_each_bad_input_once_and_classifies_the_rest() {
     let mut cmd = hub.command();
     cmd.args([
         "--model",
-        "efficientnet_lite0",
+        "tf_efficientnet_lite0",
         "--json",
         "--batch-size",
         "4",
@@ -128,7 +128,7 @@ fn max_pixels_is_configurable() {
     let mut cmd = hub.command();
     cmd.args([
         "--model",
-        "efficientnet_lite0",
+        "tf_efficientnet_lite0",
         "--json",
         "--max-pixels",
         "10000",
@@ -282,7 +282,7 @@ fn slow_clients_are_cut_off_and_huge_headers_refused() {
             "--port",
             "0",
             "--model",
-            "efficientnet_lite0",
+            "tf_efficientnet_lite0",
             "--header-timeout-secs",
             "1",
         ])

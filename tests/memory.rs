@@ -16,7 +16,7 @@ fn peak_rss_stays_bounded_on_the_hostile_corpus() {
         .command()
         .args([
             "--model",
-            "efficientnet_lite0",
+            "tf_efficientnet_lite0",
             "--json",
             "--batch-size",
             "8",

@@ -44,8 +44,13 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
     t.to_vec2::<f32>().unwrap()
 }
 
-fn check(case: &str, arch: Arch, also_unfolded: bool) {
+/// `case` is the timm architecture name, optionally followed by `_<what is special>`.
+fn check(case: &str, also_unfolded: bool) {
     let fx = fixture(case);
+    let arch = Arch::all()
+        .filter(|a| case == a.name() || case.starts_with(&format!("{}_", a.name())))
+        .max_by_key(|a| a.name().len())
+        .unwrap_or_else(|| panic!("{case}: no architecture"));
     let dev = Device::Cpu;
     let x = synthetic::input(&fx.input_shape, &dev).unwrap();
     let build = |fold_batchnorm| {
@@ -110,49 +115,69 @@ fn check(case: &str, arch: Arch, also_unfolded: bool) {
 
 #[test]
 fn resnet18() {
-    check("resnet18", Arch::ResNet18, true);
+    check("resnet18", true);
 }
 #[test]
 fn resnet34() {
-    check("resnet34", Arch::ResNet34, false);
+    check("resnet34", false);
 }
 #[test]
 fn resnet50() {
-    check("resnet50", Arch::ResNet50, true);
+    check("resnet50", true);
 }
 #[test]
 fn resnet101() {
-    check("resnet101", Arch::ResNet101, false);
+    check("resnet101", false);
 }
 #[test]
 fn resnet152() {
-    check("resnet152", Arch::ResNet152, false);
+    check("resnet152", false);
 }
 #[test]
 fn densenet121() {
-    check("densenet121", Arch::DenseNet121, true);
+    check("densenet121", true);
 }
 #[test]
 fn densenet161() {
-    check("densenet161", Arch::DenseNet161, false);
+    check("densenet161", false);
 }
 #[test]
 fn densenet169() {
-    check("densenet169", Arch::DenseNet169, false);
+    check("densenet169", false);
 }
 #[test]
 fn densenet201() {
-    check("densenet201", Arch::DenseNet201, false);
+    check("densenet201", false);
+}
+#[test]
+fn tf_efficientnet_lite0() {
+    check("tf_efficientnet_lite0", true);
+}
+#[test]
+fn tf_efficientnet_lite0_odd_input_size() {
+    check("tf_efficientnet_lite0_odd", false);
+}
+#[test]
+fn tf_efficientnet_lite2() {
+    check("tf_efficientnet_lite2", false);
+}
+#[test]
+fn tf_efficientnet_lite4() {
+    check("tf_efficientnet_lite4", false);
 }
 #[test]
 fn efficientnet_lite0() {
-    check("efficientnet_lite0", Arch::EfficientNetLite0, true);
+    check("efficientnet_lite0", true);
 }
 #[test]
-fn efficientnet_lite0_odd_input_size() {
-    check("efficientnet_lite0_odd", Arch::EfficientNetLite0, false);
+fn efficientnet_lite1() {
+    check("efficientnet_lite1", false);
+}
+#[test]
+fn efficientnet_lite3() {
+    check("efficientnet_lite3", false);
 }
 #[test]
 fn resnet18_with_37_classes() {
-    check("resnet18_37classes", Arch::ResNet18, false);
+    check("resnet18_37classes", false);
 }

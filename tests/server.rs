@@ -101,7 +101,7 @@ async fn predict_multipart_file_like_the_flask_recipe() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["class_id"], 967);
     assert_eq!(v["class_name"], "espresso");
-    assert_eq!(v["model"], "efficientnet_lite0");
+    assert_eq!(v["model"], "tf_efficientnet_lite0");
     assert_eq!(v["filename"], "coffee.png");
     assert_eq!(v["predictions"].as_array().unwrap().len(), 5);
     assert_eq!(v["predictions"][0]["index"], 967);
@@ -247,7 +247,7 @@ async fn health_ready_metrics_openapi_docs() {
         "/ready",
         "/metrics",
         "/v2/health/ready",
-        "/v2/models/efficientnet_lite0/infer",
+        "/v2/models/tf_efficientnet_lite0/infer",
     ] {
         assert!(v["paths"].get(path).is_some(), "{path} documented");
     }
@@ -437,12 +437,12 @@ async fn kserve_v2_protocol() {
         StatusCode::OK
     );
     assert_eq!(
-        send_json(s.clone(), get("/v2/models/efficientnet_lite0/ready"))
+        send_json(s.clone(), get("/v2/models/tf_efficientnet_lite0/ready"))
             .await
             .0,
         StatusCode::OK
     );
-    let (status, meta) = send_json(s.clone(), get("/v2/models/efficientnet_lite0")).await;
+    let (status, meta) = send_json(s.clone(), get("/v2/models/tf_efficientnet_lite0")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
     assert_eq!(
@@ -460,7 +460,7 @@ async fn kserve_v2_protocol() {
     let (status, v) = send_json(
         s.clone(),
         post(
-            "/v2/models/efficientnet_lite0/infer",
+            "/v2/models/tf_efficientnet_lite0/infer",
             "application/json",
             body.to_string().into_bytes(),
         ),
@@ -492,7 +492,7 @@ async fn kserve_v2_protocol() {
     .to_string();
     let mut body = header.clone().into_bytes();
     body.extend(&binary);
-    let req = Request::post("/v2/models/efficientnet_lite0/infer")
+    let req = Request::post("/v2/models/tf_efficientnet_lite0/infer")
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("Inference-Header-Content-Length", header.len().to_string())
         .body(Body::from(body))
@@ -505,7 +505,7 @@ async fn kserve_v2_protocol() {
     let (status, _) = send_json(
         s,
         post(
-            "/v2/models/efficientnet_lite0/infer",
+            "/v2/models/tf_efficientnet_lite0/infer",
             "application/json",
             bad.to_string().into_bytes(),
         ),
@@ -520,7 +520,7 @@ fn real_binary_with_curl_and_graceful_shutdown() {
     let hub = common::HubCache::new();
     let mut child = hub
         .command()
-        .args(["serve", "--port", "0", "--model", "efficientnet_lite0"])
+        .args(["serve", "--port", "0", "--model", "tf_efficientnet_lite0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -88,9 +88,14 @@ fn wrong_checkpoint_for_the_architecture_names_key_shape_and_file() {
     // A checkpoint with a classifier but nothing else: the first missing tensor is named.
     let path = fixture("model.safetensors");
     let ck = Checkpoint::open(&path).unwrap();
-    let err = Network::from_checkpoint(Arch::ResNet18, ck, &Device::Cpu, LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = Network::from_checkpoint(
+        Arch::from_name("resnet18").unwrap(),
+        ck,
+        &Device::Cpu,
+        LoadOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains(&*path.to_string_lossy()), "{err}");
     assert!(
         err.contains("missing tensor `conv1.weight` (expected shape [64, 3, 7, 7])"),
@@ -99,7 +104,7 @@ fn wrong_checkpoint_for_the_architecture_names_key_shape_and_file() {
 
     // No classifier at all: not a checkpoint of this architecture.
     let err = Network::from_checkpoint(
-        Arch::DenseNet121,
+        Arch::from_name("densenet121").unwrap(),
         Checkpoint::open(&path).unwrap(),
         &Device::Cpu,
         LoadOptions::default(),
@@ -122,9 +127,14 @@ fn wrong_checkpoint_for_the_architecture_names_key_shape_and_file() {
         ),
     ];
     let ck = Checkpoint::from_tensors("my-finetune.pth", tensors).unwrap();
-    let err = Network::from_checkpoint(Arch::ResNet18, ck, &Device::Cpu, LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = Network::from_checkpoint(
+        Arch::from_name("resnet18").unwrap(),
+        ck,
+        &Device::Cpu,
+        LoadOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("my-finetune.pth"), "{err}");
     assert!(err.contains("conv1.weight"), "{err}");
     assert!(

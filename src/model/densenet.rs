@@ -30,28 +30,28 @@ pub struct Config {
     pub num_init_features: usize,
 }
 
-pub fn densenet121() -> Config {
+pub const fn densenet121() -> Config {
     Config {
         growth_rate: 32,
         block_config: [6, 12, 24, 16],
         num_init_features: 64,
     }
 }
-pub fn densenet161() -> Config {
+pub const fn densenet161() -> Config {
     Config {
         growth_rate: 48,
         block_config: [6, 12, 36, 24],
         num_init_features: 96,
     }
 }
-pub fn densenet169() -> Config {
+pub const fn densenet169() -> Config {
     Config {
         growth_rate: 32,
         block_config: [6, 12, 32, 32],
         num_init_features: 64,
     }
 }
-pub fn densenet201() -> Config {
+pub const fn densenet201() -> Config {
     Config {
         growth_rate: 32,
         block_config: [6, 12, 48, 32],
@@ -257,6 +257,30 @@ impl DenseNet {
             norm5,
             classifier,
         })
+    }
+}
+
+impl super::Family for Config {
+    fn classifier_key(&self) -> &'static str {
+        "classifier.weight"
+    }
+
+    fn canonical_key(&self, key: &str) -> String {
+        canonical_key(key)
+    }
+
+    fn build(
+        &self,
+        vb: VarBuilder,
+        num_classes: usize,
+        opts: LoadOptions,
+    ) -> Result<super::Network> {
+        Ok(super::Network::new(DenseNet::load(
+            vb,
+            self,
+            num_classes,
+            opts,
+        )?))
     }
 }
 

