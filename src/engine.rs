@@ -22,6 +22,8 @@ pub enum EngineError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Labels(#[from] LabelsError),
+    #[error(transparent)]
+    Isa(#[from] crate::model::kernels::isa::IsaError),
     #[error("cannot open device: {0}")]
     Device(#[source] candle_core::Error),
     #[error("model config: {0}")]
@@ -100,16 +102,18 @@ fn preprocess_from_config(
 impl Engine {
     /// Resolve, download if needed, and load the model `settings` names.
     pub fn load(settings: &ModelSettings, hub: &HubOptions) -> Result<Self, EngineError> {
+        // The kernels' instruction set first: a bad CLASSIFY_CPU_ISA fails before any I/O.
+        let opts = LoadOptions::from_env()?;
         let ResolvedModel {
             arch,
             weights,
             config,
         } = hub::resolve(&settings.model, settings.weights.as_deref(), hub)?;
         let device = settings.device.open().map_err(EngineError::Device)?;
-        tracing::info!(%arch, weights = %weights.display(), ?device, "loading model");
+        tracing::info!(%arch, weights = %weights.display(), ?device, isa = %opts.isa, "loading model");
         let checkpoint = Checkpoint::open(&weights)?;
         let (network, num_classes, arch) =
-            Network::from_checkpoint(arch, checkpoint, &device, LoadOptions::default())?;
+            Network::from_checkpoint(arch, checkpoint, &device, opts)?;
         let (base, crop_pct) = preprocess_from_config(arch, config.as_ref())?;
         let preprocess = settings.preprocess.apply(&base, crop_pct);
         let labels = match (

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::process::{Output, Stdio};
 
+use classify::model::kernels::Isa;
 use common::{photo, HubCache};
 use serde::Deserialize;
 
@@ -221,6 +222,43 @@ fn model_errors_exit_2_with_a_clear_message() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "no inputs is a usage error");
+
+    // An instruction set that does not exist, or that this CPU lacks, is refused at load.
+    let mut asks = vec!["sse9"];
+    asks.extend(
+        Isa::ALL
+            .into_iter()
+            .filter(|&i| i > Isa::best())
+            .map(Isa::name),
+    );
+    for ask in asks {
+        let out = hub
+            .command()
+            .env("CLASSIFY_CPU_ISA", ask)
+            .args(["--model", "tf_efficientnet_lite0"])
+            .arg(photo("coffee.png"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "CLASSIFY_CPU_ISA={ask}");
+        assert!(
+            stderr(&out).contains("CLASSIFY_CPU_ISA"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Every level it has classifies the same.
+    for isa in Isa::supported() {
+        let out = hub
+            .command()
+            .env("CLASSIFY_CPU_ISA", isa.name())
+            .args(["--model", "tf_efficientnet_lite0"])
+            .arg(photo("coffee.png"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{isa}: {}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().nth(1), Some("   95.7%  espresso"), "{isa}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! most 1e-4.
 
 use candle_core::{Device, Module, Tensor};
+use classify::model::kernels::Isa;
 use classify::model::{Arch, LoadOptions, Network};
 use classify::weights::synthetic::{self, SyntheticWeights};
 use serde::Deserialize;
@@ -53,21 +54,38 @@ fn check(case: &str, also_unfolded: bool) {
         .unwrap_or_else(|| panic!("{case}: no architecture"));
     let dev = Device::Cpu;
     let x = synthetic::input(&fx.input_shape, &dev).unwrap();
-    let build = |fold_batchnorm| {
+    let build = |fold_batchnorm, isa| {
         Network::build(
             arch,
             SyntheticWeights::var_builder(&dev),
             fx.num_classes,
-            LoadOptions { fold_batchnorm },
+            LoadOptions {
+                fold_batchnorm,
+                isa,
+                stock: false,
+            },
         )
         .unwrap()
     };
-    let net = build(true);
+    // Every lower instruction set this CPU runs gives the same logits as the best one.
+    for isa in Isa::ALL.into_iter().filter(|&i| i > Isa::best()) {
+        eprintln!("{case}: {isa} kernels not tested, this CPU lacks {isa}");
+    }
+    for isa in Isa::supported().filter(|&i| i < Isa::best()) {
+        let lower = rows(&build(true, isa).forward(&x).unwrap());
+        let err = relative_error(&lower, &fx.logits);
+        eprintln!("{case}: {isa} kernels, relative error vs PyTorch {err:.2e}");
+        assert!(err <= REL_TOL, "{case} ({isa}): relative error {err:e}");
+    }
+    let net = build(true, Isa::best());
     let batch = rows(&net.forward(&x).unwrap());
     assert_eq!(batch.len(), fx.logits.len());
     assert_eq!(batch[0].len(), fx.num_classes);
     let err = relative_error(&batch, &fx.logits);
-    eprintln!("{case}: relative error vs PyTorch {err:.2e}");
+    eprintln!(
+        "{case}: {} kernels, relative error vs PyTorch {err:.2e}",
+        Isa::best()
+    );
     assert!(
         err <= REL_TOL,
         "{case}: relative error {err:e} > {REL_TOL:e}"
@@ -101,7 +119,7 @@ fn check(case: &str, also_unfolded: bool) {
     }
 
     if also_unfolded {
-        let unfolded = rows(&build(false).forward(&x).unwrap());
+        let unfolded = rows(&build(false, Isa::best()).forward(&x).unwrap());
         let err = relative_error(&unfolded, &fx.logits);
         assert!(err <= REL_TOL, "{case} unfolded: relative error {err:e}");
         let err = relative_error(&batch, &unfolded);

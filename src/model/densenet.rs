@@ -107,7 +107,7 @@ impl DenseLayer {
                 BN_EPS,
                 opts,
             )?,
-            conv2: Conv2d::load(vb.pp("conv2"), ConvSpec::new(mid, growth, 3), false)?,
+            conv2: Conv2d::load(vb.pp("conv2"), ConvSpec::new(mid, growth, 3), false, opts)?,
         })
     }
 
@@ -243,6 +243,7 @@ impl DenseNet {
                         vb_t.pp("conv"),
                         ConvSpec::new(channels, channels / 2, 1),
                         false,
+                        opts,
                     )?,
                 });
                 channels /= 2;

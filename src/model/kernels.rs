@@ -14,32 +14,29 @@
 //!   reads its input.
 //!
 //! Candle's own operations on NCHW tensors stay the reference (and the only path on other
-//! devices): [`set_stock_only`] selects them on the CPU too, and the tests compare the two.
+//! devices): `LoadOptions::stock` selects them on the CPU too, when a network is loaded, and
+//! the tests compare the two. Which instruction set runs is chosen at load too ([`isa`]).
 
+mod depthwise;
+pub mod isa;
 mod panel;
 mod winograd;
 
+pub use depthwise::DepthwiseConv;
+
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::thread::LocalKey;
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-static STOCK_ONLY: AtomicBool = AtomicBool::new(false);
+pub use isa::Isa;
 
-/// Run candle's stock NCHW operations instead of these kernels (for comparison: `classify
-/// bench` measures both).
-pub fn set_stock_only(stock: bool) {
-    STOCK_ONLY.store(stock, Ordering::Relaxed);
-}
-
-/// Whether a forward pass over `x` should take the NHWC kernels.
+/// Whether a forward pass over `x` can take the NHWC kernels (a network loaded with them
+/// also needs its weights packed: see `ConvBn::has_nhwc_kernel`).
 pub fn fast_path_for(x: &Tensor) -> bool {
-    !STOCK_ONLY.load(Ordering::Relaxed)
-        && matches!(x.device(), Device::Cpu)
-        && x.dtype() == DType::F32
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
 }
 
 /// A tensor's values as f32 on the host (weights and per-channel parameters, at load).
@@ -265,10 +262,10 @@ pub struct GemmConv {
     cout: usize,
     k: usize,
     stride: usize,
-    /// `(k*k*cin) x cout`, rows ordered (ky, kx, ci) to match the gathered fields: in
-    /// [`panel`]'s 8-channel panels where that kernel runs (`panelled`), else row-major.
+    /// `(k*k*cin) x cout`, rows ordered (ky, kx, ci) to match the gathered fields: in the
+    /// panels of the [`panel`] kernel it was packed for (`panels`), else row-major.
     weight: Vec<f32>,
-    panelled: bool,
+    panels: Option<panel::Kernel>,
     bias: Vec<f32>,
     /// The Winograd form of a 3x3 stride-1 weight, made the first time a call takes that path.
     winograd: OnceLock<Vec<f32>>,
@@ -290,8 +287,8 @@ enum Algorithm {
 const ROW_BLOCK: usize = 256;
 
 impl GemmConv {
-    /// Pack `weight` (Cout, Cin, k, k) and `bias` (Cout).
-    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Self> {
+    /// Pack `weight` (Cout, Cin, k, k) and `bias` (Cout) for the kernels of `isa`.
+    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize, isa: Isa) -> Result<Self> {
         let (cout, cin, k, k2) = weight.dims4()?;
         if k != k2 {
             candle_core::bail!("conv: only square kernels are supported, got {k}x{k2}")
@@ -309,18 +306,17 @@ impl GemmConv {
             }
         }
         let bias = bias_to_host(bias, cout)?;
-        let panelled = panel::applies(cout);
+        let panels = panel::Kernel::for_channels(cout, isa);
         Ok(Self {
             cin,
             cout,
             k,
             stride,
-            weight: if panelled {
-                panel::pack(&packed, k * k * cin, cout)
-            } else {
-                packed
+            weight: match panels {
+                Some(kernel) => kernel.pack(&packed, k * k * cin, cout),
+                None => packed,
             },
-            panelled,
+            panels,
             bias,
             winograd: OnceLock::new(),
         })
@@ -328,11 +324,18 @@ impl GemmConv {
 
     /// The weight as a row-major `(k*k*cin) x cout` matrix.
     fn row_major(&self) -> std::borrow::Cow<'_, [f32]> {
-        if self.panelled {
-            panel::unpack(&self.weight, self.k * self.k * self.cin, self.cout).into()
-        } else {
-            self.weight.as_slice().into()
+        match self.panels {
+            Some(kernel) => kernel
+                .unpack(&self.weight, self.k * self.k * self.cin, self.cout)
+                .into(),
+            None => self.weight.as_slice().into(),
         }
+    }
+
+    /// Channels per panel of the packed weight (8 where it is not panelled, which keeps
+    /// channel splits aligned for the general GEMM too).
+    fn panel_width(&self) -> usize {
+        self.panels.map_or(8, panel::Kernel::width)
     }
 
     /// Output height and width for an input of `h` x `w` with padding `pad`.
@@ -548,7 +551,10 @@ impl Launch<'_> {
                     unsafe { self.tile(lhs, dst, out_stride, 0, rows, 0..conv.cout, par) }
                     return;
                 }
-                let width = conv.cout.div_ceil(panels).next_multiple_of(8);
+                let width = conv
+                    .cout
+                    .div_ceil(panels)
+                    .next_multiple_of(conv.panel_width());
                 (0..panels).into_par_iter().for_each(|p| {
                     let chans = (p * width).min(conv.cout)..((p + 1) * width).min(conv.cout);
                     if !chans.is_empty() {
@@ -638,9 +644,9 @@ impl Launch<'_> {
     ) {
         let conv = self.conv;
         let base = dst.0.add(r0 * out_stride + chans.start);
-        if conv.panelled {
-            // Panels are 8 channels wide, and so is every split of the channels.
-            debug_assert!(chans.start.is_multiple_of(8));
+        if let Some(kernel) = conv.panels {
+            // Every split of the channels is a whole number of panels.
+            debug_assert!(chans.start.is_multiple_of(kernel.width()));
             let w = conv.weight.as_ptr().add(chans.start * lhs.k);
             let (n, k) = (chans.len(), lhs.k);
             // Bias and activation in registers, so the output is written once; but a residual
@@ -654,7 +660,7 @@ impl Launch<'_> {
                 Some(_) => panel::Finish::NONE,
             };
             let (x, x_rs) = (lhs.ptr, lhs.row_stride);
-            panel::gemm(len, n, k, x, x_rs, w, base, out_stride, finish);
+            kernel.gemm(len, n, k, x, x_rs, w, base, out_stride, finish);
             if self.residual.is_none() {
                 return;
             }
@@ -770,168 +776,6 @@ struct SendPtr(*mut f32);
 // SAFETY: only used to write disjoint regions, as each use documents.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
-
-/// A depthwise convolution (one k x k filter per channel) with bias.
-#[derive(Debug, Clone)]
-pub struct DepthwiseConv {
-    c: usize,
-    k: usize,
-    stride: usize,
-    /// `(k*k) x c`: the taps of every channel for one kernel position are contiguous.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl DepthwiseConv {
-    /// Pack `weight` (C, 1, k, k) and `bias` (C).
-    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Self> {
-        let (c, one, k, k2) = weight.dims4()?;
-        if one != 1 || k != k2 {
-            candle_core::bail!(
-                "depthwise conv: unexpected weight shape {:?}",
-                weight.dims()
-            )
-        }
-        let w = to_host(weight)?;
-        let mut packed = vec![0f32; k * k * c];
-        for ch in 0..c {
-            for t in 0..k * k {
-                packed[t * c + ch] = w[ch * k * k + t];
-            }
-        }
-        let bias = bias_to_host(bias, c)?;
-        Ok(Self {
-            c,
-            k,
-            stride,
-            weight: packed,
-            bias,
-        })
-    }
-
-    pub fn forward(&self, x: View, pad: Pad2d, act: Activation) -> Result<Act> {
-        self.forward_with(x, pad, act, has_avx2_fma())
-    }
-
-    /// `fma`: use the AVX2+FMA copy of the kernel (the caller checked the CPU has them).
-    fn forward_with(&self, x: View, pad: Pad2d, act: Activation, fma: bool) -> Result<Act> {
-        if x.c != self.c {
-            candle_core::bail!(
-                "depthwise conv: input has {} channels, expects {}",
-                x.c,
-                self.c
-            )
-        }
-        let (oh, ow) = pad.output_size(x.h, x.w, self.k, self.stride)?;
-        let len = x.n * oh * ow * self.c;
-        let mut data = Vec::with_capacity(len);
-        data.spare_capacity_mut()[..len]
-            .par_chunks_mut(ow * self.c)
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let (img, oy) = (row / oh, row % oh);
-                // Every pixel starts from the bias: the output is never zero-filled first.
-                for px in dst.chunks_exact_mut(self.c) {
-                    for (d, &b) in px.iter_mut().zip(&self.bias) {
-                        d.write(b);
-                    }
-                }
-                // SAFETY: every value of the row was just initialised.
-                let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-                #[cfg(target_arch = "x86_64")]
-                if fma {
-                    // SAFETY: the caller checked that the CPU has AVX2 and FMA.
-                    unsafe { self.row_avx2_fma(x, img, oy, pad, act, dst) };
-                    return;
-                }
-                let _ = fma;
-                self.row::<false>(x, img, oy, pad, act, dst);
-            });
-        // SAFETY: the rows cover all `len` values, each initialised above.
-        unsafe { data.set_len(len) };
-        Ok(Act {
-            n: x.n,
-            h: oh,
-            w: ow,
-            c: self.c,
-            data,
-        })
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn row_avx2_fma(
-        &self,
-        x: View,
-        img: usize,
-        oy: usize,
-        pad: Pad2d,
-        act: Activation,
-        dst: &mut [f32],
-    ) {
-        self.row::<true>(x, img, oy, pad, act, dst)
-    }
-
-    /// One output row, which holds the bias: every pixel's channels accumulated tap by tap
-    /// (contiguous in NHWC, so the inner loop is a vector multiply-add).
-    #[inline(always)]
-    fn row<const FMA: bool>(
-        &self,
-        x: View,
-        img: usize,
-        oy: usize,
-        pad: Pad2d,
-        act: Activation,
-        dst: &mut [f32],
-    ) {
-        let (k, s, c) = (self.k, self.stride, self.c);
-        for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
-            for ky in 0..k {
-                let iy = (oy * s + ky) as isize - pad.top as isize;
-                if iy < 0 || iy >= x.h as isize {
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * s + kx) as isize - pad.left as isize;
-                    if ix < 0 || ix >= x.w as isize {
-                        continue;
-                    }
-                    let px = x.pixel(img, iy as usize, ix as usize);
-                    let taps = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                    for ((a, &v), &t) in acc.iter_mut().zip(px).zip(taps) {
-                        *a = mul_add::<FMA>(v, t, *a);
-                    }
-                }
-            }
-            act.apply_all(acc);
-        }
-    }
-}
-
-/// `a * b + c`, fused where the caller was compiled for FMA.
-#[inline(always)]
-fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// Whether this CPU has AVX2 and FMA: the kernels written as plain loops get a second copy
-/// compiled for them (the release build targets baseline x86-64 so that it runs anywhere).
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
 
 /// `MaxPool2d(kernel=3, stride=2, padding=1)`, padding that never wins (as PyTorch's).
 pub fn max_pool_3x3_s2(x: &Act) -> Result<Act> {
@@ -1074,8 +918,22 @@ mod tests {
         assert_eq!(max_abs_diff(&x, &back), 0.0);
     }
 
+    /// Every instruction set this CPU runs (the scalar one included); says which it cannot.
+    fn levels() -> Vec<Isa> {
+        for isa in Isa::ALL.into_iter().filter(|&i| i > Isa::best()) {
+            eprintln!("{isa} kernels: not tested, this CPU lacks {isa}");
+        }
+        Isa::supported().collect()
+    }
+
     #[test]
     fn gemm_conv_matches_candle() {
+        for isa in levels() {
+            gemm_conv_matches_candle_at(isa);
+        }
+    }
+
+    fn gemm_conv_matches_candle_at(isa: Isa) {
         let dev = Device::Cpu;
         // Batch 9 and 20x20 make some cases large enough to be split by rows.
         for (n, cin, cout, h, w, k, s, pad, act) in [
@@ -1089,11 +947,16 @@ mod tests {
             // Few rows and more channels: the output channels are split between threads.
             (1, 8, 40, 6, 6, 3, 1, p(1, 1, 1, 1), Activation::Relu),
             (1, 8, 40, 5, 5, 1, 1, p(0, 0, 0, 0), Activation::Identity),
+            // Multiples of 16 channels (AVX-512 panels), split by rows and by channels.
+            (2, 8, 32, 13, 11, 3, 2, p(0, 1, 0, 1), Activation::Relu6),
+            (9, 16, 48, 20, 20, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+            (1, 24, 80, 6, 6, 3, 1, p(1, 1, 1, 1), Activation::Identity),
+            (1, 16, 96, 3, 3, 1, 1, p(0, 0, 0, 0), Activation::Relu),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
-            let conv = GemmConv::pack(&wt, Some(&b), s).unwrap();
+            let conv = GemmConv::pack(&wt, Some(&b), s, isa).unwrap();
             let reference = conv2d_reference(&x, &wt, s, pad, 1).unwrap();
             let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
             for with_res in [false, true] {
@@ -1114,7 +977,7 @@ mod tests {
                 let diff = max_abs_diff(&ours, &expected);
                 assert!(
                     diff < 1e-4,
-                    "{cin}->{cout} {h}x{w} k{k} s{s} res {with_res}: {diff}"
+                    "{isa} {cin}->{cout} {h}x{w} k{k} s{s} res {with_res}: {diff}"
                 );
             }
         }
@@ -1125,7 +988,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &dev).unwrap();
         let wt = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
-        let conv = GemmConv::pack(&wt, None, 1).unwrap();
+        let conv = GemmConv::pack(&wt, None, 1, Isa::best()).unwrap();
         let xa = Act::from_nchw(&x).unwrap();
         let pad = Pad2d::uniform(1);
         let alone = conv
@@ -1173,9 +1036,9 @@ mod tests {
             shift: &shift,
         };
         let input = reference_prologue(&x, &scale, &shift);
-        for (k, pad) in [(1, 0), (3, 1)] {
-            let wt = Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap();
-            let conv = GemmConv::pack(&wt, None, 1).unwrap();
+        for (k, pad, isa) in levels().into_iter().flat_map(|i| [(1, 0, i), (3, 1, i)]) {
+            let wt = Tensor::randn(0f32, 1.0, (16, 3, k, k), &dev).unwrap();
+            let conv = GemmConv::pack(&wt, None, 1, isa).unwrap();
             let pad = Pad2d::uniform(pad);
             let ours = conv
                 .forward(xa.prefix(3), pad, Some(pro), Activation::Identity, None)
@@ -1184,12 +1047,18 @@ mod tests {
                 .unwrap();
             let expected = conv2d_reference(&input, &wt, 1, pad, 1).unwrap();
             let diff = max_abs_diff(&ours, &expected);
-            assert!(diff < 1e-4, "k{k}: {diff}");
+            assert!(diff < 1e-4, "{isa} k{k}: {diff}");
         }
     }
 
     #[test]
     fn winograd_matches_candle() {
+        for isa in levels() {
+            winograd_matches_candle_at(isa);
+        }
+    }
+
+    fn winograd_matches_candle_at(isa: Isa) {
         let dev = Device::Cpu;
         // Enough 2x2 tiles for blocks of tiles on every thread, and too few for that.
         let many = (32 * rayon::current_num_threads()).div_ceil(25) + 1;
@@ -1203,12 +1072,14 @@ mod tests {
             (1, 5, 40, 7, 7, p(1, 1, 1, 1), Activation::Identity),
             (2, 5, 3, 6, 11, p(0, 1, 2, 0), Activation::Relu6),
             (1, 5, 8, 3, 3, p(0, 0, 0, 0), Activation::Relu),
+            (many, 5, 32, 10, 9, p(1, 1, 1, 1), Activation::Relu6),
+            (1, 5, 48, 7, 7, p(1, 1, 1, 1), Activation::Relu),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, cin + 2, h, w), &dev).unwrap();
             let xa = Act::from_nchw(&x).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
-            let conv = GemmConv::pack(&wt, Some(&b), 1).unwrap();
+            let conv = GemmConv::pack(&wt, Some(&b), 1, isa).unwrap();
             for with_pro in [false, true] {
                 let input = if with_pro {
                     reference_prologue(&x, &scale, &shift)
@@ -1233,7 +1104,10 @@ mod tests {
                     .to_nchw(&dev)
                     .unwrap();
                 let diff = max_abs_diff(&ours, &expected);
-                assert!(diff < 1e-4, "{n}x{cin}->{cout} {h}x{w} {pad:?}: {diff}");
+                assert!(
+                    diff < 1e-4,
+                    "{isa} {n}x{cin}->{cout} {h}x{w} {pad:?}: {diff}"
+                );
 
                 // Into every other column of a wider buffer, against the GEMM path.
                 let gemm = conv
@@ -1261,7 +1135,7 @@ mod tests {
         // Anything but 3x3 stride 1 is refused rather than computed wrongly.
         let wt = Tensor::randn(0f32, 1.0, (4, 5, 3, 3), &dev).unwrap();
         let x = Act::from_nchw(&Tensor::randn(0f32, 1.0, (1, 5, 8, 8), &dev).unwrap()).unwrap();
-        let strided = GemmConv::pack(&wt, None, 2).unwrap();
+        let strided = GemmConv::pack(&wt, None, 2, isa).unwrap();
         let pad = Pad2d::uniform(1);
         let id = Activation::Identity;
         let forced = Some(Algorithm::Winograd);
@@ -1278,23 +1152,28 @@ mod tests {
             (4, 10, 10, 3, 2, p(0, 1, 0, 1)),
             (3, 11, 8, 5, 2, p(1, 2, 1, 2)),
             (2, 6, 6, 5, 1, p(2, 2, 2, 2)),
+            (37, 7, 9, 3, 2, p(0, 1, 0, 1)),
+            (96, 5, 5, 5, 1, p(2, 2, 2, 2)),
+            (144, 8, 8, 3, 1, p(1, 1, 1, 1)),
         ] {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
-            let conv = DepthwiseConv::pack(&wt, Some(&b), s).unwrap();
             let reference = conv2d_reference(&x, &wt, s, pad, c).unwrap();
-            let expected = reference_epilogue(reference, &b, None, Activation::Relu6);
             let xa = Act::from_nchw(&x).unwrap();
-            // Both copies of the kernel: portable, and AVX2+FMA where this CPU has them.
-            for fma in [false, has_avx2_fma()] {
-                let ours = conv
-                    .forward_with(xa.view(), pad, Activation::Relu6, fma)
-                    .unwrap()
-                    .to_nchw(&dev)
-                    .unwrap();
-                let diff = max_abs_diff(&ours, &expected);
-                assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s} fma {fma}: {diff}");
+            // Every copy of the kernel this CPU runs, with each activation.
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                let expected = reference_epilogue(reference.clone(), &b, None, act);
+                for isa in levels() {
+                    let conv = DepthwiseConv::pack(&wt, Some(&b), s, isa).unwrap();
+                    let ours = conv
+                        .forward(xa.view(), pad, act)
+                        .unwrap()
+                        .to_nchw(&dev)
+                        .unwrap();
+                    let diff = max_abs_diff(&ours, &expected);
+                    assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s} {isa} {act:?}: {diff}");
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    conv2d_reference, to_host, Act, Activation, DepthwiseConv, GemmConv, Pad2d, Prologue, View,
+    conv2d_reference, to_host, Act, Activation, DepthwiseConv, GemmConv, Isa, Pad2d, Prologue, View,
 };
 
 /// Options that change how a checkpoint becomes a network, not what it computes.
@@ -19,13 +19,31 @@ use super::kernels::{
 pub struct LoadOptions {
     /// Fold eval-mode BatchNorm into the preceding convolution (the fast inference form).
     pub fold_batchnorm: bool,
+    /// The instruction set the CPU kernels are packed for (a level the CPU has).
+    pub isa: Isa,
+    /// Run candle's stock NCHW operations instead of the NHWC CPU kernels (the reference,
+    /// and what `classify bench` compares against): nothing is packed.
+    pub stock: bool,
 }
 
 impl Default for LoadOptions {
+    /// Folded, for the best instruction set this CPU has.
     fn default() -> Self {
         Self {
             fold_batchnorm: true,
+            isa: Isa::best(),
+            stock: false,
         }
+    }
+}
+
+impl LoadOptions {
+    /// The defaults, with the instruction set `CLASSIFY_CPU_ISA` asks for.
+    pub fn from_env() -> std::result::Result<Self, super::kernels::isa::IsaError> {
+        Ok(Self {
+            isa: Isa::from_env()?,
+            ..Self::default()
+        })
     }
 }
 
@@ -109,8 +127,8 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Load and pack for the CPU kernels (a convolution that nothing is folded into).
-    pub fn load(vb: VarBuilder, spec: ConvSpec, has_bias: bool) -> Result<Self> {
-        Self::load_unpacked(vb, spec, has_bias)?.packed()
+    pub fn load(vb: VarBuilder, spec: ConvSpec, has_bias: bool, opts: LoadOptions) -> Result<Self> {
+        Self::load_unpacked(vb, spec, has_bias)?.packed(opts)
     }
 
     fn load_unpacked(vb: VarBuilder, spec: ConvSpec, has_bias: bool) -> Result<Self> {
@@ -128,16 +146,20 @@ impl Conv2d {
         })
     }
 
-    /// Pack the final weights once for the NHWC CPU kernels (CPU f32 weights only).
-    fn packed(mut self) -> Result<Self> {
-        if !matches!(self.weight.device(), Device::Cpu) || self.weight.dtype() != DType::F32 {
+    /// Pack the final weights once for the NHWC CPU kernels of `opts.isa` (CPU f32 weights
+    /// only, and not when `opts.stock` asks for candle's operations).
+    fn packed(mut self, opts: LoadOptions) -> Result<Self> {
+        let cpu_f32 =
+            matches!(self.weight.device(), Device::Cpu) && self.weight.dtype() == DType::F32;
+        if opts.stock || !cpu_f32 {
             return Ok(self);
         }
+        let isa = opts.isa;
         let (stride, bias) = (self.spec.stride, self.bias.as_ref());
         self.packed = Some(if self.is_depthwise() {
-            Packed::Depthwise(DepthwiseConv::pack(&self.weight, bias, stride)?)
+            Packed::Depthwise(DepthwiseConv::pack(&self.weight, bias, stride, isa)?)
         } else if self.spec.groups == 1 {
-            Packed::Dense(GemmConv::pack(&self.weight, bias, stride)?)
+            Packed::Dense(GemmConv::pack(&self.weight, bias, stride, isa)?)
         } else {
             return Ok(self);
         });
@@ -189,8 +211,8 @@ impl Conv2d {
     }
 
     /// Scale each output channel by `scale` and add `shift` to the bias: the result of
-    /// applying an affine map after this convolution. Packs the folded weights.
-    fn fold_affine(self, affine: &ChannelAffine) -> Result<Self> {
+    /// applying an affine map after this convolution. Packs the folded weights per `opts`.
+    fn fold_affine(self, affine: &ChannelAffine, opts: LoadOptions) -> Result<Self> {
         let weight = self
             .weight
             .broadcast_mul(&affine.scale.reshape(((), 1, 1, 1))?)?;
@@ -204,7 +226,7 @@ impl Conv2d {
             spec: self.spec,
             packed: None,
         }
-        .packed()
+        .packed(opts)
     }
 }
 
@@ -378,7 +400,7 @@ impl ConvBn {
         let conv = Conv2d::load_unpacked(conv, spec, false)?;
         let bn = BatchNorm::load(bn, spec.out_channels, eps)?;
         Ok(if opts.fold_batchnorm {
-            ConvBn::Folded(conv.fold_affine(&bn.to_affine()?)?)
+            ConvBn::Folded(conv.fold_affine(&bn.to_affine()?, opts)?)
         } else {
             ConvBn::Unfolded(conv, bn)
         })

@@ -136,12 +136,12 @@ impl Launch<'_> {
         let (cin, cout) = (conv.cin, conv.cout);
         let u = conv.winograd.get_or_init(|| {
             let u = transform_weight(&conv.row_major(), cin, cout);
-            if !conv.panelled {
+            let Some(kernel) = conv.panels else {
                 return u;
-            }
+            };
             // Each position's matrix in the panels that kernel reads.
             u.chunks_exact(cin * cout)
-                .flat_map(|m| panel::pack(m, cin, cout))
+                .flat_map(|m| kernel.pack(m, cin, cout))
                 .collect()
         });
         let tiles = self.winograd_tiles().expect("a 3x3 stride-1 convolution");
@@ -247,8 +247,8 @@ impl Launch<'_> {
             m.ptr.0.add(p * m.plane),
             &u[p * cin * cout..],
         );
-        if self.conv.panelled {
-            panel::gemm(
+        if let Some(kernel) = self.conv.panels {
+            kernel.gemm(
                 tiles,
                 cout,
                 cin,

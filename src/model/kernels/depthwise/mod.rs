@@ -1,0 +1,202 @@
+//! Depthwise convolution (one k x k filter per channel, EfficientNet's and MobileNet's) on
+//! NHWC activations: each output pixel's channels start from the bias, take every tap that
+//! lies inside the input, and are activated and stored once. The channels of a pixel are
+//! contiguous in NHWC, so the kernels vectorise over them: one file per instruction set
+//! ([`avx2`], [`avx512`]) keeps a block of channels in registers across all taps; the
+//! portable loop here is the scalar level and the reference they are tested against.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use candle_core::{Result, Tensor};
+use rayon::prelude::*;
+
+use super::{bias_to_host, to_host, Act, Activation, Isa, Pad2d, View};
+
+/// The vector kernels gather a pixel's taps on the stack: k up to 7.
+const MAX_TAPS: usize = 49;
+
+/// A depthwise convolution (one k x k filter per channel) with bias.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv {
+    c: usize,
+    k: usize,
+    stride: usize,
+    /// `(k*k) x c`: the taps of every channel for one kernel position are contiguous.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    /// Which copy of the kernel runs (scalar where k is too large for the vector ones).
+    isa: Isa,
+}
+
+impl DepthwiseConv {
+    /// Pack `weight` (C, 1, k, k) and `bias` (C) for the kernel of `isa`.
+    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize, isa: Isa) -> Result<Self> {
+        let (c, one, k, k2) = weight.dims4()?;
+        if one != 1 || k != k2 {
+            candle_core::bail!(
+                "depthwise conv: unexpected weight shape {:?}",
+                weight.dims()
+            )
+        }
+        let w = to_host(weight)?;
+        let mut packed = vec![0f32; k * k * c];
+        for ch in 0..c {
+            for t in 0..k * k {
+                packed[t * c + ch] = w[ch * k * k + t];
+            }
+        }
+        Ok(Self {
+            c,
+            k,
+            stride,
+            weight: packed,
+            bias: bias_to_host(bias, c)?,
+            isa: if k * k <= MAX_TAPS { isa } else { Isa::Scalar },
+        })
+    }
+
+    pub fn forward(&self, x: View, pad: Pad2d, act: Activation) -> Result<Act> {
+        if x.c != self.c || x.stride != x.c {
+            candle_core::bail!(
+                "depthwise conv: input has {} channels (row stride {}), expects {} (dense)",
+                x.c,
+                x.stride,
+                self.c
+            )
+        }
+        let (oh, ow) = pad.output_size(x.h, x.w, self.k, self.stride)?;
+        let len = x.n * oh * ow * self.c;
+        if x.data.len() < x.n * x.h * x.w * x.c {
+            candle_core::bail!("depthwise conv: short input")
+        }
+        let mut data = Vec::with_capacity(len);
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(ow * self.c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (img, oy) = (row / oh, row % oh);
+                let dst = dst.as_mut_ptr().cast::<f32>();
+                let rows = Rows {
+                    conv: self,
+                    x,
+                    img,
+                    oy,
+                    ow,
+                    pad,
+                };
+                // SAFETY: `dst` is this row's `ow * c` values; `isa` was a level this CPU
+                // supports when packed; the input was checked to hold every pixel.
+                unsafe {
+                    match self.isa {
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2 => avx2::row(&rows, act, dst),
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx512 => avx512::row(&rows, act, dst),
+                        _ => rows.scalar(act, dst),
+                    }
+                }
+            });
+        // SAFETY: the rows cover all `len` values, each written by its row's kernel.
+        unsafe { data.set_len(len) };
+        Ok(Act {
+            n: x.n,
+            h: oh,
+            w: ow,
+            c: self.c,
+            data,
+        })
+    }
+}
+
+/// One output row of a depthwise convolution: what every kernel copy needs.
+struct Rows<'a> {
+    conv: &'a DepthwiseConv,
+    x: View<'a>,
+    img: usize,
+    oy: usize,
+    ow: usize,
+    pad: Pad2d,
+}
+
+impl Rows<'_> {
+    /// `f(taps, ox)` for every output pixel of the row, `taps` holding `(weight offset,
+    /// input offset)` of each kernel position inside the input, in (ky, kx) order.
+    #[inline(always)]
+    fn for_each_pixel(&self, mut f: impl FnMut(&[(usize, usize)], usize)) {
+        let (k, s, x) = (self.conv.k, self.conv.stride, self.x);
+        let mut taps = [(0usize, 0usize); MAX_TAPS];
+        for ox in 0..self.ow {
+            let mut n = 0;
+            for ky in 0..k {
+                let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
+                if iy < 0 || iy >= x.h as isize {
+                    continue;
+                }
+                for kx in 0..k {
+                    let ix = (ox * s + kx) as isize - self.pad.left as isize;
+                    if ix < 0 || ix >= x.w as isize {
+                        continue;
+                    }
+                    let pixel = (self.img * x.h + iy as usize) * x.w + ix as usize;
+                    taps[n] = ((ky * k + kx) * self.conv.c, pixel * x.stride);
+                    n += 1;
+                }
+            }
+            f(&taps[..n], ox);
+        }
+    }
+
+    /// The portable kernel: per pixel, bias, then tap by tap over the channels.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of the row's `ow * c` values.
+    unsafe fn scalar(&self, act: Activation, dst: *mut f32) {
+        let c = self.conv.c;
+        if self.conv.k * self.conv.k > MAX_TAPS {
+            return self.scalar_any_k(act, dst);
+        }
+        self.for_each_pixel(|taps, ox| {
+            // SAFETY: pixel `ox` of the row is `c` values at `ox * c`.
+            let acc = unsafe { std::slice::from_raw_parts_mut(dst.add(ox * c), c) };
+            acc.copy_from_slice(&self.conv.bias);
+            for &(t, off) in taps {
+                let (px, w) = (&self.x.data[off..off + c], &self.conv.weight[t..t + c]);
+                for ((a, &v), &t) in acc.iter_mut().zip(px).zip(w) {
+                    *a += v * t;
+                }
+            }
+            act.apply_all(acc);
+        });
+    }
+
+    /// [`Rows::scalar`] for kernels too large to gather their taps on the stack.
+    ///
+    /// # Safety
+    /// As [`Rows::scalar`].
+    unsafe fn scalar_any_k(&self, act: Activation, dst: *mut f32) {
+        let (k, s, c, x) = (self.conv.k, self.conv.stride, self.conv.c, self.x);
+        for ox in 0..self.ow {
+            // SAFETY: pixel `ox` of the row is `c` values at `ox * c`.
+            let acc = unsafe { std::slice::from_raw_parts_mut(dst.add(ox * c), c) };
+            acc.copy_from_slice(&self.conv.bias);
+            for ky in 0..k {
+                let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
+                for kx in 0..k {
+                    let ix = (ox * s + kx) as isize - self.pad.left as isize;
+                    if iy < 0 || iy >= x.h as isize || ix < 0 || ix >= x.w as isize {
+                        continue;
+                    }
+                    let px = x.pixel(self.img, iy as usize, ix as usize);
+                    let w = &self.conv.weight[(ky * k + kx) * c..][..c];
+                    for ((a, &v), &t) in acc.iter_mut().zip(px).zip(w) {
+                        *a += v * t;
+                    }
+                }
+            }
+            act.apply_all(acc);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Which instruction set the CPU kernels are compiled for at run time.
+//!
+//! The release binary targets baseline x86-64 so that it runs anywhere; each hot kernel has
+//! one copy per level here, chosen when a network is loaded (it is part of
+//! [`crate::model::LoadOptions`], and a packed weight records the kernel it was packed
+//! for). The best level the CPU has is detected once per process; `CLASSIFY_CPU_ISA` forces
+//! a lower one (tests and benchmarks compare levels; asking for one the CPU lacks is an
+//! error, never a silent fallback).
+
+use std::sync::OnceLock;
+
+/// The environment variable that caps the instruction set (`scalar`, `avx2`, `avx512`).
+pub const ENV: &str = "CLASSIFY_CPU_ISA";
+
+/// Instruction-set levels, each including the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Plain Rust loops (auto-vectorised for the build target only): every CPU.
+    Scalar,
+    /// x86-64 AVX2 + FMA: 8-wide f32 vectors, 16 registers.
+    Avx2,
+    /// x86-64 AVX-512 F (+ AVX2, FMA): 16-wide f32 vectors, 32 registers.
+    Avx512,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IsaError {
+    #[error("{ENV}={value}: not an instruction set (use scalar, avx2 or avx512)")]
+    Unknown { value: String },
+    #[error("{ENV}={asked}: this CPU does not have {asked} (it has up to {best})")]
+    Unsupported { asked: Isa, best: Isa },
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// The best level this CPU has (detected once).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(detect)
+    }
+
+    /// Every level this CPU can run, lowest first.
+    pub fn supported() -> impl Iterator<Item = Isa> {
+        Self::ALL.into_iter().filter(|&i| i <= Self::best())
+    }
+
+    /// The level to use: the best the CPU has, or the one `CLASSIFY_CPU_ISA` names.
+    pub fn from_env() -> Result<Isa, IsaError> {
+        match std::env::var(ENV) {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(Self::best()),
+        }
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = IsaError;
+
+    /// A level name, refused where this CPU lacks it.
+    fn from_str(value: &str) -> Result<Isa, IsaError> {
+        let asked = Self::ALL
+            .into_iter()
+            .find(|i| i.name() == value.trim().to_ascii_lowercase())
+            .ok_or_else(|| IsaError::Unknown {
+                value: value.to_string(),
+            })?;
+        let best = Self::best();
+        if asked > best {
+            return Err(IsaError::Unsupported { asked, best });
+        }
+        Ok(asked)
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") {
+            return if has!("avx512f") {
+                Isa::Avx512
+            } else {
+                Isa::Avx2
+            };
+        }
+    }
+    Isa::Scalar
+}
+
+/// The CPU's model name, for benchmark reports (`/proc/cpuinfo` on Linux).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_and_unsupported_ones_are_refused() {
+        assert_eq!("scalar".parse::<Isa>().unwrap(), Isa::Scalar);
+        for isa in Isa::supported() {
+            assert_eq!(isa.name().parse::<Isa>().unwrap(), isa);
+        }
+        for isa in Isa::ALL.into_iter().filter(|&i| i > Isa::best()) {
+            let err = isa.name().parse::<Isa>().unwrap_err().to_string();
+            assert!(err.contains("does not have"), "{err}");
+        }
+        let err = "sse9".parse::<Isa>().unwrap_err().to_string();
+        assert!(err.contains("not an instruction set"), "{err}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The AVX2+FMA micro-kernel: 8-channel panels, blocks of up to 6 rows x 16 channels (12 of
+//! the 16 vector registers accumulate).
+
+use std::arch::x86_64::*;
+
+use super::{Finish, WIDTH_AVX2 as W};
+use crate::model::kernels::Activation;
+
+/// Rows per register block.
+const ROWS: usize = 6;
+
+/// [`super::gemm`] for 8-channel panels.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; as [`super::gemm`] otherwise.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_rs: usize,
+    finish: Finish,
+) {
+    debug_assert!(n.is_multiple_of(W));
+    let mut j = 0;
+    // SAFETY (all calls): column block `j` lies inside the `n` columns the caller covers.
+    while j + 2 * W <= n {
+        let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
+        unsafe { rows::<2>(m, k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        j += 2 * W;
+    }
+    if j < n {
+        let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
+        unsafe { rows::<1>(m, k, lhs, lhs_rs, w, dst, dst_rs, f) };
+    }
+}
+
+/// All `m` rows of one `8 * V`-channel column block, [`ROWS`] rows at a time.
+///
+/// # Safety
+/// As [`gemm`], for this column block.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows<const V: usize>(
+    m: usize,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_rs: usize,
+    f: Finish,
+) {
+    let mut r = 0;
+    // SAFETY (all calls): rows `r..r + R` are within the `m` rows the caller covers.
+    while r + ROWS <= m {
+        let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
+        unsafe { block::<ROWS, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        r += ROWS;
+    }
+    let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
+    match m - r {
+        1 => unsafe { block::<1, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        2 => unsafe { block::<2, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        3 => unsafe { block::<3, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        4 => unsafe { block::<4, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        5 => unsafe { block::<5, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        _ => {}
+    }
+}
+
+/// `R` rows x `V` panels, accumulated in registers over all of `k`, then finished and stored.
+///
+/// # Safety
+/// As [`gemm`], for these rows and panels.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block<const R: usize, const V: usize>(
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_rs: usize,
+    finish: Finish,
+) {
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    for kk in 0..k {
+        let mut wv = [_mm256_setzero_ps(); V];
+        for (v, wv) in wv.iter_mut().enumerate() {
+            // SAFETY: panel `v` of this block holds `k` rows of 8 values.
+            *wv = unsafe { _mm256_loadu_ps(w.add((v * k + kk) * W)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row `r` of `lhs` holds `k` values.
+            let x = _mm256_set1_ps(unsafe { *lhs.add(r * lhs_rs + kk) });
+            for (a, &wv) in acc.iter_mut().zip(&wv) {
+                *a = _mm256_fmadd_ps(x, wv, *a);
+            }
+        }
+    }
+    let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &a) in acc.iter().enumerate() {
+            let mut a = a;
+            if let Some(bias) = finish.bias {
+                // SAFETY: the bias covers every column of the block.
+                a = _mm256_add_ps(a, unsafe { _mm256_loadu_ps(bias.add(W * v)) });
+            }
+            a = match finish.act {
+                Activation::Identity => a,
+                Activation::Relu => _mm256_max_ps(a, zero),
+                Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(a, zero), six),
+            };
+            // SAFETY: row `r`, columns `8v..8v + 8` of the block are the caller's to write.
+            unsafe { _mm256_storeu_ps(dst.add(r * dst_rs + W * v), a) };
+        }
+    }
+}
