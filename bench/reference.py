@@ -1,11 +1,16 @@
-"""PyTorch and ONNX Runtime on the same shapes as `classify bench`, for the README table.
-Run by hand (not in CI), pinned to the same thread count:
+"""PyTorch, ONNX Runtime and OpenVINO on the same shapes as `classify bench`, for the README
+table. Run by hand (not in CI), pinned to the same thread count:
 
-    python3 -m venv /tmp/pyref && /tmp/pyref/bin/pip install torch torchvision timm onnx onnxruntime
+    python3 -m venv /tmp/pyref && /tmp/pyref/bin/pip install torch torchvision timm onnx onnxruntime openvino
     /tmp/pyref/bin/python bench/reference.py --threads 2 --batch-sizes 1 16 --iterations 10
 
 Prints one JSON object per (framework, model, batch size): images_per_sec, latency
 percentiles and the process's peak RSS measured in a fresh subprocess per case.
+
+ONNX Runtime and OpenVINO run the same ONNX export (opset 17). OpenVINO gets a static
+input shape, the LATENCY hint, the thread count, and f32 inference precision: on CPUs with
+bf16 or AMX it would otherwise drop to bf16 by default, and every engine here is compared in
+f32 (classify never changes precision).
 """
 import argparse
 import json
@@ -48,6 +53,26 @@ def case(framework, name, batch, iterations, warmup, threads):
                 model(xc)
                 if i >= warmup:
                     times.append(time.perf_counter() - t)
+    elif framework == "openvino":
+        import openvino as ov
+        path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
+        torch.onnx.export(model, x, path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False)
+        core = ov.Core()
+        net = core.read_model(path)
+        net.reshape([batch, 3, 224, 224])
+        compiled = core.compile_model(net, "CPU", {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32",
+        })
+        request = compiled.create_infer_request()
+        xn = x.numpy()
+        for i in range(warmup + iterations):
+            t = time.perf_counter()
+            request.infer({0: xn})
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
     else:
         import onnxruntime as ort
         path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
@@ -78,7 +103,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
-    ap.add_argument("--frameworks", nargs="+", default=["pytorch", "onnxruntime"])
+    ap.add_argument("--frameworks", nargs="+", default=["pytorch", "onnxruntime", "openvino"])
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "BATCH"), help=argparse.SUPPRESS)

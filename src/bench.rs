@@ -30,6 +30,9 @@ pub struct BenchReport {
     pub model: String,
     pub weights: String,
     pub device: String,
+    /// The CPU's model name, and the instruction set the kernels ran (`CLASSIFY_CPU_ISA`).
+    pub cpu: String,
+    pub isa: String,
     pub threads: usize,
     pub batch_size: usize,
     pub input_size: usize,
@@ -66,29 +69,44 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-pub fn run(s: &BenchSettings) -> anyhow::Result<BenchReport> {
-    let load_start = Instant::now();
-    let (network, weights) = match &s.weights {
+/// The network under test, loaded with `opts`.
+fn load(s: &BenchSettings, opts: LoadOptions) -> anyhow::Result<(Network, String)> {
+    Ok(match &s.weights {
         Some(path) => {
             let ck = Checkpoint::open(path)?;
-            let (net, _, _) =
-                Network::from_checkpoint(s.arch, ck, &s.device, LoadOptions::default())?;
+            let (net, _, _) = Network::from_checkpoint(s.arch, ck, &s.device, opts)?;
             (net, path.display().to_string())
         }
         None => (
-            Network::build(
-                s.arch,
-                SyntheticWeights::var_builder(&s.device),
-                1000,
-                LoadOptions::default(),
-            )?,
+            Network::build(s.arch, SyntheticWeights::var_builder(&s.device), 1000, opts)?,
             "synthetic".to_string(),
         ),
-    };
+    })
+}
+
+pub fn run(s: &BenchSettings) -> anyhow::Result<BenchReport> {
+    let opts = LoadOptions::from_env()?;
+    let load_start = Instant::now();
+    let (network, weights) = load(s, opts)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
+    // candle's stock operations: the same weights, loaded without the NHWC kernels.
+    let stock_network = if s.compare_stock {
+        Some(
+            load(
+                s,
+                LoadOptions {
+                    stock: true,
+                    ..opts
+                },
+            )?
+            .0,
+        )
+    } else {
+        None
+    };
     let x = synthetic::input(&[s.batch_size, 3, s.input_size, s.input_size], &Device::Cpu)?
         .to_device(&s.device)?;
-    let step = |x: &Tensor| -> anyhow::Result<Duration> {
+    let step = |network: &Network, x: &Tensor| -> anyhow::Result<Duration> {
         let t = Instant::now();
         let y = network.forward(x)?;
         // Bring the result back so asynchronous devices are timed to completion.
@@ -98,10 +116,10 @@ pub fn run(s: &BenchSettings) -> anyhow::Result<BenchReport> {
     // Both paths are warmed up, then timed in alternation, so neither benefits from running
     // second (warm allocator, caches).
     let timed = |stock: bool| -> anyhow::Result<Duration> {
-        crate::model::kernels::set_stock_only(stock);
-        let t = step(&x);
-        crate::model::kernels::set_stock_only(false);
-        t
+        match (&stock_network, stock) {
+            (Some(net), true) => step(net, &x),
+            _ => step(&network, &x),
+        }
     };
     let paths: &[bool] = if s.compare_stock {
         &[false, true]
@@ -150,6 +168,8 @@ pub fn run(s: &BenchSettings) -> anyhow::Result<BenchReport> {
         model: s.arch.name().to_string(),
         weights,
         device: format!("{:?}", s.device),
+        cpu: crate::model::kernels::isa::cpu_model(),
+        isa: opts.isa.to_string(),
         threads: candle_core::utils::get_num_threads(),
         batch_size: s.batch_size,
         input_size: s.input_size,
@@ -168,10 +188,12 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} ({} weights) on {}, {} threads, batch {} at {}x{}, {} iterations",
+            "{} ({} weights) on {} ({}, {} kernels), {} threads, batch {} at {}x{}, {} iterations",
             self.model,
             self.weights,
             self.device,
+            self.cpu,
+            self.isa,
             self.threads,
             self.batch_size,
             self.input_size,
