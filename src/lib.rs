@@ -5,6 +5,8 @@
 //! [`app`] (entry points) -> [`pipeline`] / [`output`] / [`server`] -> [`engine`] (a loaded model) ->
 //! [`model`], [`preprocess`], [`weights`], [`hub`], [`labels`].
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -504,7 +504,8 @@ impl Launch<'_> {
             if self.winograd_tiles().is_none() {
                 candle_core::bail!("conv: Winograd needs a 3x3 stride-1 convolution")
             }
-            self.run_winograd(dst, out_stride);
+            // SAFETY: the caller's contract is `run_winograd`'s.
+            unsafe { self.run_winograd(dst, out_stride) };
             return Ok(());
         }
         let kk = conv.k * conv.k * conv.cin;
@@ -643,11 +644,13 @@ impl Launch<'_> {
         threads: Option<usize>,
     ) {
         let conv = self.conv;
-        let base = dst.0.add(r0 * out_stride + chans.start);
+        // SAFETY: the caller guarantees `dst` holds rows `r0..r0 + len`.
+        let base = unsafe { dst.0.add(r0 * out_stride + chans.start) };
         if let Some(kernel) = conv.panels {
             // Every split of the channels is a whole number of panels.
             debug_assert!(chans.start.is_multiple_of(kernel.width()));
-            let w = conv.weight.as_ptr().add(chans.start * lhs.k);
+            // SAFETY: channel `chans.start` begins a panel of the packed weight.
+            let w = unsafe { conv.weight.as_ptr().add(chans.start * lhs.k) };
             let (n, k) = (chans.len(), lhs.k);
             // Bias and activation in registers, so the output is written once; but a residual
             // (cold, from an earlier layer) streams better in its own pass over the block
@@ -660,23 +663,27 @@ impl Launch<'_> {
                 Some(_) => panel::Finish::NONE,
             };
             let (x, x_rs) = (lhs.ptr, lhs.row_stride);
-            kernel.gemm(len, n, k, x, x_rs, w, base, out_stride, finish);
+            // SAFETY: the kernel was chosen from a level this CPU has; `lhs` holds `len` rows
+            // and the caller gives these output rows' channels to this call alone.
+            unsafe { kernel.gemm(len, n, k, x, x_rs, w, base, out_stride, finish) };
             if self.residual.is_none() {
                 return;
             }
         } else {
-            let (x, x_rs, w) = (
-                lhs.ptr,
-                lhs.row_stride,
-                conv.weight.as_ptr().add(chans.start),
-            );
-            let n = chans.len();
-            general_gemm(
-                len, n, lhs.k, x, x_rs, w, conv.cout, base, out_stride, threads,
-            );
+            // SAFETY: column `chans.start` of the row-major weight.
+            let w = unsafe { conv.weight.as_ptr().add(chans.start) };
+            let (x, x_rs, n) = (lhs.ptr, lhs.row_stride, chans.len());
+            // SAFETY: as the panel call above.
+            unsafe {
+                general_gemm(
+                    len, n, lhs.k, x, x_rs, w, conv.cout, base, out_stride, threads,
+                )
+            };
         }
         for r in 0..len {
-            let row = std::slice::from_raw_parts_mut(base.add(r * out_stride), chans.len());
+            // SAFETY: row `r` of this call's output block, written above.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(base.add(r * out_stride), chans.len()) };
             self.epilogue(row, r0 + r, chans.clone());
         }
     }
@@ -736,27 +743,30 @@ unsafe fn general_gemm(
     dst_rs: usize,
     threads: Option<usize>,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs,
-        1,
-        lhs_rs as isize,
-        w,
-        1,
-        w_rs as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
-    );
+    // SAFETY: the caller guarantees the pointers cover these rows and do not overlap.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            1,
+            lhs_rs as isize,
+            w,
+            1,
+            w_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
+        )
+    };
 }
 
 /// The left-hand matrix of a GEMM: rows of `k` values, `row_stride` apart.

@@ -113,7 +113,13 @@ impl Planes {
     /// The planes must hold tile `t` of position `p`, and nothing else may use it meanwhile.
     #[allow(clippy::mut_from_ref)]
     unsafe fn at(&self, p: usize, t: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.ptr.0.add(p * self.plane + t * self.width), self.width)
+        // SAFETY: the caller guarantees the tile is in the planes and used by no one else.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.0.add(p * self.plane + t * self.width),
+                self.width,
+            )
+        }
     }
 }
 
@@ -229,7 +235,8 @@ impl Launch<'_> {
                 }
                 for i in 0..4 {
                     let x = [0, 1, 2, 3].map(|j| &rows[at(i, j)]);
-                    input_4(x, [0, 1, 2, 3].map(|j| v.at(i * 4 + j, t)));
+                    // SAFETY: `v` holds this block's tiles, only this call writes them.
+                    input_4(x, [0, 1, 2, 3].map(|j| unsafe { v.at(i * 4 + j, t) }));
                 }
             }
         })
@@ -242,26 +249,34 @@ impl Launch<'_> {
     /// `v` and `m` must hold `tiles` tiles of position `p`, `m`'s used by no one else.
     unsafe fn multiply(&self, p: usize, tiles: usize, v: Planes, m: Planes, u: &[f32]) {
         let (cin, cout) = (self.conv.cin, self.conv.cout);
-        let (v, m, u) = (
-            v.ptr.0.add(p * v.plane),
-            m.ptr.0.add(p * m.plane),
-            &u[p * cin * cout..],
-        );
+        // SAFETY: the caller guarantees `v` and `m` hold position `p`'s plane.
+        let (v, m, u) = unsafe {
+            (
+                v.ptr.0.add(p * v.plane),
+                m.ptr.0.add(p * m.plane),
+                &u[p * cin * cout..],
+            )
+        };
         if let Some(kernel) = self.conv.panels {
-            kernel.gemm(
-                tiles,
-                cout,
-                cin,
-                v,
-                cin,
-                u.as_ptr(),
-                m,
-                cout,
-                panel::Finish::NONE,
-            );
+            // SAFETY: the kernel was chosen from a level this CPU has; the planes hold
+            // `tiles` rows of `cin` and `cout` values, `u` the panels of position `p`.
+            unsafe {
+                kernel.gemm(
+                    tiles,
+                    cout,
+                    cin,
+                    v,
+                    cin,
+                    u.as_ptr(),
+                    m,
+                    cout,
+                    panel::Finish::NONE,
+                )
+            };
             return;
         }
-        general_gemm(tiles, cout, cin, v, cin, u.as_ptr(), cout, m, cout, None);
+        // SAFETY: as above, with `u` row-major.
+        unsafe { general_gemm(tiles, cout, cin, v, cin, u.as_ptr(), cout, m, cout, None) };
     }
 
     /// `A^T m A` of tiles `t0..t0+len` (tile `t` at `t - t0` in `m`) into their output rows,
@@ -282,7 +297,10 @@ impl Launch<'_> {
         with_tile_scratch(9 * cout, |buf| {
             // `A^T M`, and where the second output of a pair goes when it falls past the edge.
             let (cols, overhang) = buf.split_at_mut(8 * cout);
-            let row = |r: usize| std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout);
+            // SAFETY: the caller gives these tiles' output rows to this call alone.
+            let row = |r: usize| unsafe {
+                std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout)
+            };
             for t in 0..len {
                 let (img, oy, ox) = self.tile_origin(t0 + t);
                 // Down each column (`A^T m`): row a of the result, column j, at (a * 4 + j).
@@ -293,7 +311,12 @@ impl Launch<'_> {
                         .zip(s1.chunks_exact_mut(cout))
                         .enumerate()
                     {
-                        output_4([0, 1, 2, 3].map(|i| &*m.at(i * 4 + j, t)), y0, y1);
+                        // SAFETY: `m` holds these `len` tiles, read only here.
+                        output_4(
+                            [0, 1, 2, 3].map(|i| unsafe { &*m.at(i * 4 + j, t) }),
+                            y0,
+                            y1,
+                        );
                     }
                 }
                 for (a, sums) in cols.chunks_exact(4 * cout).enumerate() {

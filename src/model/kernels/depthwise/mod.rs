@@ -156,7 +156,8 @@ impl Rows<'_> {
     unsafe fn scalar(&self, act: Activation, dst: *mut f32) {
         let c = self.conv.c;
         if self.conv.k * self.conv.k > MAX_TAPS {
-            return self.scalar_any_k(act, dst);
+            // SAFETY: the same contract as this function's.
+            return unsafe { self.scalar_any_k(act, dst) };
         }
         self.for_each_pixel(|taps, ox| {
             // SAFETY: pixel `ox` of the row is `c` values at `ox * c`.
