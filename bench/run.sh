@@ -26,7 +26,8 @@ classify() {
   target/release/classify bench --model "$1" --batch-size "$2" --iterations "$iters" \
     --threads "$threads" --device cpu --json "${@:3}"
 }
-isa=$(classify resnet18 1 --no-stock --iterations 1 | "$py" -c 'import json,sys; print(json.load(sys.stdin)["isa"])')
+isa=$(target/release/classify bench --model resnet18 --batch-size 1 --iterations 1 --warmup 0 \
+  --threads "$threads" --device cpu --json --no-stock | "$py" -c 'import json,sys; print(json.load(sys.stdin)["isa"])')
 for round in $(seq "$rounds"); do
   for model in $models; do
     for batch in 1 16; do
