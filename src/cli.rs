@@ -231,8 +231,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
 
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u64).range(32..=1024))]
-    pub input_size: u64,
+    /// Side of the square input [default: the architecture's, e.g. 260 for tf_efficientnet_lite2].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(32..=1024))]
+    pub input_size: Option<u64>,
 
     /// Where to run: cpu, cuda[:N], metal[:N], or auto.
     #[arg(long, default_value = "auto")]
@@ -253,13 +254,18 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     pub fn settings(&self) -> anyhow::Result<crate::bench::BenchSettings> {
+        let arch = crate::model::Arch::from_name(&self.model)?;
+        let input_size = match self.input_size {
+            Some(size) => size as usize,
+            None => arch.default_preprocess().input_size as usize,
+        };
         Ok(crate::bench::BenchSettings {
-            arch: crate::model::Arch::from_name(&self.model)?,
+            arch,
             weights: self.weights.clone(),
             batch_size: self.batch_size as usize,
             iterations: self.iterations as usize,
             warmup: self.warmup as usize,
-            input_size: self.input_size as usize,
+            input_size,
             device: self.device.open()?,
             compare_stock: !self.no_stock,
         })

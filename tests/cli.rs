@@ -453,3 +453,41 @@ fn models_and_completions() {
     assert!(out.status.success());
     assert!(String::from_utf8(out.stdout).unwrap().contains("--top-k"));
 }
+
+#[test]
+fn bench_runs_every_family_and_names_the_cpu_and_instruction_set() {
+    let hub = HubCache::new();
+    let bench = |args: &[&str]| -> serde_json::Value {
+        let out = hub
+            .command()
+            .args([
+                "bench",
+                "-b",
+                "1",
+                "-n",
+                "1",
+                "--warmup",
+                "0",
+                "--no-stock",
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The architecture's own input size by default.
+    let r = bench(&["--model", "tf_efficientnet_lite2"]);
+    assert_eq!(r["input_size"], 260);
+    assert_eq!(r["isa"], Isa::best().name());
+    assert!(!r["cpu"].as_str().unwrap().is_empty());
+    assert!(r["images_per_sec"].as_f64().unwrap() > 0.0);
+    for model in ["resnet18", "densenet121", "efficientnet_lite0"] {
+        let r = bench(&["--model", model, "--input-size", "64"]);
+        assert_eq!(
+            (r["model"].as_str(), r["input_size"].as_u64()),
+            (Some(model), Some(64))
+        );
+    }
+}
