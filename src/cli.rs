@@ -31,7 +31,10 @@ Environment: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, RUST_
     about = "Classify images with ImageNet models (ResNet, DenseNet, EfficientNet-Lite), matching PyTorch's predictions",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    // A later flag overrides an earlier one (`--port 5000 ... --port 8080`), so a container's
+    // ENTRYPOINT and its orchestrator's args compose instead of failing.
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]

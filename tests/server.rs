@@ -694,3 +694,75 @@ async fn efficientnet_lite2_at_260_serves_timms_predictions() {
         }
     }
 }
+
+/// The Dockerfile's ENTRYPOINT plus the KServe manifest's `args` (with `--port 8080` and a
+/// model flag of their own) start a server: repeated flags override, later wins. A test's
+/// own `--port 0` and `--model` are appended last the same way, so no fixed port is used and
+/// the model is the one the test cache holds.
+#[test]
+fn dockerfile_entrypoint_and_kserve_args_compose() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let entrypoint: Vec<String> = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .expect("an exec-form ENTRYPOINT");
+    assert_eq!(entrypoint[0], "classify");
+    let manifest =
+        std::fs::read_to_string(root.join("deploy/kserve-inferenceservice.yaml")).unwrap();
+    let args: Vec<String> = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("args: "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .expect("the predictor's args, as a flow list");
+    assert!(args.windows(2).any(|w| w == ["--port", "8080"]), "{args:?}");
+    assert!(entrypoint.windows(2).any(|w| w == ["--port", "5000"]));
+
+    let hub = common::HubCache::new();
+    let mut child = hub
+        .command()
+        .args(&entrypoint[1..])
+        .args(&args)
+        .args(["--port", "0", "--model", "tf_efficientnet_lite0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("classify: listening on http://0.0.0.0:")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    let url = format!("http://127.0.0.1:{port}/v2/health/ready");
+    let ready = (0..300).any(|_| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                &url,
+            ])
+            .output()
+            .expect("curl must be installed");
+        if out.stdout == b"200" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(ready, "{url} never answered 200");
+    assert!(status.success(), "graceful shutdown: {status}");
+}
