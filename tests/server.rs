@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -515,12 +515,10 @@ async fn kserve_v2_protocol() {
 }
 
 /// The real binary, on an ephemeral port, used with curl exactly as the tutorial shows.
-#[test]
-fn real_binary_with_curl_and_graceful_shutdown() {
-    let hub = common::HubCache::new();
-    let mut child = hub
-        .command()
-        .args(["serve", "--port", "0", "--model", "tf_efficientnet_lite0"])
+/// Start `cmd` (a `classify serve`), stderr piped; returns the child, the address from its
+/// first line (`classify: listening on ADDR`) and the rest of its stderr.
+fn spawn_server(cmd: &mut Command) -> (Child, String, BufReader<ChildStderr>) {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -533,6 +531,44 @@ fn real_binary_with_curl_and_graceful_shutdown() {
         .strip_prefix("classify: listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line}"))
         .to_string();
+    (child, addr, stderr)
+}
+
+/// Poll `url` (bounded: 300 tries, 100 ms apart) until it answers 200; the model loads in
+/// the background.
+fn wait_for_200(url: &str) -> bool {
+    (0..300).any(|_| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                url,
+            ])
+            .output()
+            .expect("curl must be installed");
+        let ok = out.stdout == b"200";
+        if !ok {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    })
+}
+
+#[test]
+fn real_binary_with_curl_and_graceful_shutdown() {
+    let hub = common::HubCache::new();
+    let (mut child, addr, stderr) = spawn_server(hub.command().args([
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        "tf_efficientnet_lite0",
+    ]));
     let lines =
         std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
 
@@ -549,26 +585,7 @@ fn real_binary_with_curl_and_graceful_shutdown() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    // Wait (bounded) for readiness: the model loads in the background.
-    let ready = (0..300).any(|_| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("{addr}/ready"),
-            ])
-            .output()
-            .unwrap();
-        let ok = out.stdout == b"200";
-        if !ok {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ok
-    });
-    if !ready {
+    if !wait_for_200(&format!("{addr}/ready")) {
         let _ = child.kill();
         panic!("server never became ready: {:?}", lines.join().unwrap());
     }
@@ -720,44 +737,18 @@ fn dockerfile_entrypoint_and_kserve_args_compose() {
     assert!(entrypoint.windows(2).any(|w| w == ["--port", "5000"]));
 
     let hub = common::HubCache::new();
-    let mut child = hub
-        .command()
-        .args(&entrypoint[1..])
-        .args(&args)
-        .args(["--port", "0", "--model", "tf_efficientnet_lite0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("classify: listening on http://0.0.0.0:")
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_string();
+    let (mut child, addr, _stderr) =
+        spawn_server(hub.command().args(&entrypoint[1..]).args(&args).args([
+            "--port",
+            "0",
+            "--model",
+            "tf_efficientnet_lite0",
+        ]));
+    let port = addr
+        .strip_prefix("http://0.0.0.0:")
+        .unwrap_or_else(|| panic!("not listening on all interfaces: {addr}"));
     let url = format!("http://127.0.0.1:{port}/v2/health/ready");
-    let ready = (0..300).any(|_| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                &url,
-            ])
-            .output()
-            .expect("curl must be installed");
-        if out.stdout == b"200" {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        false
-    });
+    let ready = wait_for_200(&url);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
