@@ -18,6 +18,7 @@ Examples:
   classify kitten.jpg
   classify --model resnet50 --top-k 3 photos/
   classify --json photos/ | jq -r '.predictions[0].label'
+  classify --output labels.csv --resume photos/
   cat kitten.jpg | classify -
   classify serve --port 5000
 
@@ -67,6 +68,18 @@ pub enum Command {
 pub enum InterpolationArg {
     Bilinear,
     Bicubic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Aligned blocks for people: the path, then one line per prediction.
+    Table,
+    /// JSON Lines: one object per input.
+    Jsonl,
+    /// Comma-separated, one row per input, with a header row.
+    Csv,
+    /// Tab-separated, like csv.
+    Tsv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -144,9 +157,28 @@ pub struct ClassifyArgs {
     #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub top_k: u64,
 
-    /// Print JSON Lines (one object per input) instead of the human-readable table.
-    #[arg(long)]
+    /// Output format [default: from the --output file's extension (.jsonl/.ndjson, .csv,
+    /// .tsv), else table].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<FormatArg>,
+
+    /// Same as --format jsonl.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+
+    /// Write the results to FILE instead of standard output (`-` is standard output).
+    /// Each record is written whole; the file is replaced unless --resume is given.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Keep the records already in the --output file (from an interrupted run), skip their
+    /// inputs and append the rest. An incomplete last record is redone.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+
+    /// With --resume: classify the inputs recorded as failed again (their records are removed).
+    #[arg(long, requires = "resume")]
+    pub retry_errors: bool,
 
     /// Images per forward pass.
     #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -160,7 +192,7 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
 
-    /// No progress bar and no per-input error lines on stderr.
+    /// No progress bar, no per-input error lines and no summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
 
@@ -322,12 +354,14 @@ impl ModelArgs {
 }
 
 impl ClassifyArgs {
-    pub fn settings(&self) -> Result<ClassifySettings, HubError> {
+    pub fn settings(&self) -> anyhow::Result<ClassifySettings> {
         let color = match self.color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
             ColorChoice::Auto => {
-                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+                self.output.as_ref().is_none_or(|p| p.as_os_str() == "-")
+                    && std::io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none()
             }
         };
         Ok(ClassifySettings {
@@ -337,11 +371,32 @@ impl ClassifyArgs {
             top_k: self.top_k as usize,
             batch_size: self.batch_size as usize,
             shard: self.shard,
-            output: if self.json {
-                OutputFormat::JsonLines
-            } else {
-                OutputFormat::Human { color }
+            format: {
+                let explicit = match (self.format, self.json) {
+                    (Some(FormatArg::Table), _) => Some(OutputFormat::Human { color }),
+                    (Some(FormatArg::Jsonl), _) | (None, true) => Some(OutputFormat::JsonLines),
+                    (Some(FormatArg::Csv), _) => Some(OutputFormat::Csv),
+                    (Some(FormatArg::Tsv), _) => Some(OutputFormat::Tsv),
+                    (None, false) => None,
+                };
+                let format = explicit
+                    .or_else(|| {
+                        self.output
+                            .as_deref()
+                            .and_then(OutputFormat::from_extension)
+                    })
+                    .unwrap_or(OutputFormat::Human { color });
+                if self.resume && !format.resumable() {
+                    anyhow::bail!(
+                        "--resume reads the --output file back, which a table cannot be: \
+                         give --format jsonl, csv or tsv (or a .jsonl/.csv/.tsv file name)"
+                    );
+                }
+                format
             },
+            output_file: self.output.clone().filter(|p| p.as_os_str() != "-"),
+            resume: self.resume,
+            retry_errors: self.retry_errors,
             progress: !self.quiet && std::io::stderr().is_terminal(),
             quiet: self.quiet,
         })
@@ -367,7 +422,34 @@ mod tests {
         let s = cli.classify.settings().unwrap();
         assert_eq!(s.top_k, 3);
         assert_eq!(s.inputs.len(), 2);
-        assert_eq!(s.output, OutputFormat::JsonLines);
+        assert_eq!(s.format, OutputFormat::JsonLines);
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["classify"].iter().chain(args))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.classify.settings().map_err(|e| e.to_string()))
+        };
+        let s = parse(&["-o", "out/labels.CSV", "--resume", "d"]).unwrap();
+        assert_eq!(s.format, OutputFormat::Csv);
+        assert_eq!(s.output_file, Some(PathBuf::from("out/labels.CSV")));
+        assert!(s.resume && !s.retry_errors);
+        assert_eq!(
+            parse(&["-o", "x.csv", "--format", "tsv", "d"])
+                .unwrap()
+                .format,
+            OutputFormat::Tsv
+        );
+        assert_eq!(
+            parse(&["-o", "-", "--format", "jsonl", "d"])
+                .unwrap()
+                .output_file,
+            None
+        );
+        assert!(parse(&["--resume", "d"]).unwrap_err().contains("--output"));
+        assert!(parse(&["-o", "x.txt", "--resume", "d"])
+            .unwrap_err()
+            .contains("a table cannot"));
+        assert!(parse(&["--json", "--format", "csv", "d"]).is_err());
+        assert!(parse(&["-o", "x.csv", "--retry-errors", "d"]).is_err());
         assert!(Cli::try_parse_from([
             "classify",
             "--crop-pct",

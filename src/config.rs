@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::hub::ModelRef;
+pub use crate::output::OutputFormat;
 use crate::preprocess::{Interpolation, PreprocessConfig};
 
 /// Which model to load and how to feed it; shared by classification, `serve` and `bench`.
@@ -143,12 +144,6 @@ impl FromStr for Shard {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputFormat {
-    Human { color: bool },
-    JsonLines,
-}
-
 /// Everything a classification run needs.
 #[derive(Debug, Clone)]
 pub struct ClassifySettings {
@@ -158,7 +153,13 @@ pub struct ClassifySettings {
     pub top_k: usize,
     pub batch_size: usize,
     pub shard: Option<Shard>,
-    pub output: OutputFormat,
+    pub format: OutputFormat,
+    /// `--output FILE` (stdout when `None`).
+    pub output_file: Option<PathBuf>,
+    /// `--resume`: skip the inputs `output_file` already records, append the rest.
+    pub resume: bool,
+    /// `--retry-errors`: with `resume`, classify the inputs recorded as failed again.
+    pub retry_errors: bool,
     pub progress: bool,
     pub quiet: bool,
 }

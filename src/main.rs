@@ -69,7 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             set_threads(args.model.threads);
             let settings = args.settings()?;
             let summary = classify::app::classify(&settings, &hub)?;
-            Ok(if summary.failed > 0 && !summary.stdout_closed {
+            Ok(if summary.any_failed() && !summary.stdout_closed {
                 ExitCode::from(EXIT_SOME_FAILED)
             } else {
                 ExitCode::SUCCESS

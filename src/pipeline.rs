@@ -61,18 +61,34 @@ fn is_image_name(path: &Path) -> bool {
 /// order (recursively unless `recursive` is false; symlink loops are visited once), `-` is
 /// standard input. The order is deterministic.
 pub fn expand_inputs(args: &[PathBuf], recursive: bool) -> Vec<Input> {
+    expand_inputs_filtered(args, recursive, |_| true)
+}
+
+/// [`expand_inputs`], keeping only the inputs `keep` accepts. `keep` sees every input once,
+/// in order, as the walk finds it, so a shard or a resumed run never holds the paths it
+/// skips.
+pub fn expand_inputs_filtered(
+    args: &[PathBuf],
+    recursive: bool,
+    mut keep: impl FnMut(&Input) -> bool,
+) -> Vec<Input> {
     let mut out = Vec::new();
+    let mut push = |input: Input| {
+        if keep(&input) {
+            out.push(input);
+        }
+    };
     for arg in args {
         if arg.as_os_str() == "-" {
-            out.push(Input {
+            push(Input {
                 name: "-".into(),
                 kind: InputKind::Stdin,
             });
         } else if arg.is_dir() {
             let mut seen = HashSet::new();
-            walk(arg, recursive, &mut seen, &mut out);
+            walk(arg, recursive, &mut seen, &mut push);
         } else {
-            out.push(Input {
+            push(Input {
                 name: display(arg),
                 kind: InputKind::File(arg.clone()),
             });
@@ -81,7 +97,7 @@ pub fn expand_inputs(args: &[PathBuf], recursive: bool) -> Vec<Input> {
     out
 }
 
-fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut Vec<Input>) {
+fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut impl FnMut(Input)) {
     // Canonical paths identify directories reached through different symlinks.
     let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     if !seen.insert(key) {
@@ -93,7 +109,7 @@ fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut Vec<
             .map(|e| e.path())
             .collect::<Vec<_>>(),
         Err(e) => {
-            out.push(Input {
+            out(Input {
                 name: display(dir),
                 kind: InputKind::Invalid(format!("cannot read directory: {e}")),
             });
@@ -108,7 +124,7 @@ fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut Vec<
                 walk(&path, recursive, seen, out);
             }
         } else if is_image_name(&path) {
-            out.push(Input {
+            out(Input {
                 name: display(&path),
                 kind: InputKind::File(path),
             });
@@ -118,14 +134,18 @@ fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut Vec<
 
 /// Keep the `shard.index`-th of every `shard.count` inputs.
 pub fn select_shard(inputs: Vec<Input>, shard: Option<Shard>) -> Vec<Input> {
-    match shard {
-        None => inputs,
-        Some(s) => inputs
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % s.count == s.index)
-            .map(|(_, input)| input)
-            .collect(),
+    let mut keep = shard_filter(shard);
+    inputs.into_iter().filter(|input| keep(input)).collect()
+}
+
+/// A `keep` for [`expand_inputs_filtered`]: true for the `shard.index`-th of every
+/// `shard.count` inputs it is shown, in order.
+pub fn shard_filter(shard: Option<Shard>) -> impl FnMut(&Input) -> bool {
+    let mut position = 0usize;
+    move |_| {
+        let i = position;
+        position += 1;
+        shard.is_none_or(|s| i % s.count == s.index)
     }
 }
 

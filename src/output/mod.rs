@@ -1,115 +1,109 @@
-//! Printers: the human table and JSON Lines, over the same results, to any `impl Write`.
-//! stdout carries results only; errors and progress go to stderr (see `main.rs`).
+//! Printers: the same results as a human table, JSON Lines, CSV or TSV, to any `impl Write`
+//! (stdout, or the `--output` file). stdout carries results only; errors, progress and the
+//! summary go to stderr (see `app.rs`).
+//!
+//! Every printer hands each record to its writer in one `write_all` and flushes it, so a
+//! reader (or a crash) never sees half a record unless the write itself was cut short, and
+//! [`resume`] detects and redoes such a torn last record.
 //!
 //! JSON Lines schema (one object per input, in input order):
 //! `{"path": "...", "model": "...", "predictions": [{"index": 282, "label": "tiger cat",
 //! "wnid": "n02123159", "score": 0.571}, ...]}` or, for a failed input,
 //! `{"path": "...", "error": "..."}`. `wnid` is present only when known.
+//!
+//! CSV/TSV: see [`delimited`].
+
+pub mod delimited;
+pub mod human;
+pub mod jsonl;
+pub mod resume;
 
 use std::io::{self, Write};
 
-use serde::Serialize;
+pub use delimited::DelimitedPrinter;
+pub use human::HumanPrinter;
+pub use jsonl::JsonPrinter;
 
-use crate::engine::Prediction;
 use crate::pipeline::ImageResult;
 
 pub trait Printer {
     fn print(&mut self, result: &ImageResult) -> io::Result<()>;
 }
 
-/// Aligned, human-readable blocks: the path, then one line per prediction.
-pub struct HumanPrinter<W> {
-    out: W,
-    color: bool,
+/// `--format`: how results are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// The aligned human-readable blocks.
+    Human {
+        color: bool,
+    },
+    JsonLines,
+    Csv,
+    Tsv,
 }
 
-impl<W: Write> HumanPrinter<W> {
-    pub fn new(out: W, color: bool) -> Self {
-        Self { out, color }
-    }
-}
-
-const BOLD: &str = "\x1b[1m";
-const GREEN: &str = "\x1b[32m";
-const RESET: &str = "\x1b[0m";
-
-impl<W: Write> Printer for HumanPrinter<W> {
-    fn print(&mut self, result: &ImageResult) -> io::Result<()> {
-        // Failed inputs are reported on stderr by the caller; stdout keeps results only.
-        let Ok(predictions) = &result.outcome else {
-            return Ok(());
-        };
-        let (bold, green, reset) = if self.color {
-            (BOLD, GREEN, RESET)
-        } else {
-            ("", "", "")
-        };
-        writeln!(self.out, "{bold}{}{reset}", result.name)?;
-        for (i, p) in predictions.iter().enumerate() {
-            let pct = format!("{:.1}%", p.score * 100.0);
-            if i == 0 {
-                writeln!(self.out, "  {green}{pct:>6}  {}{reset}", p.label)?;
-            } else {
-                writeln!(self.out, "  {pct:>6}  {}", p.label)?;
-            }
+impl OutputFormat {
+    /// The format a file name asks for by its extension (`.jsonl`/`.ndjson`, `.csv`, `.tsv`).
+    pub fn from_extension(path: &std::path::Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "jsonl" | "ndjson" => Some(OutputFormat::JsonLines),
+            "csv" => Some(OutputFormat::Csv),
+            "tsv" => Some(OutputFormat::Tsv),
+            _ => None,
         }
-        self.out.flush()
+    }
+
+    /// Whether a file in this format can be read back by `--resume`.
+    pub fn resumable(self) -> bool {
+        !matches!(self, OutputFormat::Human { .. })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Human { .. } => "table",
+            OutputFormat::JsonLines => "jsonl",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Tsv => "tsv",
+        }
     }
 }
 
-/// One JSON object per line.
-pub struct JsonPrinter<W> {
-    out: W,
-    model: String,
+/// What every record of a run shares.
+#[derive(Debug, Clone)]
+pub struct RecordContext {
+    /// Reported as `model` in JSON Lines.
+    pub model: String,
+    /// Predictions per successful record: the run's top-k, clamped to the number of classes.
+    pub top_k: usize,
 }
 
-impl<W: Write> JsonPrinter<W> {
-    pub fn new(out: W, model: &str) -> Self {
-        Self {
+/// The printer for `format`. `header` asks CSV/TSV for their header row first (not when
+/// appending to a file that has one).
+pub fn printer<'a>(
+    format: OutputFormat,
+    out: Box<dyn Write + 'a>,
+    context: &RecordContext,
+    header: bool,
+) -> io::Result<Box<dyn Printer + 'a>> {
+    Ok(match format {
+        OutputFormat::Human { color } => Box::new(HumanPrinter::new(out, color)),
+        OutputFormat::JsonLines => Box::new(JsonPrinter::new(out, &context.model)),
+        OutputFormat::Csv | OutputFormat::Tsv => Box::new(DelimitedPrinter::new(
             out,
-            model: model.to_string(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum JsonRecord<'a> {
-    Ok {
-        path: &'a str,
-        model: &'a str,
-        predictions: &'a [Prediction],
-    },
-    Err {
-        path: &'a str,
-        error: &'a str,
-    },
-}
-
-impl<W: Write> Printer for JsonPrinter<W> {
-    fn print(&mut self, result: &ImageResult) -> io::Result<()> {
-        let record = match &result.outcome {
-            Ok(predictions) => JsonRecord::Ok {
-                path: &result.name,
-                model: &self.model,
-                predictions,
-            },
-            Err(error) => JsonRecord::Err {
-                path: &result.name,
-                error,
-            },
-        };
-        serde_json::to_writer(&mut self.out, &record)?;
-        self.out.write_all(b"\n")?;
-        self.out.flush()
-    }
+            delimited::Dialect::of(format),
+            context.top_k,
+            header,
+        )?),
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_results {
+    use crate::engine::Prediction;
+    use crate::pipeline::ImageResult;
 
-    fn results() -> Vec<ImageResult> {
+    pub fn results() -> Vec<ImageResult> {
         vec![
             ImageResult {
                 name: "cat.jpg".into(),
@@ -133,39 +127,5 @@ mod tests {
                 outcome: Err("cannot decode image".into()),
             },
         ]
-    }
-
-    #[test]
-    fn json_lines_schema() {
-        let mut buf = Vec::new();
-        let mut p = JsonPrinter::new(&mut buf, "resnet50");
-        for r in results() {
-            p.print(&r).unwrap();
-        }
-        let text = String::from_utf8(buf).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["model"], "resnet50");
-        assert_eq!(lines[0]["predictions"][0]["index"], 282);
-        assert_eq!(lines[0]["predictions"][0]["wnid"], "n02123159");
-        assert!(lines[0]["predictions"][1].get("wnid").is_none());
-        assert_eq!(lines[1]["path"], "bad \"name\".jpg");
-        assert_eq!(lines[1]["error"], "cannot decode image");
-    }
-
-    #[test]
-    fn human_table() {
-        let mut buf = Vec::new();
-        let mut p = HumanPrinter::new(&mut buf, false);
-        for r in results() {
-            p.print(&r).unwrap();
-        }
-        assert_eq!(
-            String::from_utf8(buf).unwrap(),
-            "cat.jpg\n   50.0%  tiger cat\n   12.5%  cock\n"
-        );
     }
 }
