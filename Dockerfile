@@ -1,6 +1,8 @@
 # classify serve in a small image. Build: docker build -t classify .
 # Run:   docker run -p 5000:5000 -v ~/.cache/huggingface:/data/hf classify
 FROM rust:1-bookworm AS build
+# NASM: the JPEG decoder's SIMD (2-3x faster decoding of camera photos, same pixels).
+RUN apt-get update && apt-get install -y --no-install-recommends nasm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked && strip target/release/classify

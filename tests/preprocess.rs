@@ -96,3 +96,27 @@ fn crops_match_torchvision() {
     }
     eprintln!("worst pixel difference over all cases: {worst}");
 }
+
+/// The JPEG decoder's SIMD (libjpeg-turbo's, compiled when NASM is present) is required
+/// where the test command asks for it (`scripts/test` installs NASM and sets
+/// CLASSIFY_REQUIRE_JPEG_SIMD=1 on x86_64), so a build that silently lost it fails. The
+/// fixtures above run with it, and once more in a build without it
+/// (`--no-default-features`): the pixels are the same either way.
+#[test]
+fn jpeg_simd_is_on_where_required() {
+    let simd = classify::preprocess::jpeg_simd();
+    eprintln!("JPEG SIMD: {simd}");
+    let required = std::env::var_os("CLASSIFY_REQUIRE_JPEG_SIMD").is_some_and(|v| v == "1");
+    if cfg!(feature = "jpeg-simd") && required {
+        assert!(
+            simd,
+            "built without libjpeg-turbo's SIMD: is nasm installed?"
+        );
+    }
+    if !cfg!(feature = "jpeg-simd") {
+        assert!(
+            !simd,
+            "--no-default-features must build the plain-C decoder"
+        );
+    }
+}

@@ -144,6 +144,19 @@ fn jpeg_is_truncated(bytes: &[u8]) -> bool {
     }
 }
 
+unsafe extern "C" {
+    /// libjpeg-turbo's own check (in mozjpeg-sys): non-zero when its SIMD inverse DCT was
+    /// compiled in (NASM was found at build time) and this CPU runs it.
+    fn jsimd_can_idct_islow() -> std::ffi::c_int;
+}
+
+/// Whether JPEG decoding runs libjpeg-turbo's SIMD code (the same pixels, faster; see the
+/// README's decoding figures). Cargo feature `jpeg-simd` (default) plus NASM at build time.
+pub fn jpeg_simd() -> bool {
+    // SAFETY: a pure query of libjpeg-turbo's CPU-feature state; no arguments.
+    unsafe { jsimd_can_idct_islow() != 0 }
+}
+
 /// Decode a JPEG with libjpeg-turbo's algorithms (islow IDCT, fancy upsampling), which is
 /// what PIL uses, so decoded pixels are identical to torchvision's. `None` for what this
 /// path does not handle (CMYK/YCCK, corrupt data): the caller falls back to the `image`
