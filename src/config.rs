@@ -90,17 +90,74 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// A place to run the network, before it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+/// The GPU back-ends this build was compiled with (cargo features `cuda`, `metal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backends {
+    pub cuda: bool,
+    pub metal: bool,
+}
+
+impl Backends {
+    pub const COMPILED: Backends = Backends {
+        cuda: cfg!(feature = "cuda"),
+        metal: cfg!(feature = "metal"),
+    };
+}
+
 impl DeviceChoice {
+    /// Open the device this choice names (see [`DeviceChoice::place`]).
     pub fn open(self) -> candle_core::Result<candle_core::Device> {
-        use candle_core::{utils, Device};
-        match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda(i) => Device::new_cuda(i),
-            DeviceChoice::Metal(i) => Device::new_metal(i),
-            DeviceChoice::Auto if utils::cuda_is_available() => Device::new_cuda(0),
-            DeviceChoice::Auto if utils::metal_is_available() => Device::new_metal(0),
-            DeviceChoice::Auto => Ok(Device::Cpu),
+        use candle_core::Device;
+        let (placement, device) = self.place(Backends::COMPILED, |p| match p {
+            Placement::Cpu => Ok(Device::Cpu),
+            Placement::Cuda(i) => Device::new_cuda(i),
+            Placement::Metal(i) => Device::new_metal(i),
+        })?;
+        tracing::info!(?placement, "device");
+        Ok(device)
+    }
+
+    /// Where to run, and the opened device. An explicit choice is opened or fails (a GPU
+    /// this build lacks, or one that does not open, is an error, never a silent CPU run).
+    /// `auto` tries CUDA device 0, then Metal device 0, where the build has them, and uses
+    /// the CPU when none opens (said at `RUST_LOG=info`, with the reason).
+    pub fn place<D, E: std::fmt::Display>(
+        self,
+        built: Backends,
+        mut open: impl FnMut(Placement) -> Result<D, E>,
+    ) -> Result<(Placement, D), E> {
+        let explicit = match self {
+            DeviceChoice::Cpu => Some(Placement::Cpu),
+            DeviceChoice::Cuda(i) => Some(Placement::Cuda(i)),
+            DeviceChoice::Metal(i) => Some(Placement::Metal(i)),
+            DeviceChoice::Auto => None,
+        };
+        if let Some(p) = explicit {
+            return open(p).map(|d| (p, d));
         }
+        let gpus = [
+            (built.cuda, Placement::Cuda(0)),
+            (built.metal, Placement::Metal(0)),
+        ];
+        for (_, p) in gpus.into_iter().filter(|(b, _)| *b) {
+            match open(p) {
+                Ok(d) => {
+                    tracing::info!("--device auto: using {p:?}");
+                    return Ok((p, d));
+                }
+                Err(e) => tracing::info!("--device auto: {p:?} unavailable ({e}); trying the next"),
+            }
+        }
+        tracing::info!("--device auto: using the CPU");
+        open(Placement::Cpu).map(|d| (Placement::Cpu, d))
     }
 }
 
@@ -184,6 +241,51 @@ mod tests {
         assert!("1/0".parse::<Shard>().is_err());
         assert_eq!(parse_triple("0.5, 0.5,0.5").unwrap(), [0.5; 3]);
         assert!(parse_triple("1,2").is_err());
+    }
+
+    #[test]
+    fn auto_prefers_a_gpu_that_opens_and_falls_back_to_the_cpu() {
+        let none = Backends {
+            cuda: false,
+            metal: false,
+        };
+        let cuda = Backends {
+            cuda: true,
+            metal: false,
+        };
+        let both = Backends {
+            cuda: true,
+            metal: true,
+        };
+        let opens_all = |p: Placement| Ok::<_, String>(p);
+        let no_gpu = |p: Placement| match p {
+            Placement::Cpu => Ok(p),
+            _ => Err("no device".to_string()),
+        };
+        let metal_only = |p: Placement| match p {
+            Placement::Cuda(_) => Err("no CUDA device".to_string()),
+            _ => Ok(p),
+        };
+        let auto = DeviceChoice::Auto;
+        assert_eq!(auto.place(none, opens_all).unwrap().0, Placement::Cpu);
+        assert_eq!(auto.place(cuda, opens_all).unwrap().0, Placement::Cuda(0));
+        assert_eq!(auto.place(cuda, no_gpu).unwrap().0, Placement::Cpu);
+        assert_eq!(auto.place(both, metal_only).unwrap().0, Placement::Metal(0));
+        // Explicit choices are never replaced by the CPU.
+        assert!(DeviceChoice::Cuda(1).place(cuda, no_gpu).is_err());
+        assert_eq!(
+            DeviceChoice::Cuda(1).place(cuda, opens_all).unwrap().0,
+            Placement::Cuda(1)
+        );
+        assert_eq!(
+            DeviceChoice::Cpu.place(both, opens_all).unwrap().0,
+            Placement::Cpu
+        );
+        // The real CPU build: auto is the CPU, and asking for CUDA is a clear error.
+        if !cfg!(feature = "cuda") && !cfg!(feature = "metal") {
+            assert!(DeviceChoice::Auto.open().unwrap().is_cpu());
+            assert!(DeviceChoice::Cuda(0).open().is_err());
+        }
     }
 
     #[test]

@@ -39,6 +39,19 @@ impl Default for LoadOptions {
 
 impl LoadOptions {
     /// The defaults, with the instruction set `CLASSIFY_CPU_ISA` asks for.
+    /// The execution path for weights on the CPU (`on_cpu`) or on a GPU: on CUDA/Metal it
+    /// is always candle's operations (`stock`), chosen here, once, at load, so a GPU run
+    /// never reaches the NHWC CPU kernels.
+    pub fn for_device(self, on_cpu: bool) -> Self {
+        if !on_cpu && !self.stock {
+            tracing::info!("GPU: candle's operations (the CPU kernels are not used)");
+        }
+        Self {
+            stock: self.stock || !on_cpu,
+            ..self
+        }
+    }
+
     pub fn from_env() -> std::result::Result<Self, super::kernels::isa::IsaError> {
         Ok(Self {
             isa: Isa::from_env()?,
@@ -487,6 +500,18 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_weights_take_candles_operations() {
+        let fast = LoadOptions::default();
+        assert!(!fast.for_device(true).stock);
+        assert!(fast.for_device(false).stock);
+        let stock = LoadOptions {
+            stock: true,
+            ..fast
+        };
+        assert!(stock.for_device(true).stock);
+    }
 
     #[test]
     fn tf_same_padding_matches_tensorflow() {

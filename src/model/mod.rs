@@ -422,6 +422,7 @@ impl Network {
         num_classes: usize,
         opts: LoadOptions,
     ) -> candle_core::Result<Self> {
+        let opts = opts.for_device(vb.device().is_cpu());
         arch.0.family.build(vb, num_classes, opts)
     }
 
