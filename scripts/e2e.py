@@ -49,14 +49,19 @@ def check_kserve(addr, photos):
     meta = client.get_model_metadata("tf_efficientnet_lite0")
     assert meta["inputs"][0]["datatype"] == "BYTES", meta
 
+    # The versioned routes, as tritonclient addresses them with model_version.
+    assert client.is_model_ready("tf_efficientnet_lite0", model_version="1")
+    assert client.get_model_metadata("tf_efficientnet_lite0", model_version="1")["versions"] == ["1"]
+
     images = [open(os.path.join(photos, n), "rb").read() for n in ("rocket.jpg", "coffee.png")]
-    for binary in (True, False):
+    for binary, version in ((True, ""), (False, "1")):
         data = np.array(images if binary else [base64.b64encode(i) for i in images], dtype=np.object_)
         inp = httpclient.InferInput("image", [len(images)], "BYTES")
         inp.set_data_from_numpy(data, binary_data=binary)
         outputs = [httpclient.InferRequestedOutput(n, binary_data=False)
                    for n in ("class_ids", "probabilities", "labels")]
-        result = client.infer("tf_efficientnet_lite0", [inp], outputs=outputs, parameters={"top_k": 3})
+        result = client.infer("tf_efficientnet_lite0", [inp], model_version=version,
+                              outputs=outputs, parameters={"top_k": 3})
         ids = result.as_numpy("class_ids")
         probs = result.as_numpy("probabilities")
         labels = result.as_numpy("labels")
@@ -66,7 +71,7 @@ def check_kserve(addr, photos):
         label = labels[1][0]
         label = label.decode() if isinstance(label, bytes) else label
         assert label == "espresso", labels
-    print("kserve v2 with tritonclient: ok")
+    print("kserve v2 with tritonclient (unversioned and model_version=1): ok")
 
 
 def check_browser(addr, photos):

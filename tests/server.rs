@@ -514,6 +514,175 @@ async fn kserve_v2_protocol() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+/// Open Inference Protocol routes addressed with the model version, as tritonclient sends
+/// `model_version`: version 1 answers like the unversioned routes, another version is 404.
+#[tokio::test]
+async fn kserve_v2_versioned_routes() {
+    let s = state();
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let base = "/v2/models/tf_efficientnet_lite0";
+    let (status, meta) = send_json(s.clone(), get(&format!("{base}/versions/1"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta["versions"], serde_json::json!(["1"]));
+    assert_eq!(
+        send_json(s.clone(), get(&format!("{base}/versions/1/ready")))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, v) = send_json(s.clone(), get(&format!("{base}/versions/2"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        v["error"].as_str().unwrap().contains("no version `2`"),
+        "{v}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(read("coffee.png"));
+    let body = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}]
+    })
+    .to_string()
+    .into_bytes();
+    let (status, v) = send_json(
+        s.clone(),
+        post(
+            &format!("{base}/versions/1/infer"),
+            "application/json",
+            body.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outputs"][2]["data"][0], 967);
+    let (status, _) = send_json(
+        s,
+        post(
+            &format!("{base}/versions/7/infer"),
+            "application/json",
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A JSON object's entries in document order.
+fn ordered_pairs(text: &str) -> Vec<(String, f64)> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, f64)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of numbers")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = map.next_entry()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(text), Pairs)
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// TorchServe's inference API: `/ping`, `/models`, and `/predictions/{model}` with a raw body
+/// (POST, and PUT as `curl -T` sends) or a multipart `data` field, answered as TorchServe's
+/// image classifier handler does: `{label: probability}`, most probable first.
+#[tokio::test]
+async fn torchserve_routes() {
+    let s = state();
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let (status, v) = send_json(s.clone(), get("/ping")).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (StatusCode::OK, Some("Healthy"))
+    );
+    let (_, v) = send_json(s.clone(), get("/models")).await;
+    assert_eq!(v["models"][0]["modelName"], "tf_efficientnet_lite0");
+
+    let check = |status: StatusCode, body: &[u8], k: usize| {
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(body));
+        // Key order is rank order: read the object as ordered pairs.
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let pairs = ordered_pairs(&text);
+        assert_eq!(pairs.len(), k, "{text}");
+        assert_eq!(pairs[0].0, "espresso", "{text}");
+        let probs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{text}");
+    };
+    let (status, _, body) = send(
+        s.clone(),
+        post(
+            "/predictions/tf_efficientnet_lite0",
+            "application/octet-stream",
+            read("coffee.png"),
+        ),
+    )
+    .await;
+    check(status, &body, 5);
+    let put = Request::put("/predictions/tf_efficientnet_lite0/1?top_k=3")
+        .body(Body::from(read("coffee.png")))
+        .unwrap();
+    let (status, _, body) = send(s.clone(), put).await;
+    check(status, &body, 3);
+    let (ct, form) = multipart(&[("data", "coffee.png", &read("coffee.png"))]);
+    let (status, _, body) = send(
+        s.clone(),
+        post("/predictions/tf_efficientnet_lite0", &ct, form),
+    )
+    .await;
+    check(status, &body, 5);
+
+    let (status, _) = send_json(
+        s.clone(),
+        post(
+            "/predictions/resnet50",
+            "application/octet-stream",
+            read("coffee.png"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send_json(
+        s.clone(),
+        post(
+            "/predictions/tf_efficientnet_lite0/2",
+            "application/octet-stream",
+            read("coffee.png"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send_json(
+        s.clone(),
+        post(
+            "/predictions/tf_efficientnet_lite0",
+            "application/octet-stream",
+            b"not an image".to_vec(),
+        ),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status}");
+
+    // Every route is in the OpenAPI document.
+    let (_, doc) = send_json(s, get("/openapi.json")).await;
+    for path in [
+        "/ping",
+        "/models",
+        "/predictions/tf_efficientnet_lite0",
+        "/predictions/tf_efficientnet_lite0/1",
+        "/v2/models/tf_efficientnet_lite0/versions/1/infer",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from /openapi.json"
+        );
+    }
+}
+
 /// The real binary, on an ephemeral port, used with curl exactly as the tutorial shows.
 /// Start `cmd` (a `classify serve`), stderr piped; returns the child, the address from its
 /// first line (`classify: listening on ADDR`) and the rest of its stderr.

@@ -26,6 +26,57 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        // The same, addressed with the model version (tritonclient sends `model_version`).
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(versioned_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(versioned_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(versioned_infer),
+        )
+}
+
+fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
+    if version == super::torchserve::MODEL_VERSION {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "model `{name}` has no version `{version}` (it has `{}`)",
+            super::torchserve::MODEL_VERSION
+        )))
+    }
+}
+
+async fn versioned_metadata(
+    state: State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_version(&name, &version)?;
+    model_metadata(state, Path(name)).await
+}
+
+async fn versioned_ready(
+    state: State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    if let Err(e) = check_version(&name, &version) {
+        return e.into_response();
+    }
+    model_ready(state, Path(name)).await
+}
+
+async fn versioned_infer(
+    state: State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    check_version(&name, &version)?;
+    infer(state, Path(name), request).await
 }
 
 async fn server_metadata() -> Json<Value> {

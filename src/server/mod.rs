@@ -12,6 +12,7 @@ mod metrics;
 mod openapi;
 mod pages;
 mod routes;
+mod torchserve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -180,6 +181,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .merge(kserve::routes())
+        .merge(torchserve::routes())
         .with_state(state.clone())
         .merge(openapi::docs_routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -11,6 +11,26 @@ fn error_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
+/// TorchServe's inference route (POST, and PUT as `curl -T` sends).
+fn torchserve_predict(errors: &Value) -> Value {
+    let mut responses = errors.clone();
+    responses["200"] = json!({
+        "description": "TorchServe's image classifier answer: {label: probability}, top-k, most probable first",
+        "content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "number"}}}}
+    });
+    let op = json!({
+        "summary": "TorchServe inference: one image as the raw body or a multipart `data`/`file` field",
+        "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
+        "requestBody": {"required": true, "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {"data": {"type": "string", "format": "binary"}}}}
+        }},
+        "responses": responses
+    });
+    json!({"post": op.clone(), "put": op})
+}
+
 pub fn spec(model: &str, served_name: &str) -> Value {
     let errors = json!({
         "400": error_response("Bad request: undecodable image, malformed body, missing field"),
@@ -61,8 +81,19 @@ pub fn spec(model: &str, served_name: &str) -> Value {
             format!("/v2/models/{served_name}/infer"): {"post": {
                 "summary": "v2 inference: one BYTES input holding encoded images (JSON base64 strings, or the binary tensor extension)",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                "responses": errors
-            }}
+                "responses": errors.clone()
+            }},
+            format!("/v2/models/{served_name}/versions/1"): simple("v2 model metadata (version 1, the only one)"),
+            format!("/v2/models/{served_name}/versions/1/ready"): simple("v2 model readiness (version 1)"),
+            format!("/v2/models/{served_name}/versions/1/infer"): {"post": {
+                "summary": "v2 inference addressed with the model version (as tritonclient's model_version sends it)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": errors.clone()
+            }},
+            "/ping": simple("TorchServe health: {\"status\": \"Healthy\"}"),
+            "/models": {"get": {"summary": "TorchServe model list: {\"models\": [{\"modelName\", \"modelUrl\"}]}", "responses": {"200": {"description": "OK"}}}},
+            format!("/predictions/{served_name}"): torchserve_predict(&errors),
+            format!("/predictions/{served_name}/1"): torchserve_predict(&errors)
         },
         "components": {"schemas": {
             "Prediction": {"type": "object", "properties": {

@@ -87,7 +87,7 @@ pub async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap,
 }
 
 /// The Content-Type header as sent (its multipart boundary is case-sensitive).
-fn content_type(headers: &HeaderMap) -> &str {
+pub fn content_type(headers: &HeaderMap) -> &str {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -107,7 +107,12 @@ pub fn decode_base64(text: &str) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::BadRequest("image is not valid base64".into()))
 }
 
-async fn multipart_images(content_type: &str, body: Bytes) -> Result<Vec<NamedImage>, ApiError> {
+/// The images in the multipart fields called one of `fields`, in order.
+pub async fn multipart_images(
+    content_type: &str,
+    body: Bytes,
+    fields: &[&str],
+) -> Result<Vec<NamedImage>, ApiError> {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|_| ApiError::BadRequest("multipart body without a boundary".into()))?;
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
@@ -123,7 +128,7 @@ async fn multipart_images(content_type: &str, body: Bytes) -> Result<Vec<NamedIm
                 )))
             }
         };
-        if field.name() != Some("file") {
+        if !field.name().is_some_and(|n| fields.contains(&n)) {
             continue;
         }
         let filename = field.file_name().map(str::to_string);
@@ -175,7 +180,7 @@ pub async fn parse_payload(headers: &HeaderMap, body: Bytes) -> Result<Payload, 
     let raw = content_type(headers);
     let ct = raw.to_ascii_lowercase();
     if ct.starts_with("multipart/form-data") {
-        let mut images = multipart_images(raw, body).await?;
+        let mut images = multipart_images(raw, body, &["file"]).await?;
         return match images.len() {
             0 => Err(ApiError::BadRequest("missing form field `file`".into())),
             1 => Ok(Payload::One(images.remove(0))),

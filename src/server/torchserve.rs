@@ -1,0 +1,131 @@
+//! TorchServe's inference API, for clients written against it: `POST`/`PUT
+//! /predictions/{model}[/{version}]` with an image (raw body, as `curl -T kitten.jpg`, or a
+//! multipart `data`/`file` field), answered like TorchServe's default image classifier
+//! handler: one JSON object `{"label": probability, ...}`, top-k, most probable first.
+//! `GET /ping` and `GET /models` (TorchServe's management API, on the same port here).
+
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::routes::{
+    classify_bytes, content_type, multipart_images, read_body, resolve_top_k, with_timeout,
+    PredictQuery,
+};
+use super::AppState;
+use crate::engine::Prediction;
+
+/// The only version each model has (as in the Open Inference Protocol routes).
+pub const MODEL_VERSION: &str = "1";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ping", get(ping))
+        .route("/models", get(models))
+        .route("/predictions/{model}", post(predict).put(predict))
+        .route(
+            "/predictions/{model}/{version}",
+            post(predict_version).put(predict_version),
+        )
+}
+
+/// `{"label": probability, ...}` in rank order (a JSON object, as TorchServe's handler).
+struct LabelScores(Vec<Prediction>);
+
+impl Serialize for LabelScores {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for p in &self.0 {
+            map.serialize_entry(&p.label, &p.score)?;
+        }
+        map.end()
+    }
+}
+
+async fn ping(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        Json(json!({"status": "Healthy"})).into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "Unhealthy"})),
+        )
+            .into_response()
+    }
+}
+
+async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"models": [{
+        "modelName": state.0.served_name,
+        "modelUrl": state.0.model_name,
+    }]}))
+}
+
+fn check_model(state: &AppState, name: &str, version: &str) -> Result<(), ApiError> {
+    if name != state.0.served_name {
+        return Err(ApiError::NotFound(format!(
+            "unknown model `{name}`; this server serves `{}`",
+            state.0.served_name
+        )));
+    }
+    if version != MODEL_VERSION {
+        return Err(ApiError::NotFound(format!(
+            "model `{name}` has no version `{version}` (it has `{MODEL_VERSION}`)"
+        )));
+    }
+    Ok(())
+}
+
+async fn predict(
+    state: State<AppState>,
+    Path(model): Path<String>,
+    query: Query<PredictQuery>,
+    request: Request,
+) -> Result<Json<LabelScores>, ApiError> {
+    answer(state, model, MODEL_VERSION.into(), query, request).await
+}
+
+async fn predict_version(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    query: Query<PredictQuery>,
+    request: Request,
+) -> Result<Json<LabelScores>, ApiError> {
+    answer(state, model, version, query, request).await
+}
+
+async fn answer(
+    State(state): State<AppState>,
+    model: String,
+    version: String,
+    Query(query): Query<PredictQuery>,
+    request: Request,
+) -> Result<Json<LabelScores>, ApiError> {
+    check_model(&state, &model, &version)?;
+    let k = resolve_top_k(&state, query.top_k)?;
+    with_timeout(&state, async {
+        let (headers, body) = read_body(&state, request).await?;
+        let raw = content_type(&headers);
+        let image = if raw.to_ascii_lowercase().starts_with("multipart/form-data") {
+            multipart_images(raw, body, &["data", "file"])
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApiError::BadRequest("missing form field `data`".into()))?
+                .bytes
+        } else {
+            body
+        };
+        if image.is_empty() {
+            return Err(ApiError::BadRequest(
+                "empty request body: send an image".into(),
+            ));
+        }
+        Ok(Json(LabelScores(classify_bytes(&state, image, k).await?)))
+    })
+    .await
+}
