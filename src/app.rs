@@ -107,23 +107,20 @@ pub fn classify(settings: &ClassifySettings, hub: &HubOptions) -> anyhow::Result
 
     let mut recorded = match (&settings.output_file, settings.resume) {
         (Some(path), true) => {
-            resume::prepare(path, settings.format, &context, settings.retry_errors)?
+            let recorded = resume::prepare(path, settings.format, &context, settings.retry_errors)?;
+            if recorded.torn {
+                tracing::warn!(
+                    "the last record of {} was incomplete (the run writing it was killed?); it is redone",
+                    path.display()
+                );
+            }
+            recorded
         }
         _ => Recorded::default(),
     };
-    if recorded.torn {
-        tracing::warn!(
-            "the last record of {} was incomplete (the run writing it was killed?); it is redone",
-            settings
-                .output_file
-                .as_deref()
-                .unwrap_or(Path::new("-"))
-                .display()
-        );
-    }
     let mut summary = RunSummary::default();
     let mut in_shard = pipeline::shard_filter(settings.shard);
-    let inputs = pipeline::expand_inputs_filtered(&settings.inputs, settings.recursive, |input| {
+    let inputs = pipeline::expand_inputs(&settings.inputs, settings.recursive, |input| {
         in_shard(input)
             && match recorded.take(&input.name) {
                 Some(failed) => {

@@ -149,14 +149,10 @@ impl DeviceChoice {
         ];
         for (_, p) in gpus.into_iter().filter(|(b, _)| *b) {
             match open(p) {
-                Ok(d) => {
-                    tracing::info!("--device auto: using {p:?}");
-                    return Ok((p, d));
-                }
+                Ok(d) => return Ok((p, d)),
                 Err(e) => tracing::info!("--device auto: {p:?} unavailable ({e}); trying the next"),
             }
         }
-        tracing::info!("--device auto: using the CPU");
         open(Placement::Cpu).map(|d| (Placement::Cpu, d))
     }
 }

@@ -59,15 +59,10 @@ fn is_image_name(path: &Path) -> bool {
 
 /// Expand command-line arguments into inputs: files as given, directories walked in sorted
 /// order (recursively unless `recursive` is false; symlink loops are visited once), `-` is
-/// standard input. The order is deterministic.
-pub fn expand_inputs(args: &[PathBuf], recursive: bool) -> Vec<Input> {
-    expand_inputs_filtered(args, recursive, |_| true)
-}
-
-/// [`expand_inputs`], keeping only the inputs `keep` accepts. `keep` sees every input once,
-/// in order, as the walk finds it, so a shard or a resumed run never holds the paths it
-/// skips.
-pub fn expand_inputs_filtered(
+/// standard input. The order is deterministic. Only the inputs `keep` accepts are kept;
+/// `keep` sees every input once, in order, as the walk finds it, so a shard or a resumed
+/// run never holds the paths it skips.
+pub fn expand_inputs(
     args: &[PathBuf],
     recursive: bool,
     mut keep: impl FnMut(&Input) -> bool,
@@ -132,14 +127,8 @@ fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut impl
     }
 }
 
-/// Keep the `shard.index`-th of every `shard.count` inputs.
-pub fn select_shard(inputs: Vec<Input>, shard: Option<Shard>) -> Vec<Input> {
-    let mut keep = shard_filter(shard);
-    inputs.into_iter().filter(|input| keep(input)).collect()
-}
-
-/// A `keep` for [`expand_inputs_filtered`]: true for the `shard.index`-th of every
-/// `shard.count` inputs it is shown, in order.
+/// A `keep` for [`expand_inputs`]: true for the `shard.index`-th of every `shard.count`
+/// inputs it is shown, in order.
 pub fn shard_filter(shard: Option<Shard>) -> impl FnMut(&Input) -> bool {
     let mut position = 0usize;
     move |_| {
@@ -263,15 +252,15 @@ mod tests {
             std::fs::write(d.join(f), b"x").unwrap();
         }
         let names = |inputs: Vec<Input>| inputs.into_iter().map(|i| i.name).collect::<Vec<_>>();
-        let all = names(expand_inputs(&[d.to_path_buf()], true));
+        let all = names(expand_inputs(&[d.to_path_buf()], true, |_| true));
         let rel: Vec<String> = all
             .iter()
             .map(|n| n.strip_prefix(&*d.to_string_lossy()).unwrap().to_string())
             .collect();
         assert_eq!(rel, ["/a.png", "/b.JPG", "/sub/c.webp"]);
-        assert_eq!(expand_inputs(&[d.to_path_buf()], false).len(), 2);
+        assert_eq!(expand_inputs(&[d.to_path_buf()], false, |_| true).len(), 2);
         assert_eq!(
-            expand_inputs(&[PathBuf::from("-")], true)[0].kind,
+            expand_inputs(&[PathBuf::from("-")], true, |_| true)[0].kind,
             InputKind::Stdin
         );
     }
@@ -283,7 +272,7 @@ mod tests {
         std::fs::create_dir(d.join("a")).unwrap();
         std::fs::write(d.join("a/x.png"), b"x").unwrap();
         std::os::unix::fs::symlink(d, d.join("a/loop")).unwrap();
-        let inputs = expand_inputs(&[d.to_path_buf()], true);
+        let inputs = expand_inputs(&[d.to_path_buf()], true, |_| true);
         assert_eq!(inputs.len(), 1);
     }
 
@@ -296,7 +285,10 @@ mod tests {
             })
             .collect();
         let mut all: Vec<String> = (0..3)
-            .flat_map(|i| select_shard(inputs.clone(), Some(Shard { index: i, count: 3 })))
+            .flat_map(|i| {
+                let mut keep = shard_filter(Some(Shard { index: i, count: 3 }));
+                inputs.clone().into_iter().filter(move |input| keep(input))
+            })
             .map(|i| i.name)
             .collect();
         all.sort_by_key(|n| n.parse::<usize>().unwrap());

@@ -72,7 +72,7 @@ pub fn header(top_k: usize) -> Vec<String> {
     h
 }
 
-/// Column of `path` and of `error` in every row.
+/// Column of `path` in every row (`error` is the last).
 pub const PATH_COLUMN: usize = 0;
 
 pub struct DelimitedPrinter<W> {

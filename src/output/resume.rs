@@ -37,6 +37,16 @@ pub enum ResumeError {
     Mismatch { path: PathBuf, reason: String },
 }
 
+impl ResumeError {
+    /// An `Io` error about `path`, for `map_err`.
+    fn io(path: &Path) -> impl Fn(io::Error) -> ResumeError + Copy + '_ {
+        move |source| ResumeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     ok: u32,
@@ -47,12 +57,8 @@ struct Counts {
 #[derive(Debug, Default)]
 pub struct Recorded {
     done: HashMap<Box<str>, Counts>,
-    /// Records kept in the file.
-    pub records: usize,
     /// The file's last record was incomplete (a crash while writing it) and was cut off.
     pub torn: bool,
-    /// Failed records removed for `--retry-errors`.
-    pub retried: usize,
     /// CSV/TSV: the file already starts with its header row.
     pub has_header: bool,
 }
@@ -83,7 +89,6 @@ impl Recorded {
         } else {
             counts.ok += 1;
         }
-        self.records += 1;
     }
 }
 
@@ -103,10 +108,7 @@ pub fn prepare(
     context: &RecordContext,
     retry_errors: bool,
 ) -> Result<Recorded, ResumeError> {
-    let io_err = |source| ResumeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = ResumeError::io(path);
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recorded::default()),
@@ -118,7 +120,6 @@ pub fn prepare(
     let mut keep = |found: Found, recorded: &mut Recorded| {
         if found.failed && retry_errors {
             dropped.push(found.bytes);
-            recorded.retried += 1;
         } else {
             recorded.add(&found.name, found.failed);
         }
@@ -169,10 +170,7 @@ fn scan_jsonl(
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .map_err(|source| ResumeError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(ResumeError::io(path))?;
         // Judge the previous line now that we know whether it was the last.
         if let Some((bytes, parsed)) = pending.take() {
             record += 1;
@@ -254,10 +252,7 @@ fn scan_delimited(
     context: &RecordContext,
     mut found: impl FnMut(Found),
 ) -> Result<(u64, bool), ResumeError> {
-    let io_err = |source: io::Error| ResumeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = ResumeError::io(path);
     let header = delimited::header(context.top_k);
     let mut reader = dialect.reader(BufReader::with_capacity(1 << 20, file));
     let mut row = csv::ByteRecord::new();

@@ -48,6 +48,7 @@ pub fn spec(model: &str, served_name: &str) -> Value {
             {"$ref": "#/components/schemas/FlashResponse"}
         ]}}}
     });
+    let v2_infer_body = json!({"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}});
     let simple = |summary: &str| json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "503": error_response("Not ready")}}});
     json!({
         "openapi": "3.0.3",
@@ -80,14 +81,14 @@ pub fn spec(model: &str, served_name: &str) -> Value {
             format!("/v2/models/{served_name}/ready"): simple("v2 model readiness"),
             format!("/v2/models/{served_name}/infer"): {"post": {
                 "summary": "v2 inference: one BYTES input holding encoded images (JSON base64 strings, or the binary tensor extension)",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "requestBody": v2_infer_body,
                 "responses": errors.clone()
             }},
             format!("/v2/models/{served_name}/versions/1"): simple("v2 model metadata (version 1, the only one)"),
             format!("/v2/models/{served_name}/versions/1/ready"): simple("v2 model readiness (version 1)"),
             format!("/v2/models/{served_name}/versions/1/infer"): {"post": {
                 "summary": "v2 inference addressed with the model version (as tritonclient's model_version sends it)",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "requestBody": v2_infer_body,
                 "responses": errors.clone()
             }},
             "/ping": simple("TorchServe health: {\"status\": \"Healthy\"}"),
