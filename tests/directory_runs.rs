@@ -25,6 +25,17 @@ const MODEL: [&str; 6] = [
     "4",
 ];
 
+/// `classify MODEL... ARGS... --output FILE DIR`, not started yet.
+fn classify_to(hub: &HubCache, args: &[&str], file: &Path, dir: &Path) -> Command {
+    let mut cmd = hub.command();
+    cmd.args(MODEL)
+        .args(args)
+        .arg("--output")
+        .arg(file)
+        .arg(dir);
+    cmd
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -104,12 +115,7 @@ fn sigkilled_runs_resume_to_exactly_one_record_per_input() {
     .unwrap();
 
     let reference = tmp.path().join("reference.jsonl");
-    let out = hub
-        .command()
-        .args(MODEL)
-        .arg("--output")
-        .arg(&reference)
-        .arg(&images)
+    let out = classify_to(&hub, &[], &reference, &images)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -123,14 +129,7 @@ fn sigkilled_runs_resume_to_exactly_one_record_per_input() {
     );
 
     let output = tmp.path().join("out/run.jsonl");
-    let run = || {
-        let mut cmd = hub.command();
-        cmd.args(MODEL)
-            .args(["--quiet", "--resume", "--output"])
-            .arg(&output)
-            .arg(&images);
-        cmd
-    };
+    let run = || classify_to(&hub, &["--quiet", "--resume"], &output, &images);
     let mut seen = Vec::new();
     for target in [20, 70, 130, 200] {
         let had = kill_after(&mut run(), &output, target);
@@ -176,14 +175,9 @@ fn sigkilled_shard_resumes_to_the_uninterrupted_shard() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("images");
     let all = write_images(&images, 150);
-    let shard = ["--shard", "1/3", "--format", "csv", "--quiet", "--output"];
+    let shard = ["--shard", "1/3", "--format", "csv", "--quiet"];
     let reference = tmp.path().join("reference.csv");
-    let out = hub
-        .command()
-        .args(MODEL)
-        .args(shard)
-        .arg(&reference)
-        .arg(&images)
+    let out = classify_to(&hub, &shard, &reference, &images)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -192,13 +186,12 @@ fn sigkilled_shard_resumes_to_the_uninterrupted_shard() {
 
     let output = tmp.path().join("part-1.csv");
     let run = || {
-        let mut cmd = hub.command();
-        cmd.args(MODEL)
-            .args(shard)
-            .arg(&output)
-            .arg("--resume")
-            .arg(&images);
-        cmd
+        classify_to(
+            &hub,
+            &[&shard[..], &["--resume"]].concat(),
+            &output,
+            &images,
+        )
     };
     for target in [8, 25, 40] {
         kill_after(&mut run(), &output, target);
@@ -235,13 +228,14 @@ fn torn_last_records_are_redone_and_foreign_files_refused() {
     for (format, ext) in [("jsonl", "jsonl"), ("csv", "csv"), ("tsv", "tsv")] {
         let reference = tmp.path().join(format!("reference.{ext}"));
         let run = |file: &Path| {
-            hub.command()
-                .args(MODEL)
-                .args(["--quiet", "--resume", "--format", format, "--output"])
-                .arg(file)
-                .arg(&images)
-                .output()
-                .unwrap()
+            classify_to(
+                &hub,
+                &["--quiet", "--resume", "--format", format],
+                file,
+                &images,
+            )
+            .output()
+            .unwrap()
         };
         let out = run(&reference);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -270,14 +264,9 @@ fn torn_last_records_are_redone_and_foreign_files_refused() {
             );
         }
         // Another --top-k or another model: refused, the file untouched.
-        let refused = |args: &[String], why: &str| {
-            let out = hub
-                .command()
-                .args(MODEL)
-                .args(args)
-                .args(["--resume", "--format", format, "--output"])
-                .arg(&reference)
-                .arg(&images)
+        let refused = |args: &[&str], why: &str| {
+            let args = [args, &["--resume", "--format", format]].concat();
+            let out = classify_to(&hub, &args, &reference, &images)
                 .output()
                 .unwrap();
             assert_eq!(out.status.code(), Some(2), "{format} {args:?}");
@@ -292,7 +281,7 @@ fn torn_last_records_are_redone_and_foreign_files_refused() {
             );
         };
         refused(
-            &["-k".into(), "3".into()],
+            &["-k", "3"],
             if format == "jsonl" {
                 "--top-k"
             } else {
@@ -301,12 +290,7 @@ fn torn_last_records_are_redone_and_foreign_files_refused() {
         );
         if format == "jsonl" {
             let weights = common::lite0_pth().to_string_lossy().into_owned();
-            let other = [
-                "--model".into(),
-                "efficientnet_lite0".into(),
-                "--weights".into(),
-                weights,
-            ];
+            let other = ["--model", "efficientnet_lite0", "--weights", &weights];
             refused(&other, "is from model `tf_efficientnet_lite0`");
         }
     }
@@ -315,12 +299,7 @@ fn torn_last_records_are_redone_and_foreign_files_refused() {
     let mut text = lines(&reference);
     text[3] = "{\"oops\":".into();
     std::fs::write(&reference, text.join("\n") + "\n").unwrap();
-    let out = hub
-        .command()
-        .args(MODEL)
-        .args(["--resume", "--output"])
-        .arg(&reference)
-        .arg(&images)
+    let out = classify_to(&hub, &["--resume"], &reference, &images)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -377,12 +356,7 @@ fn csv_and_tsv_round_trip_hostile_paths_through_two_parsers() {
     )
     .unwrap();
     let jsonl = tmp.path().join("all.jsonl");
-    let out = hub
-        .command()
-        .args(MODEL)
-        .args(["-q", "-k", "2", "-o"])
-        .arg(&jsonl)
-        .arg(&dir)
+    let out = classify_to(&hub, &["-q", "-k", "2"], &jsonl, &dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -394,12 +368,7 @@ fn csv_and_tsv_round_trip_hostile_paths_through_two_parsers() {
 
     for (ext, dialect, delimiter) in [("csv", "excel", b','), ("tsv", "excel-tab", b'\t')] {
         let file = tmp.path().join(format!("all.{ext}"));
-        let out = hub
-            .command()
-            .args(MODEL)
-            .args(["-q", "-k", "2", "-o"])
-            .arg(&file)
-            .arg(&dir)
+        let out = classify_to(&hub, &["-q", "-k", "2"], &file, &dir)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -452,12 +421,7 @@ fn csv_and_tsv_round_trip_hostile_paths_through_two_parsers() {
         let full = std::fs::read(&file).unwrap();
         let cut = full.len() - 10;
         std::fs::write(&file, &full[..cut]).unwrap();
-        let out = hub
-            .command()
-            .args(MODEL)
-            .args(["-q", "-k", "2", "--resume", "-o"])
-            .arg(&file)
-            .arg(&dir)
+        let out = classify_to(&hub, &["-q", "-k", "2", "--resume"], &file, &dir)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

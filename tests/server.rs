@@ -636,33 +636,23 @@ async fn torchserve_routes() {
     .await;
     check(status, &body, 5);
 
-    let (status, _) = send_json(
-        s.clone(),
-        post(
-            "/predictions/resnet50",
-            "application/octet-stream",
-            read("coffee.png"),
-        ),
-    )
-    .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = send_json(
-        s.clone(),
-        post(
-            "/predictions/tf_efficientnet_lite0/2",
-            "application/octet-stream",
-            read("coffee.png"),
-        ),
-    )
-    .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = send_json(
-        s.clone(),
-        post(
-            "/predictions/tf_efficientnet_lite0",
-            "application/octet-stream",
-            b"not an image".to_vec(),
-        ),
+    let raw = |uri: &str, body: Vec<u8>| {
+        let s = s.clone();
+        let req = post(uri, "application/octet-stream", body);
+        async move { send_json(s, req).await.0 }
+    };
+    let coffee = read("coffee.png");
+    assert_eq!(
+        raw("/predictions/resnet50", coffee.clone()).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        raw("/predictions/tf_efficientnet_lite0/2", coffee).await,
+        StatusCode::NOT_FOUND
+    );
+    let status = raw(
+        "/predictions/tf_efficientnet_lite0",
+        b"not an image".to_vec(),
     )
     .await;
     assert!(status.is_client_error(), "{status}");
