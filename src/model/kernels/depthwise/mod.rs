@@ -201,3 +201,45 @@ impl Rows<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::reference::conv2d_reference;
+    use crate::model::kernels::testing::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn depthwise_matches_candle_grouped_conv() {
+        let dev = Device::Cpu;
+        for (c, h, w, k, s, pad) in [
+            (5, 9, 7, 3, 1, p(1, 1, 1, 1)),
+            (4, 10, 10, 3, 2, p(0, 1, 0, 1)),
+            (3, 11, 8, 5, 2, p(1, 2, 1, 2)),
+            (2, 6, 6, 5, 1, p(2, 2, 2, 2)),
+            (37, 7, 9, 3, 2, p(0, 1, 0, 1)),
+            (96, 5, 5, 5, 1, p(2, 2, 2, 2)),
+            (144, 8, 8, 3, 1, p(1, 1, 1, 1)),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+            let reference = conv2d_reference(&x, &wt, s, pad, c).unwrap();
+            let xa = Act::from_nchw(&x).unwrap();
+            // Every copy of the kernel this CPU runs, with each activation.
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                let expected = reference_epilogue(reference.clone(), &b, None, act);
+                for isa in levels() {
+                    let conv = DepthwiseConv::pack(&wt, Some(&b), s, isa).unwrap();
+                    let ours = conv
+                        .forward(xa.view(), pad, act)
+                        .unwrap()
+                        .to_nchw(&dev)
+                        .unwrap();
+                    let diff = max_abs_diff(&ours, &expected);
+                    assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s} {isa} {act:?}: {diff}");
+                }
+            }
+        }
+    }
+}

@@ -15,7 +15,10 @@
 //!        | 0  1  0 -1 |        | 0    0    1  |
 //! ```
 
-use super::{general_gemm, panel, par_blocks, with_scratch, with_tile_scratch, Launch, SendPtr};
+use super::launch::Launch;
+use crate::model::kernels::gemm::{self as panel, general_gemm};
+use crate::model::kernels::par::{par_blocks, SendPtr};
+use crate::model::kernels::scratch::{with_scratch, with_tile_scratch};
 use rayon::prelude::*;
 
 /// Transformed positions per tile.

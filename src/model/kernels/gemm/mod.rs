@@ -17,6 +17,9 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod general;
+
+pub(super) use general::general_gemm;
 
 use super::isa::Isa;
 use super::Activation;

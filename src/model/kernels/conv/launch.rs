@@ -1,0 +1,275 @@
+//! One call of a dense convolution: which algorithm, how the work is split between threads,
+//! the receptive-field gather and the epilogue.
+
+use candle_core::Result;
+use rayon::prelude::*;
+
+use super::{Algorithm, GemmConv, ROW_BLOCK};
+use crate::model::kernels::gemm::{general_gemm, Finish};
+use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
+use crate::model::kernels::scratch::with_scratch;
+use crate::model::kernels::{Activation, Pad2d, Prologue, View};
+
+/// One convolution call: input, geometry and epilogue.
+pub(super) struct Launch<'a> {
+    pub(super) conv: &'a GemmConv,
+    pub(super) x: View<'a>,
+    pub(super) pad: Pad2d,
+    pub(super) pro: Option<Prologue<'a>>,
+    pub(super) act: Activation,
+    /// `rows x cout`, added before the activation.
+    pub(super) residual: Option<&'a [f32]>,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+    /// Force an algorithm (tests); `None` picks one by shape.
+    pub(super) algorithm: Option<Algorithm>,
+}
+
+impl Launch<'_> {
+    /// The algorithm for this shape: Winograd wherever it applies. (`classify bench`, 2
+    /// threads: it won on every 3x3 stride-1 layer of ResNet and DenseNet, down to the 16
+    /// tiles of a 7x7 output at batch 1.)
+    fn choose(&self) -> Algorithm {
+        match self.winograd_tiles() {
+            Some(_) => Algorithm::Winograd,
+            None => Algorithm::Gemm,
+        }
+    }
+
+    /// Compute every output row into `dst` (rows `out_stride` apart).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `rows` rows of `cout` values, `out_stride` apart.
+    pub(super) unsafe fn run(&self, dst: SendPtr, out_stride: usize) -> Result<()> {
+        let (conv, x) = (self.conv, self.x);
+        if x.c != conv.cin {
+            candle_core::bail!(
+                "conv: input has {} channels, weight expects {}",
+                x.c,
+                conv.cin
+            )
+        }
+        let rows = x.n * self.oh * self.ow;
+        if rows == 0 || x.data.len() < (x.n * x.h * x.w - 1) * x.stride + x.c {
+            candle_core::bail!("conv: empty or short input")
+        }
+        if self.residual.is_some_and(|r| r.len() < rows * conv.cout) {
+            candle_core::bail!("conv: residual smaller than the output")
+        }
+        if self.algorithm.unwrap_or_else(|| self.choose()) == Algorithm::Winograd {
+            if self.winograd_tiles().is_none() {
+                candle_core::bail!("conv: Winograd needs a 3x3 stride-1 convolution")
+            }
+            // SAFETY: the caller's contract is `run_winograd`'s.
+            unsafe { self.run_winograd(dst, out_stride) };
+            return Ok(());
+        }
+        let kk = conv.k * conv.k * conv.cin;
+        // A 1x1 stride-1 unpadded convolution of a plain input multiplies the input rows as
+        // they are; everything else gathers its receptive fields first.
+        let direct =
+            conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none();
+        let threads = rayon::current_num_threads();
+        // Blocks of rows while there are at least 128 rows per thread and the weight is the
+        // smaller operand (rows >= Cout); past that (deep layers at small batches, where the
+        // weight dominates and arrives cold from memory) threads split the output channels.
+        if rows >= 128 * threads && rows >= conv.cout {
+            // Blocks of rows, as many per thread, each gathered, multiplied by a
+            // single-threaded GEMM and finished while it is in this core's cache.
+            par_blocks(rows, ROW_BLOCK, |r0, len| {
+                // SAFETY (both arms): blocks are disjoint row ranges of the output.
+                if direct {
+                    let lhs = Lhs {
+                        ptr: ReadPtr(x.data[r0 * x.stride..].as_ptr()),
+                        row_stride: x.stride,
+                        k: kk,
+                    };
+                    unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+                } else {
+                    with_scratch(len * kk, |cols| {
+                        self.gather(r0, len, cols);
+                        let lhs = Lhs {
+                            ptr: ReadPtr(cols.as_ptr()),
+                            row_stride: kk,
+                            k: kk,
+                        };
+                        unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+                    })
+                }
+            });
+        } else {
+            // Gather once, then split the output channels between threads so each streams
+            // its own part of the weight.
+            let panels = threads.min(conv.cout / 16).max(1);
+            let multiply = |lhs: Lhs| {
+                if panels == 1 {
+                    let par = Some(threads);
+                    // SAFETY: one call covers the whole output.
+                    unsafe { self.tile(lhs, dst, out_stride, 0, rows, 0..conv.cout, par) }
+                    return;
+                }
+                let width = conv
+                    .cout
+                    .div_ceil(panels)
+                    .next_multiple_of(conv.panel_width());
+                (0..panels).into_par_iter().for_each(|p| {
+                    let chans = (p * width).min(conv.cout)..((p + 1) * width).min(conv.cout);
+                    if !chans.is_empty() {
+                        // SAFETY: panels are disjoint channel ranges of the output.
+                        unsafe { self.tile(lhs, dst, out_stride, 0, rows, chans, None) }
+                    }
+                });
+            };
+            if direct {
+                multiply(Lhs {
+                    ptr: ReadPtr(x.data.as_ptr()),
+                    row_stride: x.stride,
+                    k: kk,
+                });
+            } else {
+                with_scratch(rows * kk, |cols| {
+                    cols.par_chunks_mut(16 * kk)
+                        .enumerate()
+                        .for_each(|(i, c)| self.gather(i * 16, c.len() / kk, c));
+                    multiply(Lhs {
+                        ptr: ReadPtr(cols.as_ptr()),
+                        row_stride: kk,
+                        k: kk,
+                    });
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fill `cols` (`len` rows of k*k*C) with the receptive fields of output rows
+    /// `r0..r0+len`, zeros where they overhang the input, the prologue applied.
+    fn gather(&self, r0: usize, len: usize, cols: &mut [f32]) {
+        let (x, k, c, s) = (self.x, self.conv.k, self.x.c, self.conv.stride);
+        let (oh, ow) = (self.oh, self.ow);
+        for (i, dst) in cols.chunks_exact_mut(k * k * c).take(len).enumerate() {
+            let r = r0 + i;
+            let (img, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+            for ky in 0..k {
+                let iy = (oy * s + ky) as isize - self.pad.top as isize;
+                let span = &mut dst[ky * k * c..(ky + 1) * k * c];
+                if iy < 0 || iy >= x.h as isize {
+                    span.fill(0.0);
+                    continue;
+                }
+                let iy = iy as usize;
+                let ix0 = (ox * s) as isize - self.pad.left as isize;
+                if self.pro.is_none() && x.stride == c && ix0 >= 0 && ix0 as usize + k <= x.w {
+                    // The k taps of a row are k*C contiguous values of the input.
+                    let start = ((img * x.h + iy) * x.w + ix0 as usize) * c;
+                    span.copy_from_slice(&x.data[start..start + k * c]);
+                    continue;
+                }
+                for (kx, d) in span.chunks_exact_mut(c).enumerate() {
+                    let ix = ix0 + kx as isize;
+                    if ix < 0 || ix >= x.w as isize {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let src = x.pixel(img, iy, ix as usize);
+                    match &self.pro {
+                        Some(p) => p.apply(src, d),
+                        None => d.copy_from_slice(src),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Output rows `r0..r0+len`, channels `chans`: multiply `len` rows of `lhs` by the
+    /// weight's columns `chans`, then add bias (and residual) and activate. `threads`: let
+    /// the general GEMM itself split the work (the panel kernel runs on this thread).
+    ///
+    /// # Safety
+    /// `dst` must be valid for `r0 + len` rows `out_stride` apart, `lhs` for `len` rows, and
+    /// no other thread may touch those output rows' `chans` at the same time.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        lhs: Lhs,
+        dst: SendPtr,
+        out_stride: usize,
+        r0: usize,
+        len: usize,
+        chans: std::ops::Range<usize>,
+        threads: Option<usize>,
+    ) {
+        let conv = self.conv;
+        // SAFETY: the caller guarantees `dst` holds rows `r0..r0 + len`.
+        let base = unsafe { dst.0.add(r0 * out_stride + chans.start) };
+        if let Some(kernel) = conv.panels {
+            // Every split of the channels is a whole number of panels.
+            debug_assert!(chans.start.is_multiple_of(kernel.width()));
+            // SAFETY: channel `chans.start` begins a panel of the packed weight.
+            let w = unsafe { conv.weight.as_ptr().add(chans.start * lhs.k) };
+            let (n, k) = (chans.len(), lhs.k);
+            // Bias and activation in registers, so the output is written once; but a residual
+            // (cold, from an earlier layer) streams better in its own pass over the block
+            // than in the kernel's row-by-row finish, and then the pass does all three.
+            let finish = match self.residual {
+                None => Finish {
+                    bias: Some(conv.bias[chans.start..].as_ptr()),
+                    act: self.act,
+                },
+                Some(_) => Finish::NONE,
+            };
+            let (x, x_rs) = (lhs.ptr.0, lhs.row_stride);
+            // SAFETY: the kernel was chosen from a level this CPU has; `lhs` holds `len` rows
+            // and the caller gives these output rows' channels to this call alone.
+            unsafe { kernel.gemm(len, n, k, x, x_rs, w, base, out_stride, finish) };
+            if self.residual.is_none() {
+                return;
+            }
+        } else {
+            // SAFETY: column `chans.start` of the row-major weight.
+            let w = unsafe { conv.weight.as_ptr().add(chans.start) };
+            let (x, x_rs, n) = (lhs.ptr.0, lhs.row_stride, chans.len());
+            // SAFETY: as the panel call above.
+            unsafe {
+                general_gemm(
+                    len, n, lhs.k, x, x_rs, w, conv.cout, base, out_stride, threads,
+                )
+            };
+        }
+        for r in 0..len {
+            // SAFETY: row `r` of this call's output block, written above.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(base.add(r * out_stride), chans.len()) };
+            self.epilogue(row, r0 + r, chans.clone());
+        }
+    }
+
+    /// Bias, residual and activation on channels `chans` of output row `r`.
+    #[inline(always)]
+    pub(super) fn epilogue(&self, row: &mut [f32], r: usize, chans: std::ops::Range<usize>) {
+        let cout = self.conv.cout;
+        let bias = &self.conv.bias[chans.clone()];
+        match self.residual {
+            Some(res) => {
+                let res = &res[r * cout..][chans];
+                for ((v, &b), &s) in row.iter_mut().zip(bias).zip(res) {
+                    *v = *v + b + s;
+                }
+            }
+            None => {
+                for (v, &b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                }
+            }
+        }
+        self.act.apply_all(row);
+    }
+}
+
+/// The left-hand matrix of a GEMM: rows of `k` values, `row_stride` apart.
+#[derive(Clone, Copy)]
+struct Lhs {
+    ptr: ReadPtr,
+    row_stride: usize,
+    k: usize,
+}

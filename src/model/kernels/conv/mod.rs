@@ -1,0 +1,219 @@
+//! Dense (groups = 1) convolutions as GEMMs on NHWC activations: the weight packed once at
+//! load as `(k*k*Cin) x Cout` (in panels for the kernels of [`super::gemm`], else row-major
+//! for the general GEMM); the activation rows (`N*H*W x Cin`, or their gathered receptive
+//! fields for k > 1) multiplied by it in blocks, and bias, activation and a residual applied
+//! while each block is in cache ([`launch`]). 3x3 stride-1 convolutions take Winograd
+//! F(2x2, 3x3) instead ([`winograd`]).
+
+mod launch;
+#[cfg(test)]
+mod tests;
+mod winograd;
+
+use std::sync::OnceLock;
+
+use candle_core::{Result, Tensor};
+
+use super::gemm::Kernel;
+use super::par::SendPtr;
+use super::{bias_to_host, to_host, Act, Activation, Isa, Pad2d, Prologue, View};
+use launch::Launch;
+
+/// A dense (groups = 1) convolution packed for GEMM.
+#[derive(Debug, Clone)]
+pub struct GemmConv {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    /// `(k*k*cin) x cout`, rows ordered (ky, kx, ci) to match the gathered fields: in the
+    /// panels of the [`super::gemm`] kernel it was packed for (`panels`), else row-major.
+    weight: Vec<f32>,
+    panels: Option<Kernel>,
+    bias: Vec<f32>,
+    /// The Winograd form of a 3x3 stride-1 weight, made the first time a call takes that path.
+    winograd: OnceLock<Vec<f32>>,
+}
+
+/// How a dense convolution is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    /// One GEMM by the packed weight (of the input itself, or of its gathered fields).
+    Gemm,
+    /// Winograd F(2x2, 3x3): 3x3 stride-1 only.
+    Winograd,
+}
+
+/// Output rows per GEMM call when the rows are split across threads: large enough for the
+/// GEMM to run at full speed, small enough for the gathered fields to stay in cache.
+/// (Measured with `classify bench` on the networks here; see `Launch::run` for when rows
+/// are split at all.)
+const ROW_BLOCK: usize = 256;
+
+impl GemmConv {
+    /// Pack `weight` (Cout, Cin, k, k) and `bias` (Cout) for the kernels of `isa`.
+    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize, isa: Isa) -> Result<Self> {
+        let (cout, cin, k, k2) = weight.dims4()?;
+        if k != k2 {
+            candle_core::bail!("conv: only square kernels are supported, got {k}x{k2}")
+        }
+        let w = to_host(weight)?;
+        let mut packed = vec![0f32; k * k * cin * cout];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        packed[((ky * k + kx) * cin + ci) * cout + co] =
+                            w[((co * cin + ci) * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
+        let bias = bias_to_host(bias, cout)?;
+        let panels = Kernel::for_channels(cout, isa);
+        Ok(Self {
+            cin,
+            cout,
+            k,
+            stride,
+            weight: match panels {
+                Some(kernel) => kernel.pack(&packed, k * k * cin, cout),
+                None => packed,
+            },
+            panels,
+            bias,
+            winograd: OnceLock::new(),
+        })
+    }
+
+    /// The weight as a row-major `(k*k*cin) x cout` matrix.
+    fn row_major(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.panels {
+            Some(kernel) => kernel
+                .unpack(&self.weight, self.k * self.k * self.cin, self.cout)
+                .into(),
+            None => self.weight.as_slice().into(),
+        }
+    }
+
+    /// Channels per panel of the packed weight (8 where it is not panelled, which keeps
+    /// channel splits aligned for the general GEMM too).
+    fn panel_width(&self) -> usize {
+        self.panels.map_or(8, Kernel::width)
+    }
+
+    /// Output height and width for an input of `h` x `w` with padding `pad`.
+    fn output_size(&self, h: usize, w: usize, pad: Pad2d) -> Result<(usize, usize)> {
+        pad.output_size(h, w, self.k, self.stride)
+    }
+
+    /// `act(conv(pro(x)) + bias [+ residual])` as a new activation.
+    pub fn forward(
+        &self,
+        x: View,
+        pad: Pad2d,
+        pro: Option<Prologue>,
+        act: Activation,
+        residual: Option<&Act>,
+    ) -> Result<Act> {
+        self.forward_using(x, pad, pro, act, residual, None)
+    }
+
+    /// [`GemmConv::forward`] by `algorithm` (`None`: chosen by shape).
+    fn forward_using(
+        &self,
+        x: View,
+        pad: Pad2d,
+        pro: Option<Prologue>,
+        act: Activation,
+        residual: Option<&Act>,
+        algorithm: Option<Algorithm>,
+    ) -> Result<Act> {
+        let conv = self.launch(x, pad, pro, act, residual.map(|r| &r.data[..]), algorithm)?;
+        let (oh, ow) = (conv.oh, conv.ow);
+        if let Some(r) = residual {
+            if (r.n, r.h, r.w, r.c) != (x.n, oh, ow, self.cout) {
+                candle_core::bail!(
+                    "residual {:?} does not match the convolution output {:?}",
+                    (r.n, r.h, r.w, r.c),
+                    (x.n, oh, ow, self.cout)
+                )
+            }
+        }
+        let len = x.n * oh * ow * self.cout;
+        let mut data = Vec::with_capacity(len);
+        // SAFETY: the capacity holds every output row, `cout` apart; `run` writes all of it
+        // (every row block or channel panel) before `set_len` exposes it.
+        unsafe {
+            conv.run(SendPtr(data.as_mut_ptr()), self.cout)?;
+            data.set_len(len);
+        }
+        Ok(Act {
+            n: x.n,
+            h: oh,
+            w: ow,
+            c: self.cout,
+            data,
+        })
+    }
+
+    /// Write `act(conv(pro(x)) + bias)` into the first `cout` columns of `out`, whose rows
+    /// are `out_stride` apart (so a DenseNet layer writes straight into its block's
+    /// concatenated features).
+    pub fn forward_into(
+        &self,
+        x: View,
+        pad: Pad2d,
+        pro: Option<Prologue>,
+        out: &mut [f32],
+        out_stride: usize,
+        act: Activation,
+    ) -> Result<()> {
+        self.forward_into_using(x, pad, pro, out, out_stride, act, None)
+    }
+
+    /// [`GemmConv::forward_into`] by `algorithm` (`None`: chosen by shape).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_into_using(
+        &self,
+        x: View,
+        pad: Pad2d,
+        pro: Option<Prologue>,
+        out: &mut [f32],
+        out_stride: usize,
+        act: Activation,
+        algorithm: Option<Algorithm>,
+    ) -> Result<()> {
+        let conv = self.launch(x, pad, pro, act, None, algorithm)?;
+        let rows = x.n * conv.oh * conv.ow;
+        if rows == 0 || out_stride < self.cout || out.len() < (rows - 1) * out_stride + self.cout {
+            candle_core::bail!("conv: empty input, or output buffer too small")
+        }
+        // SAFETY: `out` was just checked to hold every row.
+        unsafe { conv.run(SendPtr(out.as_mut_ptr()), out_stride) }
+    }
+
+    /// One call of this convolution on `x`, its output size worked out.
+    fn launch<'a>(
+        &'a self,
+        x: View<'a>,
+        pad: Pad2d,
+        pro: Option<Prologue<'a>>,
+        act: Activation,
+        residual: Option<&'a [f32]>,
+        algorithm: Option<Algorithm>,
+    ) -> Result<Launch<'a>> {
+        let (oh, ow) = self.output_size(x.h, x.w, pad)?;
+        Ok(Launch {
+            conv: self,
+            x,
+            pad,
+            pro,
+            act,
+            residual,
+            oh,
+            ow,
+            algorithm,
+        })
+    }
+}

@@ -1,0 +1,222 @@
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::model::kernels::reference::conv2d_reference;
+use crate::model::kernels::testing::*;
+
+#[test]
+fn gemm_conv_matches_candle() {
+    for isa in levels() {
+        gemm_conv_matches_candle_at(isa);
+    }
+}
+
+fn gemm_conv_matches_candle_at(isa: Isa) {
+    let dev = Device::Cpu;
+    // Batch 9 and 20x20 make some cases large enough to be split by rows.
+    for (n, cin, cout, h, w, k, s, pad, act) in [
+        (2, 3, 8, 13, 11, 7, 2, p(3, 3, 3, 3), Activation::Relu),
+        (2, 6, 5, 9, 9, 3, 1, p(1, 1, 1, 1), Activation::Identity),
+        (2, 6, 5, 10, 10, 3, 2, p(0, 1, 0, 1), Activation::Relu6),
+        (2, 8, 4, 7, 7, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+        (2, 8, 4, 8, 8, 1, 2, p(0, 0, 0, 0), Activation::Identity),
+        (9, 16, 12, 20, 20, 3, 1, p(1, 1, 1, 1), Activation::Relu),
+        (9, 16, 12, 20, 20, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+        // Few rows and more channels: the output channels are split between threads.
+        (1, 8, 40, 6, 6, 3, 1, p(1, 1, 1, 1), Activation::Relu),
+        (1, 8, 40, 5, 5, 1, 1, p(0, 0, 0, 0), Activation::Identity),
+        // Multiples of 16 channels (AVX-512 panels), split by rows and by channels.
+        (2, 8, 32, 13, 11, 3, 2, p(0, 1, 0, 1), Activation::Relu6),
+        (9, 16, 48, 20, 20, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+        (1, 24, 80, 6, 6, 3, 1, p(1, 1, 1, 1), Activation::Identity),
+        (1, 16, 96, 3, 3, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+        let conv = GemmConv::pack(&wt, Some(&b), s, isa).unwrap();
+        let reference = conv2d_reference(&x, &wt, s, pad, 1).unwrap();
+        let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
+        for with_res in [false, true] {
+            let res_act = with_res.then(|| Act::from_nchw(&res).unwrap());
+            let ours = conv
+                .forward(
+                    Act::from_nchw(&x).unwrap().view(),
+                    pad,
+                    None,
+                    act,
+                    res_act.as_ref(),
+                )
+                .unwrap()
+                .to_nchw(&dev)
+                .unwrap();
+            let expected = reference_epilogue(reference.clone(), &b, with_res.then_some(&res), act);
+            let diff = max_abs_diff(&ours, &expected);
+            assert!(
+                diff < 1e-4,
+                "{isa} {cin}->{cout} {h}x{w} k{k} s{s} res {with_res}: {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_writes_into_a_wider_buffer() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &dev).unwrap();
+    let wt = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
+    let conv = GemmConv::pack(&wt, None, 1, Isa::best()).unwrap();
+    let xa = Act::from_nchw(&x).unwrap();
+    let pad = Pad2d::uniform(1);
+    let alone = conv
+        .forward(xa.view(), pad, None, Activation::Identity, None)
+        .unwrap();
+    let mut wide = vec![7f32; xa.rows() * 5];
+    conv.forward_into(xa.view(), pad, None, &mut wide, 5, Activation::Identity)
+        .unwrap();
+    for (row, expect) in wide.chunks(5).zip(alone.data.chunks(3)) {
+        assert_eq!(&row[..3], expect);
+        assert_eq!(&row[3..], &[7.0, 7.0], "columns past cout are left alone");
+    }
+}
+
+/// `relu(x[:, ..c] * scale + shift)` per channel, in candle.
+fn reference_prologue(x: &Tensor, scale: &[f32], shift: &[f32]) -> Tensor {
+    let dev = x.device();
+    let c = scale.len();
+    let s = Tensor::new(scale, dev)
+        .unwrap()
+        .reshape((1, c, 1, 1))
+        .unwrap();
+    let b = Tensor::new(shift, dev)
+        .unwrap()
+        .reshape((1, c, 1, 1))
+        .unwrap();
+    x.narrow(1, 0, c)
+        .unwrap()
+        .broadcast_mul(&s)
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap()
+        .relu()
+        .unwrap()
+}
+
+#[test]
+fn conv_reads_a_channel_prefix_through_a_prologue() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (3, 5, 12, 12), &dev).unwrap();
+    let xa = Act::from_nchw(&x).unwrap();
+    let (scale, shift) = ([0.5f32, -1.0, 2.0], [0.1f32, 0.2, -0.3]);
+    let pro = Prologue {
+        scale: &scale,
+        shift: &shift,
+    };
+    let input = reference_prologue(&x, &scale, &shift);
+    for (k, pad, isa) in levels().into_iter().flat_map(|i| [(1, 0, i), (3, 1, i)]) {
+        let wt = Tensor::randn(0f32, 1.0, (16, 3, k, k), &dev).unwrap();
+        let conv = GemmConv::pack(&wt, None, 1, isa).unwrap();
+        let pad = Pad2d::uniform(pad);
+        let ours = conv
+            .forward(xa.prefix(3), pad, Some(pro), Activation::Identity, None)
+            .unwrap()
+            .to_nchw(&dev)
+            .unwrap();
+        let expected = conv2d_reference(&input, &wt, 1, pad, 1).unwrap();
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(diff < 1e-4, "{isa} k{k}: {diff}");
+    }
+}
+
+#[test]
+fn winograd_matches_candle() {
+    for isa in levels() {
+        winograd_matches_candle_at(isa);
+    }
+}
+
+fn winograd_matches_candle_at(isa: Isa) {
+    let dev = Device::Cpu;
+    // Enough 2x2 tiles for blocks of tiles on every thread, and too few for that.
+    let many = (32 * rayon::current_num_threads()).div_ceil(25) + 1;
+    let (scale, shift) = ([0.5f32, -1.0, 2.0, 0.7, 1.5], [0.1f32, 0.2, -0.3, 0.0, 0.4]);
+    let pro = Prologue {
+        scale: &scale,
+        shift: &shift,
+    };
+    for (n, cin, cout, h, w, pad, act) in [
+        (many, 5, 12, 10, 9, p(1, 1, 1, 1), Activation::Relu),
+        (1, 5, 40, 7, 7, p(1, 1, 1, 1), Activation::Identity),
+        (2, 5, 3, 6, 11, p(0, 1, 2, 0), Activation::Relu6),
+        (1, 5, 8, 3, 3, p(0, 0, 0, 0), Activation::Relu),
+        (many, 5, 32, 10, 9, p(1, 1, 1, 1), Activation::Relu6),
+        (1, 5, 48, 7, 7, p(1, 1, 1, 1), Activation::Relu),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (n, cin + 2, h, w), &dev).unwrap();
+        let xa = Act::from_nchw(&x).unwrap();
+        let wt = Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+        let conv = GemmConv::pack(&wt, Some(&b), 1, isa).unwrap();
+        for with_pro in [false, true] {
+            let input = if with_pro {
+                reference_prologue(&x, &scale, &shift)
+            } else {
+                x.narrow(1, 0, cin).unwrap()
+            };
+            let pro = with_pro.then_some(pro);
+            let reference = conv2d_reference(&input, &wt, 1, pad, 1).unwrap();
+            let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
+            let res_act = Act::from_nchw(&res).unwrap();
+            let expected = reference_epilogue(reference.clone(), &b, Some(&res), act);
+            let ours = conv
+                .forward_using(
+                    xa.prefix(cin),
+                    pad,
+                    pro,
+                    act,
+                    Some(&res_act),
+                    Some(Algorithm::Winograd),
+                )
+                .unwrap()
+                .to_nchw(&dev)
+                .unwrap();
+            let diff = max_abs_diff(&ours, &expected);
+            assert!(
+                diff < 1e-4,
+                "{isa} {n}x{cin}->{cout} {h}x{w} {pad:?}: {diff}"
+            );
+
+            // Into every other column of a wider buffer, against the GEMM path.
+            let gemm = conv
+                .forward_using(xa.prefix(cin), pad, pro, act, None, Some(Algorithm::Gemm))
+                .unwrap();
+            let mut wide = vec![7f32; gemm.rows() * (cout + 1)];
+            conv.forward_into_using(
+                xa.prefix(cin),
+                pad,
+                pro,
+                &mut wide,
+                cout + 1,
+                act,
+                Some(Algorithm::Winograd),
+            )
+            .unwrap();
+            for (row, expect) in wide.chunks(cout + 1).zip(gemm.data.chunks(cout)) {
+                for (a, b) in row.iter().zip(expect) {
+                    assert!((a - b).abs() < 1e-4, "into a wider buffer: {a} vs {b}");
+                }
+                assert_eq!(row[cout], 7.0, "the column past cout is left alone");
+            }
+        }
+    }
+    // Anything but 3x3 stride 1 is refused rather than computed wrongly.
+    let wt = Tensor::randn(0f32, 1.0, (4, 5, 3, 3), &dev).unwrap();
+    let x = Act::from_nchw(&Tensor::randn(0f32, 1.0, (1, 5, 8, 8), &dev).unwrap()).unwrap();
+    let strided = GemmConv::pack(&wt, None, 2, isa).unwrap();
+    let pad = Pad2d::uniform(1);
+    let id = Activation::Identity;
+    let forced = Some(Algorithm::Winograd);
+    assert!(strided
+        .forward_using(x.view(), pad, None, id, None, forced)
+        .is_err());
+}
