@@ -23,6 +23,10 @@ const REL_TOL: f32 = 1e-4;
 #[derive(Deserialize)]
 struct Fixture {
     input_shape: Vec<usize>,
+    /// `noise` (default): `synthetic::input`; `noise+blocks`: its last image replaced by
+    /// `synthetic::input_with_blocks`'s.
+    #[serde(default)]
+    input: Option<String>,
     num_classes: usize,
     logits: Vec<Vec<f32>>,
 }
@@ -69,7 +73,12 @@ fn check(case: &str, also_unfolded: bool) {
         .unwrap_or_else(|| panic!("{case}: no architecture"));
     let dev = test_device();
     let on_gpu = !dev.is_cpu();
-    let x = synthetic::input(&fx.input_shape, &dev).unwrap();
+    let x = match fx.input.as_deref() {
+        None | Some("noise") => synthetic::input(&fx.input_shape, &dev),
+        Some("noise+blocks") => synthetic::input_with_blocks(&fx.input_shape, &dev),
+        Some(other) => panic!("{case}: unknown input {other}"),
+    }
+    .unwrap();
     let build = |fold_batchnorm, isa| {
         Network::build(
             arch,
@@ -223,4 +232,40 @@ fn efficientnet_lite3() {
 #[test]
 fn resnet18_with_37_classes() {
     check("resnet18_37classes", false);
+}
+#[test]
+fn efficientnet_b0() {
+    check("efficientnet_b0", true);
+}
+#[test]
+fn efficientnet_b2() {
+    check("efficientnet_b2", false);
+}
+#[test]
+fn efficientnet_b4() {
+    check("efficientnet_b4", false);
+}
+#[test]
+fn tf_efficientnet_b0() {
+    check("tf_efficientnet_b0", true);
+}
+#[test]
+fn tf_efficientnet_b3_odd_input_size() {
+    check("tf_efficientnet_b3_odd", false);
+}
+#[test]
+fn mobilenetv3_large_100() {
+    check("mobilenetv3_large_100", true);
+}
+#[test]
+fn mobilenetv3_small_100() {
+    check("mobilenetv3_small_100", false);
+}
+#[test]
+fn mobilenetv4_conv_small() {
+    check("mobilenetv4_conv_small", true);
+}
+#[test]
+fn mobilenetv4_conv_medium() {
+    check("mobilenetv4_conv_medium", false);
 }

@@ -223,6 +223,11 @@ impl Conv2d {
         self.spec.out_channels
     }
 
+    /// Whether this convolution runs on the NHWC CPU kernels (packed CPU f32 weights).
+    pub fn has_nhwc_kernel(&self) -> bool {
+        self.packed.is_some()
+    }
+
     /// Scale each output channel by `scale` and add `shift` to the bias: the result of
     /// applying an affine map after this convolution. Packs the folded weights per `opts`.
     fn fold_affine(self, affine: &ChannelAffine, opts: LoadOptions) -> Result<Self> {
@@ -432,7 +437,7 @@ impl ConvBn {
 
     /// Whether this convolution runs on the NHWC CPU kernels (folded, CPU f32 weights).
     pub fn has_nhwc_kernel(&self) -> bool {
-        self.nhwc().is_ok_and(|conv| conv.packed.is_some())
+        self.nhwc().is_ok_and(Conv2d::has_nhwc_kernel)
     }
 
     pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
@@ -495,6 +500,18 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
     x.clamp(0f32, 6f32)
+}
+
+/// An epilogue's activation on an NCHW tensor, with candle's operations (the stock path).
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Identity => Ok(x.clone()),
+        Activation::Relu => x.relu(),
+        Activation::Relu6 => relu6(x),
+        Activation::HardSwish => x.mul(&((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?),
+        Activation::Silu => x.silu(),
+        Activation::Gelu => x.gelu_erf(),
+    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 //! variant of the same family is refused naming the first key that does not fit, never run.
 
 pub mod densenet;
-pub mod efficientnet_lite;
+pub mod efficientnet;
+pub mod efficientnet_blocks;
 pub mod kernels;
 pub mod layers;
+pub mod mobilenet;
 pub mod resnet;
 
 use std::sync::Arc;
@@ -22,7 +24,7 @@ pub use layers::LoadOptions;
 
 use crate::preprocess::{Interpolation, PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD};
 use crate::weights::Checkpoint;
-use efficientnet_lite::Variant;
+use efficientnet::{efficientnet_b, efficientnet_lite, Variant};
 
 /// What a family of architectures provides; configs (`resnet::Config`, ...) implement it.
 pub trait Family: std::fmt::Debug + Sync {
@@ -36,7 +38,7 @@ pub trait Family: std::fmt::Debug + Sync {
 
     /// The name of the architecture a checkpoint's key layout proves it is, where that
     /// differs from the one asked for (keys as stored, before [`Family::canonical_key`]).
-    fn implied_by(&self, _keys: &[&str]) -> Option<&'static str> {
+    fn implied_by(&self, _keys: &[&str]) -> Option<String> {
         None
     }
 
@@ -180,7 +182,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         Some("timm/efficientnet_lite0.ra_in1k"),
         TV_BICUBIC,
         0.39,
-        efficientnet_lite::efficientnet_lite(0, Variant::PyTorch)
+        efficientnet_lite(0, Variant::PyTorch)
     ),
     arch!(
         "efficientnet_lite1",
@@ -193,7 +195,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_STD
         ),
         0.50,
-        efficientnet_lite::efficientnet_lite(1, Variant::PyTorch)
+        efficientnet_lite(1, Variant::PyTorch)
     ),
     arch!(
         "efficientnet_lite2",
@@ -206,7 +208,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_STD
         ),
         0.58,
-        efficientnet_lite::efficientnet_lite(2, Variant::PyTorch)
+        efficientnet_lite(2, Variant::PyTorch)
     ),
     arch!(
         "efficientnet_lite3",
@@ -219,7 +221,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_STD
         ),
         0.85,
-        efficientnet_lite::efficientnet_lite(3, Variant::PyTorch)
+        efficientnet_lite(3, Variant::PyTorch)
     ),
     arch!(
         "efficientnet_lite4",
@@ -232,28 +234,28 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_STD
         ),
         1.35,
-        efficientnet_lite::efficientnet_lite(4, Variant::PyTorch)
+        efficientnet_lite(4, Variant::PyTorch)
     ),
     arch!(
         "tf_efficientnet_lite0",
         Some("timm/tf_efficientnet_lite0.in1k"),
         timm_cfg(224, 0.875, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
         0.39,
-        efficientnet_lite::efficientnet_lite(0, Variant::TensorFlow)
+        efficientnet_lite(0, Variant::TensorFlow)
     ),
     arch!(
         "tf_efficientnet_lite1",
         Some("timm/tf_efficientnet_lite1.in1k"),
         timm_cfg(240, 0.882, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
         0.50,
-        efficientnet_lite::efficientnet_lite(1, Variant::TensorFlow)
+        efficientnet_lite(1, Variant::TensorFlow)
     ),
     arch!(
         "tf_efficientnet_lite2",
         Some("timm/tf_efficientnet_lite2.in1k"),
         timm_cfg(260, 0.890, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
         0.58,
-        efficientnet_lite::efficientnet_lite(2, Variant::TensorFlow)
+        efficientnet_lite(2, Variant::TensorFlow)
     ),
     arch!(
         "tf_efficientnet_lite3",
@@ -266,7 +268,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             TF_MEAN_STD
         ),
         0.85,
-        efficientnet_lite::efficientnet_lite(3, Variant::TensorFlow)
+        efficientnet_lite(3, Variant::TensorFlow)
     ),
     arch!(
         "tf_efficientnet_lite4",
@@ -279,7 +281,153 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             TF_MEAN_STD
         ),
         1.35,
-        efficientnet_lite::efficientnet_lite(4, Variant::TensorFlow)
+        efficientnet_lite(4, Variant::TensorFlow)
+    ),
+    arch!(
+        "efficientnet_b0",
+        Some("timm/efficientnet_b0.ra_in1k"),
+        TV_BICUBIC,
+        0.40,
+        efficientnet_b(0, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_b1",
+        Some("timm/efficientnet_b1.ra4_e3600_r240_in1k"),
+        timm_cfg(240, 0.9, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
+        0.59,
+        efficientnet_b(1, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_b2",
+        Some("timm/efficientnet_b2.ra_in1k"),
+        timm_cfg(
+            256,
+            0.875,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.68,
+        efficientnet_b(2, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_b3",
+        Some("timm/efficientnet_b3.ra2_in1k"),
+        timm_cfg(
+            288,
+            0.875,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.99,
+        efficientnet_b(3, Variant::PyTorch)
+    ),
+    arch!(
+        "efficientnet_b4",
+        Some("timm/efficientnet_b4.ra2_in1k"),
+        timm_cfg(
+            320,
+            0.875,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        1.54,
+        efficientnet_b(4, Variant::PyTorch)
+    ),
+    arch!(
+        "tf_efficientnet_b0",
+        Some("timm/tf_efficientnet_b0.ns_jft_in1k"),
+        TV_BICUBIC,
+        0.40,
+        efficientnet_b(0, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_b1",
+        Some("timm/tf_efficientnet_b1.ns_jft_in1k"),
+        timm_cfg(
+            240,
+            0.882,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.59,
+        efficientnet_b(1, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_b2",
+        Some("timm/tf_efficientnet_b2.ns_jft_in1k"),
+        timm_cfg(
+            260,
+            0.890,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.68,
+        efficientnet_b(2, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_b3",
+        Some("timm/tf_efficientnet_b3.ns_jft_in1k"),
+        timm_cfg(
+            300,
+            0.904,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.99,
+        efficientnet_b(3, Variant::TensorFlow)
+    ),
+    arch!(
+        "tf_efficientnet_b4",
+        Some("timm/tf_efficientnet_b4.ns_jft_in1k"),
+        timm_cfg(
+            380,
+            0.922,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        1.54,
+        efficientnet_b(4, Variant::TensorFlow)
+    ),
+    arch!(
+        "mobilenetv3_large_100",
+        Some("timm/mobilenetv3_large_100.ra_in1k"),
+        TV_BICUBIC,
+        0.22,
+        mobilenet::mobilenetv3_large_100()
+    ),
+    arch!(
+        "mobilenetv3_small_100",
+        Some("timm/mobilenetv3_small_100.lamb_in1k"),
+        TV_BICUBIC,
+        0.06,
+        mobilenet::mobilenetv3_small_100()
+    ),
+    arch!(
+        "mobilenetv4_conv_small",
+        Some("timm/mobilenetv4_conv_small.e2400_r224_in1k"),
+        TV_BICUBIC,
+        0.19,
+        mobilenet::mobilenetv4_conv_small()
+    ),
+    arch!(
+        "mobilenetv4_conv_medium",
+        Some("timm/mobilenetv4_conv_medium.e500_r256_in1k"),
+        timm_cfg(
+            256,
+            0.95,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.84,
+        mobilenet::mobilenetv4_conv_medium()
     ),
 ];
 
@@ -362,7 +510,7 @@ impl Arch {
             .0
             .family
             .implied_by(&keys)
-            .and_then(|n| Arch::from_name(n).ok())
+            .and_then(|n| Arch::from_name(&n).ok())
         {
             Some(implied) if implied != self => {
                 tracing::info!(

@@ -67,6 +67,22 @@ pub fn input(shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
     Tensor::from_vec(data, shape, device)
 }
 
+/// [`input`] with its last image replaced by blocks of 16x16 pixels at -1.5, 0 or 1.5
+/// (`((y / 16 + x / 16 + channel) mod 3 - 1) * 1.5`): for networks whose pooled features
+/// hardly differ between two noise images, a second image that is nothing like the first.
+pub fn input_with_blocks(shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+    let x = input(shape, device)?;
+    let (n, c, h, w) = x.dims4()?;
+    let blocks: Vec<f32> = (0..c * h * w)
+        .map(|i| {
+            let (ch, y, x) = (i / (h * w), (i / w) % h, i % w);
+            ((y / 16 + x / 16 + ch) % 3) as f32 * 1.5 - 1.5
+        })
+        .collect();
+    let blocks = Tensor::from_vec(blocks, (1, c, h, w), device)?;
+    Tensor::cat(&[x.narrow(0, 0, n - 1)?, blocks], 0)
+}
+
 /// A `VarBuilder` backend that makes up every tensor it is asked for from [`values`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyntheticWeights;

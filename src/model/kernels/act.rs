@@ -46,17 +46,26 @@ pub enum Activation {
     Identity,
     Relu,
     Relu6,
+    /// `x * relu6(x + 3) / 6` (MobileNetV3).
+    HardSwish,
+    /// `x * sigmoid(x)`, also called swish (EfficientNet).
+    Silu,
+    /// `x * Phi(x)` with the exact (erf) normal CDF (ConvNeXt, ViT).
+    Gelu,
 }
 
 impl Activation {
-    /// In place over a slice, the `match` outside the loop so that each arm vectorises.
-    #[inline(always)]
-    pub(super) fn apply_all(self, xs: &mut [f32]) {
-        match self {
-            Activation::Identity => {}
-            Activation::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Activation::Relu6 => xs.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-        }
+    /// Whether the vector kernels apply it to a block in registers before the store. The
+    /// others (`exp` and `erf` inside) get a pass over the block just stored, while it is
+    /// in cache ([`Activation::apply`]).
+    pub fn in_registers(self) -> bool {
+        !matches!(self, Activation::Silu | Activation::Gelu)
+    }
+
+    /// In place over a slice, by the copy compiled for `isa`.
+    #[inline]
+    pub fn apply(self, xs: &mut [f32], isa: super::Isa) {
+        super::math::apply(self, xs, isa)
     }
 }
 
@@ -124,28 +133,49 @@ impl Act {
     /// The mean of every channel (after `pro`, if given) over each image's pixels: `(n, c)`,
     /// ready for a classifier.
     pub fn global_avg_pool(&self, pro: Option<Prologue>, device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(self.channel_means(pro), (self.n, self.c), device)
+    }
+
+    /// The mean of every channel (after `pro`, if given) over each image's pixels, `n * c`
+    /// values. Partial sums over fixed runs of pixels are computed in parallel and added in
+    /// order, so an image's means depend neither on its batch nor on the thread count.
+    pub fn channel_means(&self, pro: Option<Prologue>) -> Vec<f32> {
+        const RUN: usize = 64;
         let (hw, c) = (self.h * self.w, self.c);
-        let mut out = vec![0f32; self.n * c];
-        out.par_chunks_mut(c)
-            .zip(self.data.par_chunks(hw * c))
-            .for_each(|(sum, image)| {
-                let mut px_out = vec![0f32; c];
-                for px in image.chunks_exact(c) {
-                    let px = match pro {
-                        Some(p) => {
-                            p.apply(px, &mut px_out);
-                            &px_out[..]
-                        }
-                        None => px,
-                    };
-                    for (s, &v) in sum.iter_mut().zip(px) {
-                        *s += v;
+        let runs = hw.div_ceil(RUN);
+        let mut partial = vec![0f32; self.n * runs * c];
+        partial.par_chunks_mut(c).enumerate().for_each(|(i, sum)| {
+            let (img, run) = (i / runs, i % runs);
+            let (start, end) = (run * RUN, ((run + 1) * RUN).min(hw));
+            let pixels = &self.data[(img * hw + start) * c..(img * hw + end) * c];
+            let mut px_out = vec![0f32; if pro.is_some() { c } else { 0 }];
+            for px in pixels.chunks_exact(c) {
+                let px = match pro {
+                    Some(p) => {
+                        p.apply(px, &mut px_out);
+                        &px_out[..]
                     }
+                    None => px,
+                };
+                for (s, &v) in sum.iter_mut().zip(px) {
+                    *s += v;
                 }
-                let scale = 1.0 / hw as f32;
-                sum.iter_mut().for_each(|s| *s *= scale);
-            });
-        Tensor::from_vec(out, (self.n, c), device)
+            }
+        });
+        let mut means = vec![0f32; self.n * c];
+        let scale = 1.0 / hw as f32;
+        for (mean, runs) in means
+            .chunks_exact_mut(c)
+            .zip(partial.chunks_exact(runs * c))
+        {
+            for run in runs.chunks_exact(c) {
+                for (m, &v) in mean.iter_mut().zip(run) {
+                    *m += v;
+                }
+            }
+            mean.iter_mut().for_each(|m| *m *= scale);
+        }
+        means
     }
 }
 

@@ -9,6 +9,8 @@
 //!   receptive fields) with bias, activation and residual applied while each block is in
 //!   cache; Winograd F(2x2, 3x3) for 3x3 stride-1.
 //! - [`depthwise`]: depthwise convolutions, vectorised over the channels of a pixel.
+//! - [`excite`]: squeeze-excite (channel means, two small layers, a gate, a scaling pass).
+//! - [`math`]: the element-wise activations (SiLU, GELU, hard-swish) and gates, per ISA.
 //! - [`pool`]: max, average and global average pooling.
 //! - [`par`]: splitting work between threads, and every `unsafe impl Send/Sync`.
 //! - [`scratch`]: per-thread buffers reused from call to call.
@@ -21,8 +23,10 @@
 pub mod act;
 pub mod conv;
 pub mod depthwise;
+pub mod excite;
 pub mod gemm;
 pub mod isa;
+pub mod math;
 mod par;
 pub mod pool;
 pub mod reference;

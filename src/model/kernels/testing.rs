@@ -37,12 +37,18 @@ pub fn reference_epilogue(
     if let Some(r) = res {
         y = (y + r).unwrap();
     }
-    match act {
-        Activation::Identity => y,
-        Activation::Relu => y.relu().unwrap(),
-        Activation::Relu6 => y.clamp(0f32, 6f32).unwrap(),
-    }
+    crate::model::layers::activate(&y, act).unwrap()
 }
+
+/// Every activation, for the epilogue tests.
+pub const ACTIVATIONS: [Activation; 6] = [
+    Activation::Identity,
+    Activation::Relu,
+    Activation::Relu6,
+    Activation::HardSwish,
+    Activation::Silu,
+    Activation::Gelu,
+];
 
 /// Every instruction set this CPU runs (the scalar one included); says which it cannot.
 pub fn levels() -> Vec<Isa> {

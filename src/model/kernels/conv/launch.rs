@@ -210,11 +210,16 @@ impl Launch<'_> {
             let (n, k) = (chans.len(), lhs.k);
             // Bias and activation in registers, so the output is written once; but a residual
             // (cold, from an earlier layer) streams better in its own pass over the block
-            // than in the kernel's row-by-row finish, and then the pass does all three.
+            // than in the kernel's row-by-row finish, and then the pass does all three. An
+            // activation with `exp` or `erf` inside gets a pass over the block just stored.
             let finish = match self.residual {
-                None => Finish {
+                None if self.act.in_registers() => Finish {
                     bias: Some(conv.bias[chans.start..].as_ptr()),
                     act: self.act,
+                },
+                None => Finish {
+                    bias: Some(conv.bias[chans.start..].as_ptr()),
+                    act: Activation::Identity,
                 },
                 Some(_) => Finish::NONE,
             };
@@ -223,6 +228,14 @@ impl Launch<'_> {
             // and the caller gives these output rows' channels to this call alone.
             unsafe { kernel.gemm(len, n, k, x, x_rs, w, base, out_stride, finish) };
             if self.residual.is_none() {
+                if !self.act.in_registers() {
+                    for r in 0..len {
+                        // SAFETY: row `r` of this call's output block, written above.
+                        let row =
+                            unsafe { std::slice::from_raw_parts_mut(base.add(r * out_stride), n) };
+                        self.act.apply(row, conv.isa);
+                    }
+                }
                 return;
             }
         } else {
@@ -262,7 +275,7 @@ impl Launch<'_> {
                 }
             }
         }
-        self.act.apply_all(row);
+        self.act.apply(row, self.conv.isa);
     }
 }
 

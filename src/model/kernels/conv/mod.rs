@@ -31,6 +31,8 @@ pub struct GemmConv {
     weight: Vec<f32>,
     panels: Option<Kernel>,
     bias: Vec<f32>,
+    /// The instruction set of the element-wise passes (activations), as the panels'.
+    isa: Isa,
     /// The Winograd form of a 3x3 stride-1 weight, made the first time a call takes that path.
     winograd: OnceLock<Vec<f32>>,
 }
@@ -82,6 +84,7 @@ impl GemmConv {
             },
             panels,
             bias,
+            isa,
             winograd: OnceLock::new(),
         })
     }

@@ -151,6 +151,10 @@ fn winograd_matches_candle_at(isa: Isa) {
         (1, 5, 8, 3, 3, p(0, 0, 0, 0), Activation::Relu),
         (many, 5, 32, 10, 9, p(1, 1, 1, 1), Activation::Relu6),
         (1, 5, 48, 7, 7, p(1, 1, 1, 1), Activation::Relu),
+        // The activations with a pass of their own after the store.
+        (many, 5, 16, 10, 9, p(1, 1, 1, 1), Activation::Silu),
+        (1, 5, 40, 7, 7, p(1, 1, 1, 1), Activation::Gelu),
+        (2, 5, 3, 6, 11, p(0, 1, 2, 0), Activation::HardSwish),
     ] {
         let x = Tensor::randn(0f32, 1.0, (n, cin + 2, h, w), &dev).unwrap();
         let xa = Act::from_nchw(&x).unwrap();

@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::Rows;
+use crate::model::kernels::math::{self, registers};
 use crate::model::kernels::Activation;
 
 const L: usize = 8;
@@ -40,11 +41,7 @@ pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
                 for &(t, off) in taps {
                     acc = (*x.add(off + ch)).mul_add(*w.add(t + ch), acc);
                 }
-                *out.add(ch) = match act {
-                    Activation::Identity => acc,
-                    Activation::Relu => acc.max(0.0),
-                    Activation::Relu6 => acc.clamp(0.0, 6.0),
-                };
+                *out.add(ch) = math::activate(act, acc);
             }
         }
     });
@@ -78,14 +75,8 @@ unsafe fn block<const V: usize>(
                 *a = _mm256_fmadd_ps(px, k, *a);
             }
         }
-        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
         for (v, a) in acc.into_iter().enumerate() {
-            let a = match act {
-                Activation::Identity => a,
-                Activation::Relu => _mm256_max_ps(a, zero),
-                Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(a, zero), six),
-            };
-            _mm256_storeu_ps(out.add(c0 + v * L), a);
+            _mm256_storeu_ps(out.add(c0 + v * L), registers::avx2(a, act));
         }
     }
 }

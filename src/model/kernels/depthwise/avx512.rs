@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::Rows;
+use crate::model::kernels::math::registers;
 use crate::model::kernels::Activation;
 
 const L: usize = 16;
@@ -43,7 +44,7 @@ pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
                     let k = _mm512_maskz_loadu_ps(mask, w.add(t + c0));
                     acc = _mm512_fmadd_ps(v, k, acc);
                 }
-                _mm512_mask_storeu_ps(out.add(c0), mask, activate(acc, act));
+                _mm512_mask_storeu_ps(out.add(c0), mask, registers::avx512(acc, act));
             }
         }
     });
@@ -78,19 +79,7 @@ unsafe fn block<const V: usize>(
             }
         }
         for (v, a) in acc.into_iter().enumerate() {
-            _mm512_storeu_ps(out.add(c0 + v * L), activate(a, act));
-        }
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn activate(a: __m512, act: Activation) -> __m512 {
-    match act {
-        Activation::Identity => a,
-        Activation::Relu => _mm512_max_ps(a, _mm512_setzero_ps()),
-        Activation::Relu6 => {
-            _mm512_min_ps(_mm512_max_ps(a, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
+            _mm512_storeu_ps(out.add(c0 + v * L), registers::avx512(a, act));
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{Finish, WIDTH_AVX2 as W};
-use crate::model::kernels::Activation;
+use crate::model::kernels::math::registers;
 
 /// Rows per register block.
 const ROWS: usize = 6;
@@ -104,7 +104,6 @@ unsafe fn block<const R: usize, const V: usize>(
             }
         }
     }
-    let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
     for (r, acc) in acc.iter().enumerate() {
         for (v, &a) in acc.iter().enumerate() {
             let mut a = a;
@@ -112,11 +111,7 @@ unsafe fn block<const R: usize, const V: usize>(
                 // SAFETY: the bias covers every column of the block.
                 a = _mm256_add_ps(a, unsafe { _mm256_loadu_ps(bias.add(W * v)) });
             }
-            a = match finish.act {
-                Activation::Identity => a,
-                Activation::Relu => _mm256_max_ps(a, zero),
-                Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(a, zero), six),
-            };
+            a = registers::avx2(a, finish.act);
             // SAFETY: row `r`, columns `8v..8v + 8` of the block are the caller's to write.
             unsafe { _mm256_storeu_ps(dst.add(r * dst_rs + W * v), a) };
         }

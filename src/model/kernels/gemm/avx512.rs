@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::{Finish, WIDTH_AVX512 as W};
-use crate::model::kernels::Activation;
+use crate::model::kernels::math::registers;
 
 /// Rows per register block.
 const ROWS: usize = 12;
@@ -106,7 +106,6 @@ unsafe fn block<const R: usize, const V: usize>(
             }
         }
     }
-    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
     for (r, acc) in acc.iter().enumerate() {
         for (v, &a) in acc.iter().enumerate() {
             let mut a = a;
@@ -114,11 +113,7 @@ unsafe fn block<const R: usize, const V: usize>(
                 // SAFETY: the bias covers every column of the block.
                 a = _mm512_add_ps(a, unsafe { _mm512_loadu_ps(bias.add(W * v)) });
             }
-            a = match finish.act {
-                Activation::Identity => a,
-                Activation::Relu => _mm512_max_ps(a, zero),
-                Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(a, zero), six),
-            };
+            a = registers::avx512(a, finish.act);
             // SAFETY: row `r`, columns `16v..16v + 16` of the block are the caller's to write.
             unsafe { _mm512_storeu_ps(dst.add(r * dst_rs + W * v), a) };
         }
