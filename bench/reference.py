@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 
+# torchvision's own networks (what torchvision users run); any other name is timm's.
 MODELS = {
     "resnet18": ("torchvision", "resnet18"),
     "resnet50": ("torchvision", "resnet50"),
@@ -30,19 +31,20 @@ MODELS = {
 
 
 def build(name):
+    """torchvision's network for the names in MODELS marked so, else timm's."""
     import timm
     import torchvision
-    kind, ctor = MODELS[name]
+    kind, ctor = MODELS.get(name, ("timm", name))
     model = getattr(torchvision.models, ctor)() if kind == "torchvision" else timm.create_model(ctor, pretrained=False)
     return model.eval()
 
 
-def case(framework, name, batch, iterations, warmup, threads):
+def case(framework, name, batch, iterations, warmup, threads, size):
     import numpy as np
     import torch
     torch.set_num_threads(threads)
     model = build(name)
-    x = torch.randn(batch, 3, 224, 224)
+    x = torch.randn(batch, 3, size, size)
     times = []
     if framework == "pytorch":
         model = model.to(memory_format=torch.channels_last)
@@ -60,7 +62,7 @@ def case(framework, name, batch, iterations, warmup, threads):
                           dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False)
         core = ov.Core()
         net = core.read_model(path)
-        net.reshape([batch, 3, 224, 224])
+        net.reshape([batch, 3, size, size])
         compiled = core.compile_model(net, "CPU", {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
@@ -92,6 +94,7 @@ def case(framework, name, batch, iterations, warmup, threads):
     pct = lambda p: times[min(len(times) - 1, max(0, int(np.ceil(len(times) * p)) - 1))] * 1000
     return {
         "framework": framework, "model": name, "batch_size": batch, "threads": threads,
+        "input_size": size,
         "images_per_sec": batch * len(times) / sum(times),
         "latency_ms_p50": pct(0.5), "latency_ms_p90": pct(0.9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -106,10 +109,11 @@ def main():
     ap.add_argument("--frameworks", nargs="+", default=["pytorch", "onnxruntime", "openvino"])
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--input-size", type=int, default=224, help="side of the square input (classify bench uses the architecture's)")
     ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(case(a.one[0], a.one[1], int(a.one[2]), a.iterations, a.warmup, a.threads)))
+        print(json.dumps(case(a.one[0], a.one[1], int(a.one[2]), a.iterations, a.warmup, a.threads, a.input_size)))
         return
     # Each case in its own process so peak RSS is that case's alone.
     for name in a.models:
@@ -117,7 +121,8 @@ def main():
             for fw in a.frameworks:
                 out = subprocess.run([sys.executable, __file__, "--one", fw, name, str(batch),
                                       "--threads", str(a.threads), "--iterations", str(a.iterations),
-                                      "--warmup", str(a.warmup)], capture_output=True, text=True)
+                                      "--warmup", str(a.warmup), "--input-size", str(a.input_size)],
+                                     capture_output=True, text=True)
                 line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else json.dumps(
                     {"framework": fw, "model": name, "batch_size": batch, "error": out.stderr[-500:]})
                 print(line, flush=True)

@@ -13,6 +13,10 @@
 # classify is also timed with its AVX2 kernels forced (CLASSIFY_CPU_ISA=avx2), for
 # information: the references still use AVX-512 there. The stock-candle column is timed
 # once, in alternation with the fast path (`classify bench` without --no-stock).
+# Environment: MODELS (architecture names; torchvision's for resnet/densenet as listed in
+# reference.py, timm's otherwise), FRAMEWORKS (default "pytorch onnxruntime openvino"),
+# STOCK=0 / AVX2=0 to skip those columns. The references run at the input size classify
+# benched (the architecture's own, e.g. 260 for tf_efficientnet_lite2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:?usage: bench/run.sh PYTHON [THREADS] [ITERATIONS] [ROUNDS]}
@@ -20,6 +24,10 @@ threads=${2:-$(nproc)}
 iters=${3:-10}
 rounds=${4:-3}
 models=${MODELS:-resnet18 resnet50 densenet121 tf_efficientnet_lite0}
+frameworks=${FRAMEWORKS:-pytorch onnxruntime openvino}
+# STOCK=0 skips the stock-candle column, AVX2=0 the AVX2-forced one (both slow to measure).
+stock=${STOCK:-1}
+avx2=${AVX2:-1}
 out=$(mktemp)
 cargo build --release --locked --bin classify >&2
 classify() {
@@ -32,20 +40,23 @@ for round in $(seq "$rounds"); do
   for model in $models; do
     for batch in 1 16; do
       echo "round $round: $model batch $batch" >&2
-      classify "$model" "$batch" --no-stock >>"$out"
-      if [ "$isa" = avx512 ]; then
+      classify "$model" "$batch" --no-stock | tee -a "$out" >"$out.last"
+      # The references run at the input size classify benched (the architecture's own).
+      size=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["input_size"])' "$out.last")
+      if [ "$isa" = avx512 ] && [ "$avx2" = 1 ]; then
         CLASSIFY_CPU_ISA=avx2 classify "$model" "$batch" --no-stock |
           "$py" -c 'import json,sys; r=json.load(sys.stdin); r["framework"]="classify_avx2"; print(json.dumps(r))' >>"$out"
       fi
-      for fw in pytorch onnxruntime openvino; do
+      for fw in $frameworks; do
         "$py" bench/reference.py --one "$fw" "$model" "$batch" --threads "$threads" \
-          --iterations "$iters" >>"$out"
+          --iterations "$iters" --input-size "$size" >>"$out"
       done
     done
   done
 done
 for model in $models; do
   for batch in 1 16; do
+    [ "$stock" = 1 ] || continue
     classify "$model" "$batch" | "$py" -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"framework": "stock", **r["stock"], "model": r["model"], "batch_size": r["batch_size"]}))' >>"$out"
   done
 done

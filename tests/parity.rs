@@ -65,6 +65,7 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
 }
 
 /// `case` is the timm architecture name, optionally followed by `_<what is special>`.
+/// `also_unfolded`: also run candle's stock operations, and BatchNorm unfolded.
 fn check(case: &str, also_unfolded: bool) {
     let fx = fixture(case);
     let arch = Arch::all()
@@ -79,7 +80,7 @@ fn check(case: &str, also_unfolded: bool) {
         Some(other) => panic!("{case}: unknown input {other}"),
     }
     .unwrap();
-    let build = |fold_batchnorm, isa| {
+    let build_with = |fold_batchnorm, isa, stock| {
         Network::build(
             arch,
             SyntheticWeights::var_builder(&dev),
@@ -87,11 +88,12 @@ fn check(case: &str, also_unfolded: bool) {
             LoadOptions {
                 fold_batchnorm,
                 isa,
-                stock: false,
+                stock,
             },
         )
         .unwrap()
     };
+    let build = |fold_batchnorm, isa| build_with(fold_batchnorm, isa, false);
     // Every lower instruction set this CPU runs gives the same logits as the best one.
     for isa in Isa::ALL.into_iter().filter(|&i| i > Isa::best()) {
         eprintln!("{case}: {isa} kernels not tested, this CPU lacks {isa}");
@@ -153,6 +155,11 @@ fn check(case: &str, also_unfolded: bool) {
     }
 
     if also_unfolded {
+        // candle's stock operations (the GPU path, and the CPU reference) match too.
+        let stock = rows(&build_with(true, Isa::best(), true).forward(&x).unwrap());
+        let err = relative_error(&stock, &fx.logits);
+        eprintln!("{case}: stock candle operations, relative error vs PyTorch {err:.2e}");
+        assert!(err <= REL_TOL, "{case} stock: relative error {err:e}");
         let unfolded = rows(&build(false, Isa::best()).forward(&x).unwrap());
         let err = relative_error(&unfolded, &fx.logits);
         assert!(err <= REL_TOL, "{case} unfolded: relative error {err:e}");
@@ -268,4 +275,20 @@ fn mobilenetv4_conv_small() {
 #[test]
 fn mobilenetv4_conv_medium() {
     check("mobilenetv4_conv_medium", false);
+}
+#[test]
+fn convnext_atto() {
+    check("convnext_atto", true);
+}
+#[test]
+fn convnext_tiny() {
+    check("convnext_tiny", false);
+}
+#[test]
+fn convnextv2_atto() {
+    check("convnextv2_atto", true);
+}
+#[test]
+fn convnextv2_tiny_odd_input_size() {
+    check("convnextv2_tiny_odd", false);
 }

@@ -11,7 +11,8 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::kernels::{
-    conv2d_reference, to_host, Act, Activation, DepthwiseConv, GemmConv, Isa, Pad2d, Prologue, View,
+    self, conv2d_reference, to_host, Act, Activation, DepthwiseConv, GemmConv, Isa, Pad2d,
+    Prologue, View,
 };
 
 /// Options that change how a checkpoint becomes a network, not what it computes.
@@ -157,6 +158,38 @@ impl Conv2d {
             spec,
             packed: None,
         })
+    }
+
+    /// A fully connected layer as a 1x1 convolution with bias: `nn.Linear`'s `(out, in)`
+    /// weight, or a 1x1 `nn.Conv2d`'s `(out, in, 1, 1)` where `conv_weight`. A per-channel
+    /// `scale` of its output (a layer scale) is folded into the weight and bias.
+    pub fn load_pointwise(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        conv_weight: bool,
+        scale: Option<&Tensor>,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let spec = ConvSpec::new(in_channels, out_channels, 1);
+        let mut weight = if conv_weight {
+            vb.get(spec.weight_shape(), "weight")?
+        } else {
+            vb.get((out_channels, in_channels), "weight")?
+                .reshape(spec.weight_shape())?
+        };
+        let mut bias = vb.get(out_channels, "bias")?;
+        if let Some(scale) = scale {
+            weight = weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+            bias = bias.mul(scale)?;
+        }
+        Self {
+            weight,
+            bias: Some(bias),
+            spec,
+            packed: None,
+        }
+        .packed(opts)
     }
 
     /// Pack the final weights once for the NHWC CPU kernels of `opts.isa` (CPU f32 weights
@@ -395,6 +428,53 @@ impl Module for Norm {
             Norm::Affine(a) => a.forward(x),
             Norm::Literal(bn) => bn.forward(x),
         }
+    }
+}
+
+/// LayerNorm over channels, with candle's operations (NCHW or `(n, c)` input) and the NHWC
+/// kernel.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    packed: Option<kernels::norm::LayerNorm>,
+}
+
+impl LayerNorm {
+    pub fn load(vb: VarBuilder, channels: usize, eps: f64, opts: LoadOptions) -> Result<Self> {
+        let (weight, bias) = (vb.get(channels, "weight")?, vb.get(channels, "bias")?);
+        let packed = (!opts.stock && weight.device().is_cpu())
+            .then(|| kernels::norm::LayerNorm::pack(&weight, &bias, eps, opts.isa))
+            .transpose()?;
+        Ok(Self {
+            weight,
+            bias,
+            eps,
+            packed,
+        })
+    }
+
+    pub fn forward_nhwc(&self, x: &mut Act) -> Result<()> {
+        match &self.packed {
+            Some(ln) => ln.forward_in_place(x),
+            None => candle_core::bail!("layer norm has no NHWC kernel (not packed)"),
+        }
+    }
+
+    /// Over the last dimension of `x`.
+    pub fn forward_last(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+    }
+
+    pub fn has_nhwc_kernel(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Over the channels of an NCHW tensor.
+    pub fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_last(&x.permute((0, 2, 3, 1))?)?
+            .permute((0, 3, 1, 2))
     }
 }
 

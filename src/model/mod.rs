@@ -7,6 +7,7 @@
 //! every tensor the checkpoint holds must be used. A checkpoint for another depth or
 //! variant of the same family is refused naming the first key that does not fit, never run.
 
+pub mod convnext;
 pub mod densenet;
 pub mod efficientnet;
 pub mod efficientnet_blocks;
@@ -287,14 +288,14 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         "efficientnet_b0",
         Some("timm/efficientnet_b0.ra_in1k"),
         TV_BICUBIC,
-        0.40,
+        0.39,
         efficientnet_b(0, Variant::PyTorch)
     ),
     arch!(
         "efficientnet_b1",
         Some("timm/efficientnet_b1.ra4_e3600_r240_in1k"),
         timm_cfg(240, 0.9, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD),
-        0.59,
+        0.57,
         efficientnet_b(1, Variant::PyTorch)
     ),
     arch!(
@@ -307,7 +308,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        0.68,
+        0.66,
         efficientnet_b(2, Variant::PyTorch)
     ),
     arch!(
@@ -320,7 +321,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        0.99,
+        0.96,
         efficientnet_b(3, Variant::PyTorch)
     ),
     arch!(
@@ -333,14 +334,14 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        1.54,
+        1.50,
         efficientnet_b(4, Variant::PyTorch)
     ),
     arch!(
         "tf_efficientnet_b0",
         Some("timm/tf_efficientnet_b0.ns_jft_in1k"),
         TV_BICUBIC,
-        0.40,
+        0.39,
         efficientnet_b(0, Variant::TensorFlow)
     ),
     arch!(
@@ -353,7 +354,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        0.59,
+        0.57,
         efficientnet_b(1, Variant::TensorFlow)
     ),
     arch!(
@@ -366,7 +367,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        0.68,
+        0.66,
         efficientnet_b(2, Variant::TensorFlow)
     ),
     arch!(
@@ -379,7 +380,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        0.99,
+        0.96,
         efficientnet_b(3, Variant::TensorFlow)
     ),
     arch!(
@@ -392,7 +393,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        1.54,
+        1.50,
         efficientnet_b(4, Variant::TensorFlow)
     ),
     arch!(
@@ -426,8 +427,124 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
             IMAGENET_MEAN,
             IMAGENET_STD
         ),
-        0.84,
+        0.83,
         mobilenet::mobilenetv4_conv_medium()
+    ),
+    arch!(
+        "convnext_atto",
+        Some("timm/convnext_atto.d2_in1k"),
+        TV_BICUBIC,
+        0.55,
+        convnext::convnext_atto(false)
+    ),
+    arch!(
+        "convnext_femto",
+        Some("timm/convnext_femto.d1_in1k"),
+        TV_BICUBIC,
+        0.78,
+        convnext::convnext_femto(false)
+    ),
+    arch!(
+        "convnext_pico",
+        Some("timm/convnext_pico.d1_in1k"),
+        TV_BICUBIC,
+        1.37,
+        convnext::convnext_pico(false)
+    ),
+    arch!(
+        "convnext_nano",
+        Some("timm/convnext_nano.in12k_ft_in1k"),
+        timm_cfg(
+            224,
+            0.95,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        2.45,
+        convnext::convnext_nano(false)
+    ),
+    arch!(
+        "convnext_tiny",
+        Some("timm/convnext_tiny.in12k_ft_in1k"),
+        timm_cfg(
+            224,
+            0.95,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        4.46,
+        convnext::convnext_tiny(false)
+    ),
+    arch!(
+        "convnext_small",
+        Some("timm/convnext_small.in12k_ft_in1k"),
+        timm_cfg(
+            224,
+            0.95,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        8.68,
+        convnext::convnext_small(false)
+    ),
+    arch!(
+        "convnext_base",
+        Some("timm/convnext_base.fb_in22k_ft_in1k"),
+        TV_BICUBIC,
+        15.35,
+        convnext::convnext_base(false)
+    ),
+    arch!(
+        "convnextv2_atto",
+        Some("timm/convnextv2_atto.fcmae_ft_in1k"),
+        TV_BICUBIC,
+        0.55,
+        convnext::convnext_atto(true)
+    ),
+    arch!(
+        "convnextv2_femto",
+        Some("timm/convnextv2_femto.fcmae_ft_in1k"),
+        TV_BICUBIC,
+        0.78,
+        convnext::convnext_femto(true)
+    ),
+    arch!(
+        "convnextv2_pico",
+        Some("timm/convnextv2_pico.fcmae_ft_in1k"),
+        TV_BICUBIC,
+        1.37,
+        convnext::convnext_pico(true)
+    ),
+    arch!(
+        "convnextv2_nano",
+        Some("timm/convnextv2_nano.fcmae_ft_in22k_in1k"),
+        TV_BICUBIC,
+        2.45,
+        convnext::convnext_nano(true)
+    ),
+    arch!(
+        "convnextv2_tiny",
+        Some("timm/convnextv2_tiny.fcmae_ft_in22k_in1k"),
+        TV_BICUBIC,
+        4.46,
+        convnext::convnext_tiny(true)
+    ),
+    arch!(
+        "convnextv2_small",
+        None,
+        TV_BICUBIC,
+        8.68,
+        convnext::convnext_small(true)
+    ),
+    arch!(
+        "convnextv2_base",
+        Some("timm/convnextv2_base.fcmae_ft_in22k_in1k"),
+        TV_BICUBIC,
+        15.35,
+        convnext::convnext_base(true)
     ),
 ];
 

@@ -137,9 +137,23 @@ impl Act {
     }
 
     /// The mean of every channel (after `pro`, if given) over each image's pixels, `n * c`
-    /// values. Partial sums over fixed runs of pixels are computed in parallel and added in
-    /// order, so an image's means depend neither on its batch nor on the thread count.
+    /// values.
     pub fn channel_means(&self, pro: Option<Prologue>) -> Vec<f32> {
+        let mut means = self.channel_sums(pro, false);
+        let scale = 1.0 / (self.h * self.w) as f32;
+        means.iter_mut().for_each(|m| *m *= scale);
+        means
+    }
+
+    /// The sum of squares of every channel over each image's pixels, `n * c` values.
+    pub fn channel_sums_of_squares(&self) -> Vec<f32> {
+        self.channel_sums(None, true)
+    }
+
+    /// Per image and channel, the sum over pixels of `pro(x)` (or of `x^2`). Partial sums
+    /// over fixed runs of pixels are computed in parallel and added in order, so an image's
+    /// sums depend neither on its batch nor on the thread count.
+    fn channel_sums(&self, pro: Option<Prologue>, square: bool) -> Vec<f32> {
         const RUN: usize = 64;
         let (hw, c) = (self.h * self.w, self.c);
         let runs = hw.div_ceil(RUN);
@@ -157,25 +171,26 @@ impl Act {
                     }
                     None => px,
                 };
-                for (s, &v) in sum.iter_mut().zip(px) {
-                    *s += v;
+                if square {
+                    for (s, &v) in sum.iter_mut().zip(px) {
+                        *s += v * v;
+                    }
+                } else {
+                    for (s, &v) in sum.iter_mut().zip(px) {
+                        *s += v;
+                    }
                 }
             }
         });
-        let mut means = vec![0f32; self.n * c];
-        let scale = 1.0 / hw as f32;
-        for (mean, runs) in means
-            .chunks_exact_mut(c)
-            .zip(partial.chunks_exact(runs * c))
-        {
+        let mut sums = vec![0f32; self.n * c];
+        for (total, runs) in sums.chunks_exact_mut(c).zip(partial.chunks_exact(runs * c)) {
             for run in runs.chunks_exact(c) {
-                for (m, &v) in mean.iter_mut().zip(run) {
-                    *m += v;
+                for (t, &v) in total.iter_mut().zip(run) {
+                    *t += v;
                 }
             }
-            mean.iter_mut().for_each(|m| *m *= scale);
         }
-        means
+        sums
     }
 }
 

@@ -21,7 +21,8 @@ pub fn exp(x: f32) -> f32 {
     // without a call to `roundf`.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.37);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = 1.987_569_1e-4;
@@ -31,8 +32,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let y = p * r2 + r + 1.0;
-    // 2^n, built in the exponent bits (n is in -126..=128 after the clamp).
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n built in the exponent bits. `t`'s low mantissa bits hold n itself (the rounding
+    // constant's bits plus n), so integer arithmetic gets it without a float-to-int
+    // conversion (which would not vectorise); n is in -126..=127 after the clamp.
+    let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     y * scale
 }
 

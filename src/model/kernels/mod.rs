@@ -11,6 +11,7 @@
 //! - [`depthwise`]: depthwise convolutions, vectorised over the channels of a pixel.
 //! - [`excite`]: squeeze-excite (channel means, two small layers, a gate, a scaling pass).
 //! - [`math`]: the element-wise activations (SiLU, GELU, hard-swish) and gates, per ISA.
+//! - [`norm`]: LayerNorm over each pixel's channels, ConvNeXt V2's response norm.
 //! - [`pool`]: max, average and global average pooling.
 //! - [`par`]: splitting work between threads, and every `unsafe impl Send/Sync`.
 //! - [`scratch`]: per-thread buffers reused from call to call.
@@ -27,6 +28,7 @@ pub mod excite;
 pub mod gemm;
 pub mod isa;
 pub mod math;
+pub mod norm;
 mod par;
 pub mod pool;
 pub mod reference;
