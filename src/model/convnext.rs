@@ -151,11 +151,14 @@ impl Module for Block {
     }
 }
 
+/// The LayerNorm + 2x2 stride-2 convolution that opens every stage but the first.
+type Downsample = (LayerNorm, Conv2d);
+
 #[derive(Debug, Clone)]
 pub struct ConvNeXt {
     stem: (Conv2d, LayerNorm),
-    /// Per stage: the downsampling LayerNorm + convolution (all but the first), the blocks.
-    stages: Vec<(Option<(LayerNorm, Conv2d)>, Vec<Block>)>,
+    /// Per stage: its downsampling (all but the first), its blocks.
+    stages: Vec<(Option<Downsample>, Vec<Block>)>,
     head_norm: LayerNorm,
     fc: Classifier,
 }
