@@ -292,3 +292,11 @@ fn convnextv2_atto() {
 fn convnextv2_tiny_odd_input_size() {
     check("convnextv2_tiny_odd", false);
 }
+#[test]
+fn repvgg_a0() {
+    check("repvgg_a0", true);
+}
+#[test]
+fn repvgg_b0() {
+    check("repvgg_b0", false);
+}

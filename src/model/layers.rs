@@ -160,6 +160,35 @@ impl Conv2d {
         })
     }
 
+    /// A convolution from weights computed at load (fused branches), packed per `opts`.
+    pub fn from_parts(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        spec: ConvSpec,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        if weight.dims()
+            != [
+                spec.out_channels,
+                spec.in_channels / spec.groups,
+                spec.kernel,
+                spec.kernel,
+            ]
+        {
+            candle_core::bail!(
+                "convolution weight {:?} does not fit {spec:?}",
+                weight.dims()
+            )
+        }
+        Self {
+            weight,
+            bias,
+            spec,
+            packed: None,
+        }
+        .packed(opts)
+    }
+
     /// A fully connected layer as a 1x1 convolution with bias: `nn.Linear`'s `(out, in)`
     /// weight, or a 1x1 `nn.Conv2d`'s `(out, in, 1, 1)` where `conv_weight`. A per-channel
     /// `scale` of its output (a layer scale) is folded into the weight and bias.
@@ -332,6 +361,14 @@ impl ChannelAffine {
     fn new(scale: Tensor, shift: Tensor) -> Result<Self> {
         let host = (to_host(&scale)?, to_host(&shift)?);
         Ok(Self { scale, shift, host })
+    }
+
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+
+    pub fn shift(&self) -> &Tensor {
+        &self.shift
     }
 }
 

@@ -14,6 +14,7 @@ pub mod efficientnet_blocks;
 pub mod kernels;
 pub mod layers;
 pub mod mobilenet;
+pub mod repvgg;
 pub mod resnet;
 
 use std::sync::Arc;
@@ -545,6 +546,34 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         TV_BICUBIC,
         15.35,
         convnext::convnext_base(true)
+    ),
+    arch!(
+        "repvgg_a0",
+        Some("timm/repvgg_a0.rvgg_in1k"),
+        TV_BILINEAR,
+        1.51,
+        repvgg::repvgg_a0()
+    ),
+    arch!(
+        "repvgg_a1",
+        Some("timm/repvgg_a1.rvgg_in1k"),
+        TV_BILINEAR,
+        2.63,
+        repvgg::repvgg_a1()
+    ),
+    arch!(
+        "repvgg_a2",
+        Some("timm/repvgg_a2.rvgg_in1k"),
+        TV_BILINEAR,
+        5.69,
+        repvgg::repvgg_a2()
+    ),
+    arch!(
+        "repvgg_b0",
+        Some("timm/repvgg_b0.rvgg_in1k"),
+        TV_BILINEAR,
+        3.4,
+        repvgg::repvgg_b0()
     ),
 ];
 
