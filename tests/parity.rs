@@ -300,3 +300,15 @@ fn repvgg_a0() {
 fn repvgg_b0() {
     check("repvgg_b0", false);
 }
+#[test]
+fn regnety_002() {
+    check("regnety_002", true);
+}
+#[test]
+fn regnety_008() {
+    check("regnety_008", false);
+}
+#[test]
+fn regnety_016() {
+    check("regnety_016", false);
+}

@@ -10,6 +10,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::kernels::math::Gate;
+
 use super::kernels::{
     self, conv2d_reference, to_host, Act, Activation, DepthwiseConv, GemmConv, Isa, Pad2d,
     Prologue, View,
@@ -233,10 +235,15 @@ impl Conv2d {
         let (stride, bias) = (self.spec.stride, self.bias.as_ref());
         self.packed = Some(if self.is_depthwise() {
             Packed::Depthwise(DepthwiseConv::pack(&self.weight, bias, stride, isa)?)
-        } else if self.spec.groups == 1 {
-            Packed::Dense(GemmConv::pack(&self.weight, bias, stride, isa)?)
         } else {
-            return Ok(self);
+            let groups = self.spec.groups;
+            Packed::Dense(GemmConv::pack_grouped(
+                &self.weight,
+                bias,
+                stride,
+                groups,
+                isa,
+            )?)
         });
         Ok(self)
     }
@@ -512,6 +519,83 @@ impl LayerNorm {
     pub fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_last(&x.permute((0, 2, 3, 1))?)?
             .permute((0, 3, 1, 2))
+    }
+}
+
+/// `x * gate(expand(act(reduce(mean(x)))))`, with candle's operations and the NHWC kernel.
+#[derive(Debug, Clone)]
+pub struct SqueezeExcite {
+    reduce: (Tensor, Tensor),
+    expand: (Tensor, Tensor),
+    act: Activation,
+    gate: Gate,
+    packed: Option<kernels::excite::SqueezeExcite>,
+}
+
+impl SqueezeExcite {
+    /// `reduce`/`expand` name the two 1x1 convolutions (`conv_reduce`/`conv_expand` in
+    /// EfficientNet, `fc1`/`fc2` in RegNet).
+    pub fn load(
+        vb: VarBuilder,
+        names: (&str, &str),
+        channels: usize,
+        reduced: usize,
+        act: Activation,
+        gate: Gate,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let (r, e) = (vb.pp(names.0), vb.pp(names.1));
+        let reduce = (
+            r.get((reduced, channels, 1, 1), "weight")?,
+            r.get(reduced, "bias")?,
+        );
+        let expand = (
+            e.get((channels, reduced, 1, 1), "weight")?,
+            e.get(channels, "bias")?,
+        );
+        let packed = (!opts.stock && reduce.0.device().is_cpu())
+            .then(|| {
+                kernels::excite::SqueezeExcite::pack(
+                    (&reduce.0, &reduce.1),
+                    (&expand.0, &expand.1),
+                    act,
+                    gate,
+                    opts.isa,
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            reduce,
+            expand,
+            act,
+            gate,
+            packed,
+        })
+    }
+
+    pub fn forward_nhwc(&self, x: &mut Act) -> Result<()> {
+        match &self.packed {
+            Some(se) => se.forward_in_place(x),
+            None => candle_core::bail!("squeeze-excite has no NHWC kernel (not packed)"),
+        }
+    }
+}
+
+impl Module for SqueezeExcite {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let s = x.mean_keepdim(3)?.mean_keepdim(2)?;
+        let s = s
+            .conv2d(&self.reduce.0, 0, 1, 1, 1)?
+            .broadcast_add(&self.reduce.1.reshape((1, (), 1, 1))?)?;
+        let s = activate(&s, self.act)?;
+        let s = s
+            .conv2d(&self.expand.0, 0, 1, 1, 1)?
+            .broadcast_add(&self.expand.1.reshape((1, (), 1, 1))?)?;
+        let g = match self.gate {
+            Gate::Sigmoid => candle_nn::ops::sigmoid(&s)?,
+            Gate::HardSigmoid => ((s + 3.0)?.clamp(0f32, 6f32)? / 6.0)?,
+        };
+        x.broadcast_mul(&g)
     }
 }
 

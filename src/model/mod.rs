@@ -14,6 +14,7 @@ pub mod efficientnet_blocks;
 pub mod kernels;
 pub mod layers;
 pub mod mobilenet;
+pub mod regnet;
 pub mod repvgg;
 pub mod resnet;
 
@@ -574,6 +575,79 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         TV_BILINEAR,
         3.4,
         repvgg::repvgg_b0()
+    ),
+    arch!(
+        "regnety_002",
+        Some("timm/regnety_002.pycls_in1k"),
+        TV_BICUBIC,
+        0.20,
+        regnet::regnety_002()
+    ),
+    arch!(
+        "regnety_004",
+        Some("timm/regnety_004.tv2_in1k"),
+        timm_cfg(
+            224,
+            0.965,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        0.40,
+        regnet::regnety_004()
+    ),
+    arch!(
+        "regnety_006",
+        Some("timm/regnety_006.pycls_in1k"),
+        TV_BICUBIC,
+        0.60,
+        regnet::regnety_006()
+    ),
+    arch!(
+        "regnety_008",
+        Some("timm/regnety_008.pycls_in1k"),
+        TV_BICUBIC,
+        0.80,
+        regnet::regnety_008()
+    ),
+    arch!(
+        "regnety_016",
+        Some("timm/regnety_016.tv2_in1k"),
+        timm_cfg(
+            224,
+            0.965,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        1.61,
+        regnet::regnety_016()
+    ),
+    arch!(
+        "regnety_032",
+        Some("timm/regnety_032.ra_in1k"),
+        timm_cfg(
+            224,
+            0.95,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        3.18,
+        regnet::regnety_032()
+    ),
+    arch!(
+        "regnety_040",
+        Some("timm/regnety_040.ra3_in1k"),
+        timm_cfg(
+            224,
+            0.95,
+            Interpolation::Bicubic,
+            IMAGENET_MEAN,
+            IMAGENET_STD
+        ),
+        3.97,
+        regnet::regnety_040()
     ),
 ];
 

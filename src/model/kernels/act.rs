@@ -220,6 +220,15 @@ pub struct Prologue<'a> {
 }
 
 impl Prologue<'_> {
+    /// `dst = relu(src * scale + shift)` for the channels `c0..c0 + src.len()`.
+    #[inline(always)]
+    pub(super) fn apply_from(&self, src: &[f32], dst: &mut [f32], c0: usize) {
+        let (scale, shift) = (&self.scale[c0..], &self.shift[c0..]);
+        for (((o, &v), &a), &b) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
+            *o = (v * a + b).max(0.0);
+        }
+    }
+
     #[inline(always)]
     pub(super) fn apply(&self, src: &[f32], dst: &mut [f32]) {
         for (((o, &v), &a), &b) in dst.iter_mut().zip(src).zip(self.scale).zip(self.shift) {

@@ -64,12 +64,43 @@ impl Launch<'_> {
             unsafe { self.run_winograd(dst, out_stride) };
             return Ok(());
         }
-        let kk = conv.k * conv.k * conv.cin;
+        let kk = conv.k * conv.k * conv.cin_g();
         // A 1x1 stride-1 unpadded convolution of a plain input multiplies the input rows as
         // they are; everything else gathers its receptive fields first.
         let direct =
             conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none();
         let threads = rayon::current_num_threads();
+        if conv.groups > 1 {
+            // Every (block of rows, group) pair is a task: its group's fields gathered and
+            // multiplied by that group's weight into its own output columns.
+            let (cin_g, cout_g) = (conv.cin_g(), conv.cout_g());
+            let blocks = rows.div_ceil(ROW_BLOCK);
+            (0..blocks * conv.groups).into_par_iter().for_each(|task| {
+                let (b, g) = (task / conv.groups, task % conv.groups);
+                let (r0, len) = (b * ROW_BLOCK, ROW_BLOCK.min(rows - b * ROW_BLOCK));
+                let chans = g * cout_g..(g + 1) * cout_g;
+                // SAFETY (both arms): tasks are disjoint (rows, group columns) of the output.
+                if direct {
+                    let lhs = Lhs {
+                        ptr: ReadPtr(x.data[r0 * x.stride + g * cin_g..].as_ptr()),
+                        row_stride: x.stride,
+                        k: kk,
+                    };
+                    unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
+                } else {
+                    with_scratch(len * kk, |cols| {
+                        self.gather(r0, len, cols, g * cin_g..(g + 1) * cin_g);
+                        let lhs = Lhs {
+                            ptr: ReadPtr(cols.as_ptr()),
+                            row_stride: kk,
+                            k: kk,
+                        };
+                        unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
+                    })
+                }
+            });
+            return Ok(());
+        }
         // Blocks of rows while there are at least 128 rows per thread and the weight is the
         // smaller operand (rows >= Cout); past that (deep layers at small batches, where the
         // weight dominates and arrives cold from memory) threads split the output channels.
@@ -87,7 +118,7 @@ impl Launch<'_> {
                     unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
                 } else {
                     with_scratch(len * kk, |cols| {
-                        self.gather(r0, len, cols);
+                        self.gather(r0, len, cols, 0..x.c);
                         let lhs = Lhs {
                             ptr: ReadPtr(cols.as_ptr()),
                             row_stride: kk,
@@ -130,7 +161,7 @@ impl Launch<'_> {
                 with_scratch(rows * kk, |cols| {
                     cols.par_chunks_mut(16 * kk)
                         .enumerate()
-                        .for_each(|(i, c)| self.gather(i * 16, c.len() / kk, c));
+                        .for_each(|(i, c)| self.gather(i * 16, c.len() / kk, c, 0..x.c));
                     multiply(Lhs {
                         ptr: ReadPtr(cols.as_ptr()),
                         row_stride: kk,
@@ -142,11 +173,14 @@ impl Launch<'_> {
         Ok(())
     }
 
-    /// Fill `cols` (`len` rows of k*k*C) with the receptive fields of output rows
-    /// `r0..r0+len`, zeros where they overhang the input, the prologue applied.
-    fn gather(&self, r0: usize, len: usize, cols: &mut [f32]) {
-        let (x, k, c, s) = (self.x, self.conv.k, self.x.c, self.conv.stride);
+    /// Fill `cols` (`len` rows of k*k*C, C the channels `chans` of the input) with the
+    /// receptive fields of output rows `r0..r0+len`, zeros where they overhang the input,
+    /// the prologue applied.
+    fn gather(&self, r0: usize, len: usize, cols: &mut [f32], chans: std::ops::Range<usize>) {
+        let (x, k, s) = (self.x, self.conv.k, self.conv.stride);
+        let c = chans.len();
         let (oh, ow) = (self.oh, self.ow);
+        let all = c == x.c;
         for (i, dst) in cols.chunks_exact_mut(k * k * c).take(len).enumerate() {
             let r = r0 + i;
             let (img, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
@@ -159,7 +193,8 @@ impl Launch<'_> {
                 }
                 let iy = iy as usize;
                 let ix0 = (ox * s) as isize - self.pad.left as isize;
-                if self.pro.is_none() && x.stride == c && ix0 >= 0 && ix0 as usize + k <= x.w {
+                if all && self.pro.is_none() && x.stride == c && ix0 >= 0 && ix0 as usize + k <= x.w
+                {
                     // The k taps of a row are k*C contiguous values of the input.
                     let start = ((img * x.h + iy) * x.w + ix0 as usize) * c;
                     span.copy_from_slice(&x.data[start..start + k * c]);
@@ -171,9 +206,9 @@ impl Launch<'_> {
                         d.fill(0.0);
                         continue;
                     }
-                    let src = x.pixel(img, iy, ix as usize);
+                    let src = &x.pixel(img, iy, ix as usize)[chans.clone()];
                     match &self.pro {
-                        Some(p) => p.apply(src, d),
+                        Some(p) => p.apply_from(src, d, chans.start),
                         None => d.copy_from_slice(src),
                     }
                 }
@@ -202,11 +237,12 @@ impl Launch<'_> {
         let conv = self.conv;
         // SAFETY: the caller guarantees `dst` holds rows `r0..r0 + len`.
         let base = unsafe { dst.0.add(r0 * out_stride + chans.start) };
+        let (weight, w_rs) = conv.weight_from(chans.start);
         if let Some(kernel) = conv.panels {
             // Every split of the channels is a whole number of panels.
-            debug_assert!(chans.start.is_multiple_of(kernel.width()));
-            // SAFETY: channel `chans.start` begins a panel of the packed weight.
-            let w = unsafe { conv.weight.as_ptr().add(chans.start * lhs.k) };
+            debug_assert!((chans.start % conv.cout_g()).is_multiple_of(kernel.width()));
+            // Channel `chans.start` begins a panel of the packed weight.
+            let w = weight.as_ptr();
             let (n, k) = (chans.len(), lhs.k);
             // Bias and activation in registers, so the output is written once; but a residual
             // (cold, from an earlier layer) streams better in its own pass over the block
@@ -239,15 +275,11 @@ impl Launch<'_> {
                 return;
             }
         } else {
-            // SAFETY: column `chans.start` of the row-major weight.
-            let w = unsafe { conv.weight.as_ptr().add(chans.start) };
+            // Column `chans.start` of the row-major weight.
+            let w = weight.as_ptr();
             let (x, x_rs, n) = (lhs.ptr.0, lhs.row_stride, chans.len());
             // SAFETY: as the panel call above.
-            unsafe {
-                general_gemm(
-                    len, n, lhs.k, x, x_rs, w, conv.cout, base, out_stride, threads,
-                )
-            };
+            unsafe { general_gemm(len, n, lhs.k, x, x_rs, w, w_rs, base, out_stride, threads) };
         }
         for r in 0..len {
             // SAFETY: row `r` of this call's output block, written above.

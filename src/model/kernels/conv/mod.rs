@@ -19,15 +19,18 @@ use super::par::SendPtr;
 use super::{bias_to_host, to_host, Act, Activation, Isa, Pad2d, Prologue, View};
 use launch::Launch;
 
-/// A dense (groups = 1) convolution packed for GEMM.
+/// A dense or grouped convolution packed for GEMM (depthwise ones have their own kernel).
 #[derive(Debug, Clone)]
 pub struct GemmConv {
+    /// Input and output channels, all groups together.
     cin: usize,
     cout: usize,
+    groups: usize,
     k: usize,
     stride: usize,
-    /// `(k*k*cin) x cout`, rows ordered (ky, kx, ci) to match the gathered fields: in the
-    /// panels of the [`super::gemm`] kernel it was packed for (`panels`), else row-major.
+    /// Per group, one after another: `(k*k*cin_g) x cout_g`, rows ordered (ky, kx, ci) to
+    /// match the gathered fields: in the panels of the [`super::gemm`] kernel it was packed
+    /// for (`panels`), else row-major.
     weight: Vec<f32>,
     panels: Option<Kernel>,
     bias: Vec<f32>,
@@ -55,41 +58,82 @@ const ROW_BLOCK: usize = 256;
 impl GemmConv {
     /// Pack `weight` (Cout, Cin, k, k) and `bias` (Cout) for the kernels of `isa`.
     pub fn pack(weight: &Tensor, bias: Option<&Tensor>, stride: usize, isa: Isa) -> Result<Self> {
-        let (cout, cin, k, k2) = weight.dims4()?;
+        Self::pack_grouped(weight, bias, stride, 1, isa)
+    }
+
+    /// Pack a convolution of `groups` groups: `weight` is (Cout, Cin / groups, k, k).
+    pub fn pack_grouped(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        groups: usize,
+        isa: Isa,
+    ) -> Result<Self> {
+        let (cout, cin_g, k, k2) = weight.dims4()?;
         if k != k2 {
             candle_core::bail!("conv: only square kernels are supported, got {k}x{k2}")
         }
+        if groups == 0 || !cout.is_multiple_of(groups) {
+            candle_core::bail!("conv: {cout} output channels do not split into {groups} groups")
+        }
+        let cout_g = cout / groups;
         let w = to_host(weight)?;
-        let mut packed = vec![0f32; k * k * cin * cout];
-        for co in 0..cout {
-            for ci in 0..cin {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        packed[((ky * k + kx) * cin + ci) * cout + co] =
-                            w[((co * cin + ci) * k + ky) * k + kx];
+        let panels = Kernel::for_channels(cout_g, isa);
+        let kk = k * k * cin_g;
+        let mut packed = Vec::with_capacity(kk * cout);
+        for g in 0..groups {
+            let mut group = vec![0f32; kk * cout_g];
+            for co in 0..cout_g {
+                let filter = &w[(g * cout_g + co) * kk..][..kk];
+                for ci in 0..cin_g {
+                    for t in 0..k * k {
+                        group[(t * cin_g + ci) * cout_g + co] = filter[ci * k * k + t];
                     }
                 }
             }
+            match panels {
+                Some(kernel) => packed.extend(kernel.pack(&group, kk, cout_g)),
+                None => packed.extend(group),
+            }
         }
-        let bias = bias_to_host(bias, cout)?;
-        let panels = Kernel::for_channels(cout, isa);
         Ok(Self {
-            cin,
+            cin: cin_g * groups,
             cout,
+            groups,
             k,
             stride,
-            weight: match panels {
-                Some(kernel) => kernel.pack(&packed, k * k * cin, cout),
-                None => packed,
-            },
+            weight: packed,
             panels,
-            bias,
+            bias: bias_to_host(bias, cout)?,
             isa,
             winograd: OnceLock::new(),
         })
     }
 
-    /// The weight as a row-major `(k*k*cin) x cout` matrix.
+    /// Input channels of one group.
+    fn cin_g(&self) -> usize {
+        self.cin / self.groups
+    }
+
+    /// Output channels of one group.
+    fn cout_g(&self) -> usize {
+        self.cout / self.groups
+    }
+
+    /// The packed weight from output channel `c0` on (within one group), and the row stride
+    /// of the row-major layout.
+    fn weight_from(&self, c0: usize) -> (&[f32], usize) {
+        let (cout_g, kk) = (self.cout_g(), self.k * self.k * self.cin_g());
+        let (g, local) = (c0 / cout_g, c0 % cout_g);
+        let group = &self.weight[g * kk * cout_g..];
+        match self.panels {
+            // Panel `j` of a group starts at `j * width * kk`: channel `c` at `c * kk`.
+            Some(_) => (&group[local * kk..], cout_g),
+            None => (&group[local..], cout_g),
+        }
+    }
+
+    /// The weight as a row-major `(k*k*cin) x cout` matrix (ungrouped convolutions).
     fn row_major(&self) -> std::borrow::Cow<'_, [f32]> {
         match self.panels {
             Some(kernel) => kernel

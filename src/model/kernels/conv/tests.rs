@@ -61,6 +61,61 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
 }
 
 #[test]
+fn grouped_conv_matches_candle() {
+    let dev = Device::Cpu;
+    for isa in levels() {
+        for (n, cin, cout, groups, h, w, k, s, pad, act) in [
+            // 8 output channels per group (AVX2 panels), 16 (AVX-512), 5 (general GEMM).
+            (2, 12, 16, 2, 9, 7, 3, 1, p(1, 1, 1, 1), Activation::Relu),
+            (
+                1,
+                48,
+                64,
+                4,
+                7,
+                7,
+                3,
+                2,
+                p(1, 1, 1, 1),
+                Activation::Identity,
+            ),
+            (2, 9, 15, 3, 8, 8, 3, 1, p(1, 1, 1, 1), Activation::Silu),
+            // Many row blocks, and the direct 1x1 path.
+            (9, 16, 32, 2, 20, 20, 3, 1, p(1, 1, 1, 1), Activation::Relu),
+            (2, 24, 24, 3, 6, 5, 1, 1, p(0, 0, 0, 0), Activation::Relu6),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (cout, cin / groups, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let conv = GemmConv::pack_grouped(&wt, Some(&b), s, groups, isa).unwrap();
+            let reference = conv2d_reference(&x, &wt, s, pad, groups).unwrap();
+            let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
+            for with_res in [false, true] {
+                let res_act = with_res.then(|| Act::from_nchw(&res).unwrap());
+                let ours = conv
+                    .forward(
+                        Act::from_nchw(&x).unwrap().view(),
+                        pad,
+                        None,
+                        act,
+                        res_act.as_ref(),
+                    )
+                    .unwrap()
+                    .to_nchw(&dev)
+                    .unwrap();
+                let expected =
+                    reference_epilogue(reference.clone(), &b, with_res.then_some(&res), act);
+                let diff = max_abs_diff(&ours, &expected);
+                assert!(
+                    diff < 1e-4,
+                    "{isa} {cin}->{cout}/{groups} k{k} s{s} {act:?} res {with_res}: {diff}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn conv_writes_into_a_wider_buffer() {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (2, 4, 6, 6), &dev).unwrap();

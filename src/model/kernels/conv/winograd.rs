@@ -127,9 +127,10 @@ impl Planes {
 }
 
 impl Launch<'_> {
-    /// How many 2x2 tiles cover the output, when this convolution can take the Winograd path.
+    /// How many 2x2 tiles cover the output, when this convolution can take the Winograd path
+    /// (3x3, stride 1, not grouped).
     pub(super) fn winograd_tiles(&self) -> Option<usize> {
-        (self.conv.k == 3 && self.conv.stride == 1)
+        (self.conv.k == 3 && self.conv.stride == 1 && self.conv.groups == 1)
             .then(|| self.x.n * self.oh.div_ceil(2) * self.ow.div_ceil(2))
     }
 
