@@ -312,3 +312,11 @@ fn regnety_008() {
 fn regnety_016() {
     check("regnety_016", false);
 }
+#[test]
+fn vit_tiny_patch16_224() {
+    check("vit_tiny_patch16_224", true);
+}
+#[test]
+fn vit_small_patch16_224() {
+    check("vit_small_patch16_224", false);
+}

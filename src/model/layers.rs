@@ -292,6 +292,21 @@ impl Conv2d {
         self.spec.out_channels
     }
 
+    /// A 1x1 convolution's weight as the `(out, in)` matrix of a linear layer, and its bias
+    /// (zeros where it has none).
+    pub fn linear_weights(&self) -> Result<(Tensor, Tensor)> {
+        let s = &self.spec;
+        if s.kernel != 1 || s.groups != 1 {
+            candle_core::bail!("{s:?} is not a linear layer")
+        }
+        let weight = self.weight.reshape((s.out_channels, s.in_channels))?;
+        let bias = match &self.bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(s.out_channels, self.weight.dtype(), self.weight.device())?,
+        };
+        Ok((weight, bias))
+    }
+
     /// Whether this convolution runs on the NHWC CPU kernels (packed CPU f32 weights).
     pub fn has_nhwc_kernel(&self) -> bool {
         self.packed.is_some()

@@ -17,6 +17,7 @@ pub mod mobilenet;
 pub mod regnet;
 pub mod repvgg;
 pub mod resnet;
+pub mod vit;
 
 use std::sync::Arc;
 
@@ -100,6 +101,16 @@ const TV_BICUBIC: PreprocessConfig = timm_cfg(
     IMAGENET_STD,
 );
 const TF_MEAN_STD: [f32; 3] = [0.5; 3];
+/// timm's ViT / DeiT evaluation: crop 0.9, bicubic.
+const VIT_05: PreprocessConfig =
+    timm_cfg(224, 0.9, Interpolation::Bicubic, TF_MEAN_STD, TF_MEAN_STD);
+const VIT_IN: PreprocessConfig = timm_cfg(
+    224,
+    0.9,
+    Interpolation::Bicubic,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+);
 
 macro_rules! arch {
     ($name:literal, $repo:expr, $pre:expr, $gmacs:literal, $family:expr) => {
@@ -648,6 +659,48 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         ),
         3.97,
         regnet::regnety_040()
+    ),
+    arch!(
+        "vit_tiny_patch16_224",
+        Some("timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+        VIT_05,
+        1.25,
+        vit::vit_tiny()
+    ),
+    arch!(
+        "vit_small_patch16_224",
+        Some("timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
+        VIT_05,
+        4.60,
+        vit::vit_small()
+    ),
+    arch!(
+        "vit_base_patch16_224",
+        Some("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+        VIT_05,
+        17.56,
+        vit::vit_base()
+    ),
+    arch!(
+        "deit_tiny_patch16_224",
+        Some("timm/deit_tiny_patch16_224.fb_in1k"),
+        VIT_IN,
+        1.25,
+        vit::vit_tiny()
+    ),
+    arch!(
+        "deit_small_patch16_224",
+        Some("timm/deit_small_patch16_224.fb_in1k"),
+        VIT_IN,
+        4.60,
+        vit::vit_small()
+    ),
+    arch!(
+        "deit_base_patch16_224",
+        Some("timm/deit_base_patch16_224.fb_in1k"),
+        VIT_IN,
+        17.56,
+        vit::vit_base()
     ),
 ];
 

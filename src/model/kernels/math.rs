@@ -119,9 +119,29 @@ pub enum Gate {
     HardSigmoid,
 }
 
+/// `e^x` in place.
+#[inline(always)]
+fn exp_generic(xs: &mut [f32]) {
+    xs.iter_mut().for_each(|v| *v = exp(*v));
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{apply_generic, gate_generic, Activation, Gate};
+    use super::{apply_generic, exp_generic, gate_generic, Activation, Gate};
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_avx2(xs: &mut [f32]) {
+        exp_generic(xs)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512 F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn exp_avx512(xs: &mut [f32]) {
+        exp_generic(xs)
+    }
 
     /// # Safety
     /// The CPU must have AVX2 and FMA.
@@ -210,6 +230,18 @@ pub fn apply(act: Activation, xs: &mut [f32], isa: Isa) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::apply_avx2(act, xs) },
         _ => apply_generic(act, xs),
+    }
+}
+
+/// `e^x` in place over `xs`, by the copy compiled for `isa` (a level this CPU has).
+pub fn exp_in_place(xs: &mut [f32], isa: Isa) {
+    match isa {
+        // SAFETY: as in `apply`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::exp_avx512(xs) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::exp_avx2(xs) },
+        _ => exp_generic(xs),
     }
 }
 

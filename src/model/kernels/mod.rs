@@ -8,6 +8,7 @@
 //! - [`conv`]: dense convolutions as GEMMs of the activation rows (or their gathered
 //!   receptive fields) with bias, activation and residual applied while each block is in
 //!   cache; Winograd F(2x2, 3x3) for 3x3 stride-1.
+//! - [`attention`]: multi-head self-attention over token rows (ViT).
 //! - [`depthwise`]: depthwise convolutions, vectorised over the channels of a pixel.
 //! - [`excite`]: squeeze-excite (channel means, two small layers, a gate, a scaling pass).
 //! - [`math`]: the element-wise activations (SiLU, GELU, hard-swish) and gates, per ISA.
@@ -22,6 +23,7 @@
 //! `LoadOptions::stock` selects them on the CPU too, when a network is loaded.
 
 pub mod act;
+pub mod attention;
 pub mod conv;
 pub mod depthwise;
 pub mod excite;

@@ -30,6 +30,13 @@ unsafe impl Sync for ReadPtr {}
 /// The output pointer, shared by threads that write disjoint parts of it.
 #[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub *mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so that a closure captures the whole `SendPtr`, not its field).
+    pub(super) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: only used to write disjoint regions, as each use documents.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
