@@ -63,8 +63,23 @@ fn preprocess_from_config(
     let Some(pc) = config.map(|c| &c.pretrained_cfg) else {
         return Ok((cfg, crop_pct));
     };
-    if let Some(size) = pc.input_size.as_ref().and_then(|s| s.last()) {
-        cfg.input_size = *size;
+    // What classify does not reproduce is refused, never approximated: the labels would be
+    // plausible and wrong.
+    let refuse = |what: String| {
+        EngineError::Config(format!(
+            "config.json asks for {what}, which classify does not implement; refusing to \
+             preprocess differently from timm"
+        ))
+    };
+    if let Some(size) = &pc.input_size {
+        match size.as_slice() {
+            [3, h, w] | [h, w] if h == w => cfg.input_size = *h,
+            other => {
+                return Err(refuse(format!(
+                    "input_size {other:?} (only square RGB inputs)"
+                )))
+            }
+        }
     }
     if let Some(p) = pc.crop_pct {
         crop_pct = p;
@@ -74,17 +89,11 @@ fn preprocess_from_config(
         cfg.interpolation = match i.as_str() {
             "bilinear" => Interpolation::Bilinear,
             "bicubic" => Interpolation::Bicubic,
-            other => {
-                tracing::warn!(
-                    "interpolation `{other}` is not supported; using {:?}",
-                    cfg.interpolation
-                );
-                cfg.interpolation
-            }
+            other => return Err(refuse(format!("interpolation `{other}`"))),
         };
     }
     if let Some(mode) = pc.crop_mode.as_deref().filter(|m| *m != "center") {
-        tracing::warn!("crop_mode `{mode}` is not supported; using center crop");
+        return Err(refuse(format!("crop_mode `{mode}` (only `center`)")));
     }
     let triple = |v: &Vec<f32>, what: &str| {
         <[f32; 3]>::try_from(v.as_slice())

@@ -166,10 +166,11 @@ fn a_checkpoint_of_another_size_is_refused_naming_the_first_key_that_does_not_fi
     let refuse = |arch: &str, file: &str| {
         let ck = Checkpoint::open(&common::test_data(file)).unwrap();
         let arch = Arch::from_name(arch).unwrap();
-        Network::from_checkpoint(arch, ck, &Device::Cpu, LoadOptions::default())
+        let err = Network::from_checkpoint(arch, ck, &Device::Cpu, LoadOptions::default())
             .map(|_| ())
-            .unwrap_err()
-            .to_string()
+            .unwrap_err();
+        // The message with its causes, as the CLI prints it.
+        format!("{:#}", anyhow::Error::from(err))
     };
     // Lite0's block numbering puts Lite1's third stage-1 block where Lite0's 5x5 stage starts.
     let err = refuse("tf_efficientnet_lite0", "efficientnet-lite1-77cc7160.pth");

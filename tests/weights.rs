@@ -94,8 +94,9 @@ fn wrong_checkpoint_for_the_architecture_names_key_shape_and_file() {
         &Device::Cpu,
         LoadOptions::default(),
     )
-    .unwrap_err()
-    .to_string();
+    .map(|_| ())
+    .unwrap_err();
+    let err = format!("{:#}", anyhow::Error::from(err));
     assert!(err.contains(&*path.to_string_lossy()), "{err}");
     assert!(
         err.contains("missing tensor `conv1.weight` (expected shape [64, 3, 7, 7])"),
@@ -109,8 +110,9 @@ fn wrong_checkpoint_for_the_architecture_names_key_shape_and_file() {
         &Device::Cpu,
         LoadOptions::default(),
     )
-    .unwrap_err()
-    .to_string();
+    .map(|_| ())
+    .unwrap_err();
+    let err = format!("{:#}", anyhow::Error::from(err));
     assert!(
         err.contains("classifier.weight") && err.contains("densenet121"),
         "{err}"
@@ -133,8 +135,9 @@ fn wrong_checkpoint_for_the_architecture_names_key_shape_and_file() {
         &Device::Cpu,
         LoadOptions::default(),
     )
-    .unwrap_err()
-    .to_string();
+    .map(|_| ())
+    .unwrap_err();
+    let err = format!("{:#}", anyhow::Error::from(err));
     assert!(err.contains("my-finetune.pth"), "{err}");
     assert!(err.contains("conv1.weight"), "{err}");
     assert!(

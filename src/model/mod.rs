@@ -718,7 +718,7 @@ pub enum ModelError {
         key: &'static str,
         arch: &'static str,
     },
-    #[error("cannot build {arch} from {path}: {source}")]
+    #[error("cannot build {arch} from {path}")]
     Build {
         arch: &'static str,
         path: String,

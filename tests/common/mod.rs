@@ -86,27 +86,54 @@ pub struct HubCache {
 }
 
 impl HubCache {
+    /// A cache holding `REPO` (the real Lite0 weights, timm-named).
     pub fn new() -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let repo = home
-            .path()
-            .join("hub")
-            .join(format!("models--{}", REPO.replace('/', "--")));
-        let snapshot = repo.join("snapshots").join(COMMIT);
-        std::fs::create_dir_all(repo.join("blobs")).unwrap();
-        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        let cache = Self::empty();
+        let weights = cache.home.path().join("lite0.safetensors");
+        write_lite0_safetensors(&weights);
+        cache.add_repo(
+            REPO,
+            COMMIT,
+            &[
+                ("model.safetensors", std::fs::read(&weights).unwrap()),
+                ("config.json", lite0_config().into_bytes()),
+            ],
+        );
+        std::fs::remove_file(weights).unwrap();
+        cache
+    }
+
+    /// A cache with no repos yet.
+    pub fn empty() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The hub cache directory (`$HF_HOME/hub`).
+    pub fn hub_dir(&self) -> PathBuf {
+        self.home.path().join("hub")
+    }
+
+    /// Add `repo` at `commit` (also its `main`) holding `files`, as huggingface_hub lays them
+    /// out: blobs named by a hash of their content, snapshot entries as symlinks to them.
+    pub fn add_repo(&self, repo: &str, commit: &str, files: &[(&str, Vec<u8>)]) {
+        let dir = self
+            .hub_dir()
+            .join(format!("models--{}", repo.replace('/', "--")));
+        let snapshot = dir.join("snapshots").join(commit);
+        std::fs::create_dir_all(dir.join("blobs")).unwrap();
+        std::fs::create_dir_all(dir.join("refs")).unwrap();
         std::fs::create_dir_all(&snapshot).unwrap();
-        std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
-        let weights_blob = repo.join("blobs/1f0e2d3c4b5a69788796a5b4c3d2e1f0");
-        write_lite0_safetensors(&weights_blob);
-        std::fs::write(repo.join("blobs/a1b2c3d4"), lite0_config()).unwrap();
-        std::os::unix::fs::symlink(
-            "../../blobs/1f0e2d3c4b5a69788796a5b4c3d2e1f0",
-            snapshot.join("model.safetensors"),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink("../../blobs/a1b2c3d4", snapshot.join("config.json")).unwrap();
-        Self { home }
+        std::fs::write(dir.join("refs/main"), commit).unwrap();
+        for (name, bytes) in files {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            let blob = format!("{:016x}{:08x}", h.finish(), bytes.len());
+            std::fs::write(dir.join("blobs").join(&blob), bytes).unwrap();
+            std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snapshot.join(name)).unwrap();
+        }
     }
 
     /// A `classify` command that sees only this cache and never the network.
