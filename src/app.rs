@@ -237,17 +237,24 @@ pub fn list_models(out: &mut impl Write, hub: &HubOptions, json: bool) -> io::Re
         }
         return Ok(());
     }
+    let no_repo = "- (no published weights)";
+    let name_w = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+    let repo_w = rows
+        .iter()
+        .map(|r| r.repo.map_or(no_repo.len(), str::len))
+        .max()
+        .unwrap_or(12);
     writeln!(
         out,
-        "{:<22} {:<34} {:>5}  {:<13} CACHED",
+        "{:<name_w$} {:<repo_w$} {:>5}  {:<13} CACHED",
         "MODEL", "DEFAULT REPO", "INPUT", "INTERPOLATION"
     )?;
     for r in &rows {
         writeln!(
             out,
-            "{:<22} {:<34} {:>5}  {:<13} {}",
+            "{:<name_w$} {:<repo_w$} {:>5}  {:<13} {}",
             r.name,
-            r.repo.unwrap_or("- (no published weights)"),
+            r.repo.unwrap_or(no_repo),
             r.input_size,
             r.interpolation,
             if r.cached { "yes" } else { "no" }

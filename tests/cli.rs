@@ -444,6 +444,25 @@ fn models_and_completions() {
     );
     assert!(pt("efficientnet_lite2")["repo"].is_null());
     assert_eq!(pt("tf_efficientnet_lite2")["input_size"], 260);
+    // Every family of the zoo, with timm's default repo (its first tag).
+    for (name, repo) in [
+        ("efficientnet_b0", "timm/efficientnet_b0.ra_in1k"),
+        ("mobilenetv3_large_100", "timm/mobilenetv3_large_100.ra_in1k"),
+        ("mobilenetv4_conv_medium", "timm/mobilenetv4_conv_medium.e500_r256_in1k"),
+        ("convnext_tiny", "timm/convnext_tiny.in12k_ft_in1k"),
+        ("convnextv2_atto", "timm/convnextv2_atto.fcmae_ft_in1k"),
+        ("regnety_032", "timm/regnety_032.ra_in1k"),
+        ("vit_small_patch16_224", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
+        ("deit_base_patch16_224", "timm/deit_base_patch16_224.fb_in1k"),
+        ("repvgg_b0", "timm/repvgg_b0.rvgg_in1k"),
+    ] {
+        assert_eq!(pt(name)["repo"], repo, "{name}");
+    }
+    assert!(pt("convnextv2_small")["repo"].is_null());
+    let out = hub.command().arg("models").output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let line = table.lines().find(|l| l.starts_with("vit_base_patch16_224 ")).unwrap();
+    assert!(line.contains("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"), "{line}");
 
     let out = hub
         .command()
@@ -483,11 +502,26 @@ fn bench_runs_every_family_and_names_the_cpu_and_instruction_set() {
     assert_eq!(r["isa"], Isa::best().name());
     assert!(!r["cpu"].as_str().unwrap().is_empty());
     assert!(r["images_per_sec"].as_f64().unwrap() > 0.0);
-    for model in ["resnet18", "densenet121", "efficientnet_lite0"] {
-        let r = bench(&["--model", model, "--input-size", "64"]);
+    // One architecture of every family (ViT only takes its own 224 px).
+    for (model, size) in [
+        ("resnet18", "64"),
+        ("densenet121", "64"),
+        ("efficientnet_lite0", "64"),
+        ("efficientnet_b0", "64"),
+        ("mobilenetv3_small_100", "64"),
+        ("mobilenetv4_conv_small", "64"),
+        ("convnext_atto", "64"),
+        ("convnextv2_atto", "64"),
+        ("regnety_002", "64"),
+        ("repvgg_a0", "64"),
+        ("deit_tiny_patch16_224", "224"),
+    ] {
+        let r = bench(&["--model", model, "--input-size", size]);
         assert_eq!(
-            (r["model"].as_str(), r["input_size"].as_u64()),
-            (Some(model), Some(64))
+            (r["model"].as_str(), r["input_size"].as_str()),
+            (Some(model), None),
+            "{r}"
         );
+        assert_eq!(r["input_size"].as_u64().unwrap().to_string(), size);
     }
 }
