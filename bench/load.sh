@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Bounded loopback load test of `classify serve` (release build): throughput, p50/p99 latency
-# and errors at concurrency 1, 8 and 64, with dynamic batching (--max-batch-size 16) and
-# without (--max-batch-size 1).
+# Bounded loopback load test of `classify serve` (release build) with `hey`: throughput,
+# p50/p99 latency and non-200 answers at concurrency 1, 8 and 64, with dynamic batching
+# (--max-batch-size 16) and without (--max-batch-size 1). Raw JPEG bodies
+# (tests/fixtures/photos/rocket.jpg unless IMAGE is set) on keep-alive connections.
 #   bench/load.sh MODEL_ARGS...   e.g. bench/load.sh --model tf_efficientnet_lite0 --weights lite0.pth
-# Each run stops after REQUESTS requests (default 200) or 60 s, whichever is first.
+# Each run sends REQUESTS requests (default 200). Needs `hey` (apt install hey).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${REQUESTS:-200}
 image=${IMAGE:-tests/fixtures/photos/rocket.jpg}
-cargo build --release --locked --bin classify --example loadtest >&2
+command -v hey >/dev/null || { echo "load.sh: needs hey (apt install hey)" >&2; exit 2; }
+cargo build --release --locked --bin classify >&2
+echo "| max batch | concurrency | req/s | p50 ms | p99 ms | non-200 |"
+echo "|---|---|---|---|---|---|"
 for batch in 16 1; do
   log=$(mktemp)
   target/release/classify serve --port 0 --max-batch-size "$batch" --queue-size 1024 "$@" 2>"$log" &
@@ -17,9 +21,17 @@ for batch in 16 1; do
   for _ in $(seq 600); do grep -q 'ready' "$log" && break; sleep 0.1; done
   addr=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$log" | head -1)
   for c in 1 8 64; do
-    echo -n "max_batch_size=$batch "
-    target/release/examples/loadtest --url "$addr/predict" --image "$image" \
-      --concurrency "$c" --requests "$requests" --max-seconds 60
+    hey -n "$requests" -c "$c" -m POST -T image/jpeg -D "$image" "$addr/predict" |
+      python3 -c '
+import re, sys
+t = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+pct = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", t)}
+bad = sum(int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", t) if c != "200")
+if "Error distribution" in t:
+    bad += sum(int(n) for n in re.findall(r"\[(\d+)\]\s+\S", t.split("Error distribution")[1]))
+print(f"| {sys.argv[1]} | {sys.argv[2]} | {rps:.1f} | {pct[50]:.1f} | {pct[99]:.1f} | {bad} |")
+' "$batch" "$c"
   done
   kill $pid; wait $pid || true
 done

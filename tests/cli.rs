@@ -447,13 +447,25 @@ fn models_and_completions() {
     // Every family of the zoo, with timm's default repo (its first tag).
     for (name, repo) in [
         ("efficientnet_b0", "timm/efficientnet_b0.ra_in1k"),
-        ("mobilenetv3_large_100", "timm/mobilenetv3_large_100.ra_in1k"),
-        ("mobilenetv4_conv_medium", "timm/mobilenetv4_conv_medium.e500_r256_in1k"),
+        (
+            "mobilenetv3_large_100",
+            "timm/mobilenetv3_large_100.ra_in1k",
+        ),
+        (
+            "mobilenetv4_conv_medium",
+            "timm/mobilenetv4_conv_medium.e500_r256_in1k",
+        ),
         ("convnext_tiny", "timm/convnext_tiny.in12k_ft_in1k"),
         ("convnextv2_atto", "timm/convnextv2_atto.fcmae_ft_in1k"),
         ("regnety_032", "timm/regnety_032.ra_in1k"),
-        ("vit_small_patch16_224", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
-        ("deit_base_patch16_224", "timm/deit_base_patch16_224.fb_in1k"),
+        (
+            "vit_small_patch16_224",
+            "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+        ),
+        (
+            "deit_base_patch16_224",
+            "timm/deit_base_patch16_224.fb_in1k",
+        ),
         ("repvgg_b0", "timm/repvgg_b0.rvgg_in1k"),
     ] {
         assert_eq!(pt(name)["repo"], repo, "{name}");
@@ -461,8 +473,14 @@ fn models_and_completions() {
     assert!(pt("convnextv2_small")["repo"].is_null());
     let out = hub.command().arg("models").output().unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
-    let line = table.lines().find(|l| l.starts_with("vit_base_patch16_224 ")).unwrap();
-    assert!(line.contains("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"), "{line}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("vit_base_patch16_224 "))
+        .unwrap();
+    assert!(
+        line.contains("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+        "{line}"
+    );
 
     let out = hub
         .command()

@@ -139,6 +139,8 @@ impl DenseLayer {
 struct Transition {
     norm: Norm,
     conv: Conv2d,
+    /// The instruction set of the pooling kernel.
+    isa: kernels::Isa,
 }
 
 impl Transition {
@@ -150,7 +152,7 @@ impl Transition {
     fn forward_nhwc(&self, x: &Act) -> Result<Act> {
         // Pool first: pooling and a 1x1 convolution commute, and this way the convolution
         // runs on a quarter of the pixels.
-        let y = kernels::avg_pool_2x2(x, Some(self.norm.relu_prologue()?))?;
+        let y = kernels::avg_pool_2x2(x, Some(self.norm.relu_prologue()?), self.isa)?;
         self.conv.forward_nhwc(&y, Activation::Identity, None)
     }
 }
@@ -201,6 +203,8 @@ impl DenseBlock {
 
 #[derive(Debug, Clone)]
 pub struct DenseNet {
+    /// The instruction set of the pooling kernels.
+    isa: kernels::Isa,
     stem: ConvBn,
     blocks: Vec<DenseBlock>,
     transitions: Vec<Transition>,
@@ -245,6 +249,7 @@ impl DenseNet {
                         false,
                         opts,
                     )?,
+                    isa: opts.isa,
                 });
                 channels /= 2;
             }
@@ -252,6 +257,7 @@ impl DenseNet {
         let norm5 = Norm::load(features.pp("norm5"), channels, BN_EPS, opts)?;
         let classifier = Classifier::load(vb.pp("classifier"), channels, num_classes)?;
         Ok(Self {
+            isa: opts.isa,
             stem,
             blocks,
             transitions,
@@ -291,7 +297,7 @@ impl Module for DenseNet {
             let x = self
                 .stem
                 .forward_nhwc(&Act::from_nchw(x)?, Activation::Relu, None)?;
-            let mut x = kernels::max_pool_3x3_s2(&x)?;
+            let mut x = kernels::max_pool_3x3_s2(&x, self.isa)?;
             for (i, block) in self.blocks.iter().enumerate() {
                 x = block.forward_nhwc(&x)?;
                 if let Some(t) = self.transitions.get(i) {

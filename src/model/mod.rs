@@ -889,6 +889,10 @@ impl Network {
 
 impl Module for Network {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if kernels::fast_path_for(x) {
+            // The CPU kernels' many short parallel sections, without a thread wake-up each.
+            return kernels::with_workers_awake(|| self.0.forward(x));
+        }
         self.0.forward(x)
     }
 }
@@ -917,7 +921,26 @@ mod tests {
             Arch::from_name("tf_efficientnet_lite2").unwrap(),
             Arch::from_name("efficientnet_lite2").unwrap()
         );
-        assert!(Arch::from_name("vit_base_patch16_224").is_err());
+        assert_eq!(
+            Arch::from_name(
+                "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+            )
+            .unwrap()
+            .name(),
+            "vit_base_patch16_224"
+        );
+        // Not in the zoo: refused by name, not approximated by a relative.
+        for unknown in [
+            "vit_large_patch16_224",
+            "deit_tiny_distilled_patch16_224",
+            "convnext_large",
+            "efficientnet_b5",
+        ] {
+            assert!(Arch::from_name(unknown).is_err(), "{unknown}");
+        }
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct ResNet {
     stem: ConvBn,
     blocks: Vec<Block>,
     fc: Classifier,
+    /// The instruction set of the pooling kernel.
+    isa: kernels::Isa,
 }
 
 impl ResNet {
@@ -206,7 +208,12 @@ impl ResNet {
             }
         }
         let fc = Classifier::load(vb.pp("fc"), cfg.num_features(), num_classes)?;
-        Ok(Self { stem, blocks, fc })
+        Ok(Self {
+            stem,
+            blocks,
+            fc,
+            isa: opts.isa,
+        })
     }
 }
 
@@ -236,7 +243,7 @@ impl Module for ResNet {
             let x = self
                 .stem
                 .forward_nhwc(&Act::from_nchw(x)?, Activation::Relu, None)?;
-            let mut x = kernels::max_pool_3x3_s2(&x)?;
+            let mut x = kernels::max_pool_3x3_s2(&x, self.isa)?;
             for block in &self.blocks {
                 x = block.forward_nhwc(&x)?;
             }

@@ -102,6 +102,38 @@ fn detect() -> Isa {
     Isa::Scalar
 }
 
+/// Run `f` compiled for `isa`: the portable loops of a kernel (transforms, pooling,
+/// epilogues) get the instruction set's vector width and FMA, while the binary itself
+/// targets baseline x86-64. The closure is inlined into a copy of this function that has
+/// the level's target features (one call site, so the compiler always inlines it).
+#[inline(always)]
+pub fn compiled_for<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    match isa {
+        // SAFETY: every `Isa` in use is a level this CPU has (from `Isa::best`, capped).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(f) },
+        _ => f(),
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// The CPU's model name, for benchmark reports (`/proc/cpuinfo` on Linux).
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")

@@ -44,6 +44,7 @@ pub use act::{Act, Activation, Pad2d, Prologue, View};
 pub use conv::GemmConv;
 pub use depthwise::DepthwiseConv;
 pub use isa::Isa;
+pub use par::with_workers_awake;
 pub use pool::{avg_pool_2x2, max_pool_3x3_s2};
 pub use reference::conv2d_reference;
 

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::{Algorithm, GemmConv, ROW_BLOCK};
 use crate::model::kernels::gemm::{general_gemm, Finish};
+use crate::model::kernels::isa::compiled_for;
 use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
 use crate::model::kernels::scratch::with_scratch;
 use crate::model::kernels::{Activation, Pad2d, Prologue, View};
@@ -281,12 +282,15 @@ impl Launch<'_> {
             // SAFETY: as the panel call above.
             unsafe { general_gemm(len, n, lhs.k, x, x_rs, w, w_rs, base, out_stride, threads) };
         }
-        for r in 0..len {
-            // SAFETY: row `r` of this call's output block, written above.
-            let row =
-                unsafe { std::slice::from_raw_parts_mut(base.add(r * out_stride), chans.len()) };
-            self.epilogue(row, r0 + r, chans.clone());
-        }
+        compiled_for(conv.isa, || {
+            for r in 0..len {
+                // SAFETY: row `r` of this call's output block, written above.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(base.add(r * out_stride), chans.len())
+                };
+                self.epilogue(row, r0 + r, chans.clone());
+            }
+        });
     }
 
     /// Bias, residual and activation on channels `chans` of output row `r`.

@@ -17,6 +17,7 @@
 
 use super::launch::Launch;
 use crate::model::kernels::gemm::{self as panel, general_gemm};
+use crate::model::kernels::isa::compiled_for;
 use crate::model::kernels::par::{par_blocks, SendPtr};
 use crate::model::kernels::scratch::{with_scratch, with_tile_scratch};
 use rayon::prelude::*;
@@ -203,46 +204,49 @@ impl Launch<'_> {
     /// `v` must hold `len` tiles, and no one else may use them meanwhile.
     unsafe fn transform_input(&self, t0: usize, len: usize, v: Planes) {
         let (x, c) = (self.x, self.x.c);
+        let isa = self.conv.isa;
         with_tile_scratch((2 * POSITIONS + 1) * c, |buf| {
-            let (zeros, buf) = buf.split_at_mut(c);
-            zeros.fill(0.0);
-            let zeros = &*zeros;
-            // Input pixels after the prologue (only used when there is one), and `B^T d`.
-            let (patch, rows) = buf.split_at_mut(POSITIONS * c);
-            let at = |i: usize, j: usize| (i * 4 + j) * c..(i * 4 + j + 1) * c;
-            for t in 0..len {
-                let (img, oy, ox) = self.tile_origin(t0 + t);
-                // The input pixel under patch position (i, j), if the patch does not overhang there.
-                let inside = |i: usize, j: usize| {
-                    let iy = (oy + i).checked_sub(self.pad.top).filter(|&y| y < x.h)?;
-                    let ix = (ox + j).checked_sub(self.pad.left).filter(|&x_| x_ < x.w)?;
-                    Some(x.pixel(img, iy, ix))
-                };
-                if let Some(pro) = &self.pro {
-                    for (ij, d) in patch.chunks_exact_mut(c).enumerate() {
-                        if let Some(src) = inside(ij / 4, ij % 4) {
-                            pro.apply(src, d);
+            compiled_for(isa, || {
+                let (zeros, buf) = buf.split_at_mut(c);
+                zeros.fill(0.0);
+                let zeros = &*zeros;
+                // Input pixels after the prologue (only used when there is one), and `B^T d`.
+                let (patch, rows) = buf.split_at_mut(POSITIONS * c);
+                let at = |i: usize, j: usize| (i * 4 + j) * c..(i * 4 + j + 1) * c;
+                for t in 0..len {
+                    let (img, oy, ox) = self.tile_origin(t0 + t);
+                    // The input pixel under patch position (i, j), if the patch does not overhang there.
+                    let inside = |i: usize, j: usize| {
+                        let iy = (oy + i).checked_sub(self.pad.top).filter(|&y| y < x.h)?;
+                        let ix = (ox + j).checked_sub(self.pad.left).filter(|&x_| x_ < x.w)?;
+                        Some(x.pixel(img, iy, ix))
+                    };
+                    if let Some(pro) = &self.pro {
+                        for (ij, d) in patch.chunks_exact_mut(c).enumerate() {
+                            if let Some(src) = inside(ij / 4, ij % 4) {
+                                pro.apply(src, d);
+                            }
                         }
                     }
+                    let d = |i: usize, j: usize| match inside(i, j) {
+                        None => zeros,
+                        Some(_) if self.pro.is_some() => &patch[at(i, j)],
+                        Some(src) => src,
+                    };
+                    // Down each column (`B^T d`), then along each row (`. B`) into the planes.
+                    for j in 0..4 {
+                        let y = rows
+                            .get_disjoint_mut([0, 1, 2, 3].map(|i| at(i, j)))
+                            .expect("disjoint rows");
+                        input_4([0, 1, 2, 3].map(|i| d(i, j)), y);
+                    }
+                    for i in 0..4 {
+                        let x = [0, 1, 2, 3].map(|j| &rows[at(i, j)]);
+                        // SAFETY: `v` holds this block's tiles, only this call writes them.
+                        input_4(x, [0, 1, 2, 3].map(|j| unsafe { v.at(i * 4 + j, t) }));
+                    }
                 }
-                let d = |i: usize, j: usize| match inside(i, j) {
-                    None => zeros,
-                    Some(_) if self.pro.is_some() => &patch[at(i, j)],
-                    Some(src) => src,
-                };
-                // Down each column (`B^T d`), then along each row (`. B`) into the planes.
-                for j in 0..4 {
-                    let y = rows
-                        .get_disjoint_mut([0, 1, 2, 3].map(|i| at(i, j)))
-                        .expect("disjoint rows");
-                    input_4([0, 1, 2, 3].map(|i| d(i, j)), y);
-                }
-                for i in 0..4 {
-                    let x = [0, 1, 2, 3].map(|j| &rows[at(i, j)]);
-                    // SAFETY: `v` holds this block's tiles, only this call writes them.
-                    input_4(x, [0, 1, 2, 3].map(|j| unsafe { v.at(i * 4 + j, t) }));
-                }
-            }
+            })
         })
     }
 
@@ -298,47 +302,50 @@ impl Launch<'_> {
         out_stride: usize,
     ) {
         let cout = self.conv.cout;
+        let isa = self.conv.isa;
         with_tile_scratch(9 * cout, |buf| {
-            // `A^T M`, and where the second output of a pair goes when it falls past the edge.
-            let (cols, overhang) = buf.split_at_mut(8 * cout);
-            // SAFETY: the caller gives these tiles' output rows to this call alone.
-            let row = |r: usize| unsafe {
-                std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout)
-            };
-            for t in 0..len {
-                let (img, oy, ox) = self.tile_origin(t0 + t);
-                // Down each column (`A^T m`): row a of the result, column j, at (a * 4 + j).
-                {
-                    let (s0, s1) = cols.split_at_mut(4 * cout);
-                    for (j, (y0, y1)) in s0
-                        .chunks_exact_mut(cout)
-                        .zip(s1.chunks_exact_mut(cout))
-                        .enumerate()
+            compiled_for(isa, || {
+                // `A^T M`, and where the second output of a pair goes when it falls past the edge.
+                let (cols, overhang) = buf.split_at_mut(8 * cout);
+                // SAFETY: the caller gives these tiles' output rows to this call alone.
+                let row = |r: usize| unsafe {
+                    std::slice::from_raw_parts_mut(dst.0.add(r * out_stride), cout)
+                };
+                for t in 0..len {
+                    let (img, oy, ox) = self.tile_origin(t0 + t);
+                    // Down each column (`A^T m`): row a of the result, column j, at (a * 4 + j).
                     {
-                        // SAFETY: `m` holds these `len` tiles, read only here.
-                        output_4(
-                            [0, 1, 2, 3].map(|i| unsafe { &*m.at(i * 4 + j, t) }),
-                            y0,
-                            y1,
-                        );
+                        let (s0, s1) = cols.split_at_mut(4 * cout);
+                        for (j, (y0, y1)) in s0
+                            .chunks_exact_mut(cout)
+                            .zip(s1.chunks_exact_mut(cout))
+                            .enumerate()
+                        {
+                            // SAFETY: `m` holds these `len` tiles, read only here.
+                            output_4(
+                                [0, 1, 2, 3].map(|i| unsafe { &*m.at(i * 4 + j, t) }),
+                                y0,
+                                y1,
+                            );
+                        }
+                    }
+                    for (a, sums) in cols.chunks_exact(4 * cout).enumerate() {
+                        let oy = oy + a;
+                        if oy >= self.oh {
+                            break;
+                        }
+                        let x = [0, 1, 2, 3].map(|j| &sums[j * cout..(j + 1) * cout]);
+                        let r = (img * self.oh + oy) * self.ow + ox;
+                        let both = ox + 1 < self.ow;
+                        let (y0, y1) = (row(r), if both { row(r + 1) } else { &mut overhang[..] });
+                        output_4(x, y0, y1);
+                        self.epilogue(y0, r, 0..cout);
+                        if both {
+                            self.epilogue(y1, r + 1, 0..cout);
+                        }
                     }
                 }
-                for (a, sums) in cols.chunks_exact(4 * cout).enumerate() {
-                    let oy = oy + a;
-                    if oy >= self.oh {
-                        break;
-                    }
-                    let x = [0, 1, 2, 3].map(|j| &sums[j * cout..(j + 1) * cout]);
-                    let r = (img * self.oh + oy) * self.ow + ox;
-                    let both = ox + 1 < self.ow;
-                    let (y0, y1) = (row(r), if both { row(r + 1) } else { &mut overhang[..] });
-                    output_4(x, y0, y1);
-                    self.epilogue(y0, r, 0..cout);
-                    if both {
-                        self.epilogue(y1, r + 1, 0..cout);
-                    }
-                }
-            }
+            })
         })
     }
 }
