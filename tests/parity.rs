@@ -99,10 +99,16 @@ fn check(case: &str, also_unfolded: bool) {
         eprintln!("{case}: {isa} kernels not tested, this CPU lacks {isa}");
     }
     for isa in Isa::supported().filter(|&i| i < Isa::best() && !on_gpu) {
-        let lower = rows(&build(true, isa).forward(&x).unwrap());
+        let net = build(true, isa);
+        let lower = rows(&net.forward(&x).unwrap());
         let err = relative_error(&lower, &fx.logits);
         eprintln!("{case}: {isa} kernels, relative error vs PyTorch {err:.2e}");
         assert!(err <= REL_TOL, "{case} ({isa}): relative error {err:e}");
+        let alone = rows(&net.forward(&x.narrow(0, 0, 1).unwrap()).unwrap());
+        assert!(
+            alone[0] == lower[0],
+            "{case} ({isa}): image 0 alone differs from in batch"
+        );
     }
     let net = build(true, Isa::best());
     let batch = rows(&net.forward(&x).unwrap());

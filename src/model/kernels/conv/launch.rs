@@ -11,6 +11,10 @@ use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
 use crate::model::kernels::scratch::with_scratch;
 use crate::model::kernels::{Activation, Pad2d, Prologue, View};
 
+/// A weight this small is read whole by every thread rather than split between them when
+/// that saves a parallel section (L2 is 1-2 MiB per core on the CPUs measured).
+pub(super) const SMALL_WEIGHT_BYTES: usize = 512 * 1024;
+
 /// One convolution call: input, geometry and epilogue.
 pub(super) struct Launch<'a> {
     pub(super) conv: &'a GemmConv,
@@ -105,7 +109,13 @@ impl Launch<'_> {
         // Blocks of rows while there are at least 128 rows per thread and the weight is the
         // smaller operand (rows >= Cout); past that (deep layers at small batches, where the
         // weight dominates and arrives cold from memory) threads split the output channels.
-        if rows >= 128 * threads && rows >= conv.cout {
+        // But a small weight (every thread reads it whole from its cache) with a gather to
+        // do is split by rows down to 16 per thread: gather and product in one parallel
+        // section instead of two (DenseNet's bottlenecks at batch 1).
+        let small_weight = kk * conv.cout * std::mem::size_of::<f32>() <= SMALL_WEIGHT_BYTES;
+        if (rows >= 128 * threads && rows >= conv.cout)
+            || (!direct && small_weight && rows >= 16 * threads)
+        {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
             par_blocks(rows, ROW_BLOCK, |r0, len| {

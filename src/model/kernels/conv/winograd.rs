@@ -15,7 +15,7 @@
 //!        | 0  1  0 -1 |        | 0    0    1  |
 //! ```
 
-use super::launch::Launch;
+use super::launch::{Launch, SMALL_WEIGHT_BYTES};
 use crate::model::kernels::gemm::{self as panel, general_gemm};
 use crate::model::kernels::isa::compiled_for;
 use crate::model::kernels::par::{par_blocks, SendPtr};
@@ -157,7 +157,10 @@ impl Launch<'_> {
         });
         let tiles = self.winograd_tiles().expect("a 3x3 stride-1 convolution");
         let threads = rayon::current_num_threads();
-        if tiles >= TILE_BLOCK / 2 * threads {
+        // Few tiles but a small transformed weight: still blocks of tiles (one parallel
+        // section instead of three), down to 4 tiles per thread.
+        let small_weight = u.len() * std::mem::size_of::<f32>() <= SMALL_WEIGHT_BYTES;
+        if tiles >= TILE_BLOCK / 2 * threads || (small_weight && tiles >= 4 * threads) {
             par_blocks(tiles, TILE_BLOCK, |t0, len| {
                 with_scratch(POSITIONS * len * (cin + cout), |buf| {
                     let (v, m) = buf.split_at_mut(POSITIONS * len * cin);

@@ -18,6 +18,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod general;
+mod portable;
 
 pub(super) use general::general_gemm;
 
@@ -30,6 +31,8 @@ const WIDTH_AVX512: usize = 16;
 /// A panel micro-kernel, and so the panel width its weights are packed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kernel {
+    /// Plain Rust (`portable.rs`): the scalar level, ARM64's NEON by auto-vectorisation.
+    Portable,
     Avx2,
     Avx512,
 }
@@ -42,6 +45,8 @@ impl Kernel {
             Some(Kernel::Avx512)
         } else if isa >= Isa::Avx2 && n.is_multiple_of(WIDTH_AVX2) {
             Some(Kernel::Avx2)
+        } else if n.is_multiple_of(portable::W) {
+            Some(Kernel::Portable)
         } else {
             None
         }
@@ -50,6 +55,7 @@ impl Kernel {
     /// Output channels per panel.
     pub fn width(self) -> usize {
         match self {
+            Kernel::Portable => portable::W,
             Kernel::Avx2 => WIDTH_AVX2,
             Kernel::Avx512 => WIDTH_AVX512,
         }
@@ -101,18 +107,17 @@ impl Kernel {
         dst_rs: usize,
         finish: Finish,
     ) {
-        #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller guarantees the instruction set and the pointers.
         unsafe {
             match self {
+                Kernel::Portable => portable::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
+                #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => avx2::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
+                #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512 => avx512::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("x86-64 kernels are never chosen elsewhere"),
             }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish);
-            unreachable!("no panel kernel is chosen off x86-64")
         }
     }
 }
@@ -138,7 +143,6 @@ impl Finish {
     ///
     /// # Safety
     /// The bias must extend that far.
-    #[cfg(target_arch = "x86_64")]
     unsafe fn skip_columns(self, j: usize) -> Self {
         Self {
             // SAFETY: the caller guarantees the bias extends past column `j`.
@@ -148,7 +152,7 @@ impl Finish {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
