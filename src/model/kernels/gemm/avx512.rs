@@ -91,16 +91,22 @@ unsafe fn block<const R: usize, const V: usize>(
     dst_rs: usize,
     finish: Finish,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    for kk in 0..k {
-        let mut wv = [_mm512_setzero_ps(); V];
-        for (v, wv) in wv.iter_mut().enumerate() {
-            // SAFETY: panel `v` of this block holds `k` rows of 16 values.
-            *wv = unsafe { _mm512_loadu_ps(w.add((v * k + kk) * W)) };
-        }
+    // The weight rows of step `kk` for the `V` panels.
+    let weights = |kk: usize| -> [__m512; V] {
+        // SAFETY: panel `v` of this block holds `k` rows of `W` values.
+        std::array::from_fn(|v| unsafe { _mm512_loadu_ps(w.add((v * k + kk) * W)) })
+    };
+    // SAFETY: row `r` of `lhs` holds `k` values.
+    let input = |r: usize, kk: usize| _mm512_set1_ps(unsafe { *lhs.add(r * lhs_rs + kk) });
+    // The first step's products start the sums (not a zeroed array, which the compiler
+    // kept on the stack and cleared with a `memset` per block); x * w + 0 rounds as x * w.
+    let w0 = weights(0);
+    let mut acc: [[__m512; V]; R] =
+        std::array::from_fn(|r| std::array::from_fn(|v| _mm512_mul_ps(input(r, 0), w0[v])));
+    for kk in 1..k {
+        let wv = weights(kk);
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: row `r` of `lhs` holds `k` values.
-            let x = _mm512_set1_ps(unsafe { *lhs.add(r * lhs_rs + kk) });
+            let x = input(r, kk);
             for (a, &wv) in acc.iter_mut().zip(&wv) {
                 *a = _mm512_fmadd_ps(x, wv, *a);
             }

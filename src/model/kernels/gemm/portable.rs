@@ -36,7 +36,17 @@ pub(super) unsafe fn gemm(
         // SAFETY (all calls): panel `j / W` and rows `r..` are inside what the caller covers.
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
         while r + ROWS <= m {
-            unsafe { block::<ROWS>(k, lhs.add(r * lhs_rs), lhs_rs, w, dst.add(r * dst_rs), dst_rs, f) };
+            unsafe {
+                block::<ROWS>(
+                    k,
+                    lhs.add(r * lhs_rs),
+                    lhs_rs,
+                    w,
+                    dst.add(r * dst_rs),
+                    dst_rs,
+                    f,
+                )
+            };
             r += ROWS;
         }
         let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
