@@ -92,9 +92,10 @@ pub enum ColorChoice {
 /// Which model, and how images are prepared for it.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Model: a short name (resnet18..resnet152, densenet121..densenet201, efficientnet_lite0..4,
-    /// tf_efficientnet_lite0..4; `classify models` lists them),
-    /// a Hugging Face repo `owner/name[@revision]`, or a local folder with config.json and weights.
+    /// Model: a short name (`classify models` lists them: ResNet, DenseNet, EfficientNet B and
+    /// Lite, MobileNetV3/V4, ConvNeXt, RegNetY, ViT, DeiT, RepVGG), a Hugging Face repo
+    /// `owner/name[@revision]` such as timm/convnext_tiny.fb_in1k, or a local folder with
+    /// config.json and weights.
     #[arg(short, long, env = "CLASSIFY_MODEL", default_value = "densenet121")]
     pub model: String,
 
@@ -243,6 +244,20 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers before the connection is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_secs: u64,
+
+    /// Require an API key on the inference and model routes: one key per line (blank lines
+    /// and # comments skipped). Keys may also come from CLASSIFY_API_KEYS (comma-separated).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// With API keys: require one for /metrics too.
+    #[arg(long)]
+    pub protect_metrics: bool,
+
+    /// Allow browser pages from this origin to call the server (CORS); repeat for several,
+    /// or * for any.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -308,8 +323,19 @@ impl BenchArgs {
 }
 
 impl ServeArgs {
-    pub fn settings(&self) -> Result<crate::server::ServeSettings, HubError> {
+    pub fn settings(&self) -> anyhow::Result<crate::server::ServeSettings> {
+        use crate::server::{Access, ApiKeys, KEYS_ENV};
         use std::time::Duration;
+        let env_keys = std::env::var(KEYS_ENV).ok();
+        let access = Access {
+            api_keys: ApiKeys::load(self.api_key_file.as_deref(), env_keys.as_deref())?,
+            protect_metrics: self.protect_metrics,
+            cors_origins: self.cors_origin.clone(),
+        };
+        access.cors()?;
+        if self.protect_metrics && access.api_keys.is_none() {
+            anyhow::bail!("--protect-metrics needs API keys (--api-key-file or {KEYS_ENV})");
+        }
         Ok(crate::server::ServeSettings {
             model: self.model.model_settings()?,
             host: self.host,
@@ -325,6 +351,7 @@ impl ServeArgs {
                 max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
                 queue_capacity: self.queue_size as usize,
             },
+            access,
         })
     }
 }
@@ -464,5 +491,34 @@ mod tests {
             Cli::try_parse_from(["classify", "models"]).unwrap().command,
             Some(Command::Models { json: false })
         ));
+    }
+
+    #[test]
+    fn serve_access_settings_are_checked_before_anything_loads() {
+        let serve = |args: &[&str]| -> Result<crate::server::ServeSettings, String> {
+            let cli = Cli::try_parse_from(["classify", "serve"].iter().chain(args))
+                .map_err(|e| e.to_string())?;
+            match cli.command {
+                Some(Command::Serve(s)) => s.settings().map_err(|e| format!("{e:#}")),
+                _ => unreachable!(),
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.txt");
+        std::fs::write(&file, "k-1\nk-2\n").unwrap();
+        let file = file.to_str().unwrap();
+        let s = serve(&["--api-key-file", file, "--protect-metrics"]).unwrap();
+        assert!(s.access.api_keys.is_some_and(|k| k.len() >= 2));
+        assert!(s.access.protect_metrics);
+        if std::env::var_os(crate::server::KEYS_ENV).is_none() {
+            let err = serve(&["--protect-metrics"]).unwrap_err();
+            assert!(err.contains("needs API keys"), "{err}");
+        }
+        let err = serve(&["--api-key-file", "/nonexistent/keys"]).unwrap_err();
+        assert!(err.contains("/nonexistent/keys"), "{err}");
+        let err = serve(&["--cors-origin", "app.example.com"]).unwrap_err();
+        assert!(err.contains("not an origin"), "{err}");
+        let s = serve(&["--cors-origin", "https://a.example", "--cors-origin", "*"]).unwrap();
+        assert_eq!(s.access.cors_origins.len(), 2);
     }
 }

@@ -916,3 +916,130 @@ fn dockerfile_entrypoint_and_kserve_args_compose() {
     assert!(ready, "{url} never answered 200");
     assert!(status.success(), "graceful shutdown: {status}");
 }
+
+/// API keys: inference and model routes need one (either header), health and readiness do
+/// not, metrics only with `protect_metrics`; CORS answers preflights for the listed origin.
+#[tokio::test]
+async fn api_keys_guard_inference_and_cors_answers_preflight() {
+    use classify::server::{Access, ApiKeys};
+    let keyed = |protect_metrics: bool| {
+        let access = Access {
+            api_keys: ApiKeys::load(None, Some("key-one,key-two")).unwrap(),
+            protect_metrics,
+            cors_origins: vec!["https://app.example.com".into()],
+        };
+        let s = AppState::with_access(
+            "tf_efficientnet_lite0",
+            ServerLimits::default(),
+            BatchConfig::default(),
+            access,
+        );
+        s.install(engine()).unwrap();
+        s
+    };
+    let s = keyed(false);
+    let predict = |auth: Option<(&str, &str)>| {
+        let mut req = Request::post("/predict").header(header::CONTENT_TYPE, "image/png");
+        if let Some((name, value)) = auth {
+            req = req.header(name, value);
+        }
+        req.body(Body::from(read("coffee.png"))).unwrap()
+    };
+    for auth in [
+        None,
+        Some(("authorization", "Bearer key-three")),
+        Some(("x-api-key", "key-on")),
+    ] {
+        let (status, headers, body) = send(s.clone(), predict(auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"classify\""
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("API key"), "{v}");
+        assert!(!String::from_utf8_lossy(&body).contains("key-one"));
+    }
+    for auth in [
+        ("authorization", "Bearer key-two"),
+        ("x-api-key", "key-one"),
+    ] {
+        let (status, v) = send_json(s.clone(), predict(Some(auth))).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["class_name"], "espresso");
+    }
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    for uri in [
+        "/v2/models/tf_efficientnet_lite0",
+        "/models",
+        "/v2/models/tf_efficientnet_lite0/versions/1",
+    ] {
+        let (status, _, _) = send(s.clone(), get(uri)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    for uri in [
+        "/health",
+        "/ready",
+        "/ping",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/tf_efficientnet_lite0/ready",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        let (status, _, _) = send(s.clone(), get(uri)).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+    }
+    // The document says which operations need a key.
+    let (_, doc) = send_json(s.clone(), get("/openapi.json")).await;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["apiKey"]["name"],
+        "X-API-Key"
+    );
+    assert!(doc["paths"]["/predict"]["post"]["security"].is_array());
+    assert!(doc["paths"]["/predict"]["post"]["responses"]["401"].is_object());
+    assert!(doc["paths"]["/models"]["get"]["security"].is_array());
+    assert!(doc["paths"]["/health"]["get"].get("security").is_none());
+    assert!(doc["paths"]["/metrics"]["get"].get("security").is_none());
+    // The page asks for the key.
+    let page = Request::get("/")
+        .header(header::ACCEPT, "text/html")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(s.clone(), page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("id=\"key\""));
+
+    let s = keyed(true);
+    let (status, _, _) = send(s.clone(), get("/metrics")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let metrics = Request::get("/metrics")
+        .header("x-api-key", "key-two")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, _) = send(s.clone(), metrics).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // CORS: the listed origin gets its preflight answered, another gets no allow header.
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/predict")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "x-api-key")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, headers, _) = send(s.clone(), preflight("https://app.example.com")).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example.com"
+    );
+    let (_, headers, _) = send(s.clone(), preflight("https://evil.example.net")).await;
+    assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    // An open server sends no CORS headers at all.
+    let (_, headers, _) = send(state(), preflight("https://app.example.com")).await;
+    assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+}

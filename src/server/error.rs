@@ -25,6 +25,8 @@ pub enum ApiError {
     NotReady,
     #[error("request timed out")]
     Timeout,
+    #[error("a valid API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`")]
+    Unauthorized,
     #[error("internal error")]
     Internal,
 }
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::QueueFull | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +73,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"classify\""),
+            );
         }
         response
     }

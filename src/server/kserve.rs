@@ -18,22 +18,28 @@ use super::routes::{
 };
 use super::AppState;
 
-pub fn routes() -> Router<AppState> {
+/// Health and readiness: open even where API keys are required (probes carry none).
+pub fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(versioned_ready),
+        )
+}
+
+/// Model metadata and inference.
+pub fn model_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/infer", post(infer))
         // The same, addressed with the model version (tritonclient sends `model_version`).
         .route(
             "/v2/models/{name}/versions/{version}",
             get(versioned_metadata),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(versioned_ready),
         )
         .route(
             "/v2/models/{name}/versions/{version}/infer",

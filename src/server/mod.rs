@@ -5,6 +5,7 @@
 //! gracefully on SIGINT/SIGTERM. Inference never runs on the async executor: decoding runs
 //! on the blocking pool (bounded by a semaphore), the network on the batcher's thread.
 
+mod access;
 mod batcher;
 mod error;
 mod kserve;
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+pub use access::{Access, AccessError, ApiKeys, KEYS_ENV};
 pub use batcher::BatchConfig;
 use batcher::Batcher;
 pub use error::ApiError;
@@ -81,6 +83,7 @@ pub struct ServeSettings {
     pub port: u16,
     pub limits: ServerLimits,
     pub batch: BatchConfig,
+    pub access: Access,
 }
 
 struct Loaded {
@@ -97,6 +100,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     limits: ServerLimits,
     batch: BatchConfig,
+    access: Access,
     decode_permits: Semaphore,
 }
 
@@ -105,8 +109,19 @@ struct Shared {
 pub struct AppState(Arc<Shared>);
 
 impl AppState {
-    /// State for a server whose model is still loading; see [`AppState::install`].
+    /// State for an open server (no API keys, no CORS) whose model is still loading; see
+    /// [`AppState::install`].
     pub fn new(model_name: &str, limits: ServerLimits, batch: BatchConfig) -> Self {
+        Self::with_access(model_name, limits, batch, Access::default())
+    }
+
+    /// [`AppState::new`] with API keys and CORS origins.
+    pub fn with_access(
+        model_name: &str,
+        limits: ServerLimits,
+        batch: BatchConfig,
+        access: Access,
+    ) -> Self {
         let decoders = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
         Self(Arc::new(Shared {
             model_name: model_name.to_string(),
@@ -116,6 +131,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             limits,
             batch,
+            access,
             decode_permits: Semaphore::new(decoders),
         }))
     }
@@ -170,23 +186,53 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-/// The whole HTTP interface over `state`.
+/// The whole HTTP interface over `state`. Where API keys are configured, the inference and
+/// model routes (and `/metrics` with `protect_metrics`) need one; health, readiness, the
+/// upload page itself and the API documentation stay open.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(routes::index).post(routes::form_result))
-        .route("/predict", post(routes::predict))
+    let access = &state.0.access;
+    let keys = access.api_keys.clone();
+    let guard = |router: Router<AppState>| match &keys {
+        Some(keys) => router.route_layer(middleware::from_fn_with_state(
+            keys.clone(),
+            access::require_key,
+        )),
+        None => router,
+    };
+    let form = match &keys {
+        Some(keys) => post(routes::form_result).route_layer(middleware::from_fn_with_state(
+            keys.clone(),
+            access::require_key,
+        )),
+        None => post(routes::form_result),
+    };
+    let protected = guard(
+        Router::new()
+            .route("/predict", post(routes::predict))
+            .merge(kserve::model_routes())
+            .merge(torchserve::model_routes()),
+    );
+    let metrics = Router::new().route("/metrics", get(routes::metrics));
+    let metrics = if access.protect_metrics {
+        guard(metrics)
+    } else {
+        metrics
+    };
+    let router = Router::new()
+        .route("/", get(routes::index).merge(form))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .merge(kserve::routes())
-        .merge(torchserve::routes())
+        .merge(kserve::health_routes())
+        .merge(torchserve::health_routes())
+        .merge(protected)
+        .merge(metrics)
         .with_state(state.clone())
         .merge(openapi::docs_routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state, track))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal.into_response()
         }))
@@ -194,7 +240,12 @@ pub fn app(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
+        );
+    // Checked when the settings were built (`Access::cors` in `classify serve`).
+    match state.0.access.cors().ok().flatten() {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// `timm/resnet50.tv_in1k@main` -> `resnet50.tv_in1k`: a name that fits in a URL segment.
@@ -289,7 +340,19 @@ async fn accept_loop(
 
 /// Bind, load the model in the background, serve until SIGINT/SIGTERM.
 pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<()> {
-    let state = AppState::new(&settings.model.name, settings.limits, settings.batch);
+    settings.access.cors()?;
+    if let Some(keys) = &settings.access.api_keys {
+        eprintln!(
+            "classify: API keys required on inference and model routes ({} configured)",
+            keys.len()
+        );
+    }
+    let state = AppState::with_access(
+        &settings.model.name,
+        settings.limits,
+        settings.batch,
+        settings.access.clone(),
+    );
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(settings.host, settings.port))
         .await
         .map_err(|e| {

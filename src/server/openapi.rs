@@ -116,8 +116,43 @@ pub fn spec(model: &str, served_name: &str) -> Value {
     })
 }
 
+/// Marks the operations that need an API key (see `access.rs`) and declares both ways of
+/// sending one. Open: health, readiness, this document, the page itself, and `/metrics`
+/// unless `protect_metrics`.
+pub fn require_keys(spec: &mut Value, protect_metrics: bool) {
+    spec["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    });
+    let Some(paths) = spec["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in ops.iter_mut() {
+            let open = matches!(
+                path.as_str(),
+                "/health" | "/ready" | "/openapi.json" | "/ping"
+            ) || path.starts_with("/v2/health/")
+                || path.ends_with("/ready")
+                || (path == "/" && method == "get")
+                || (path == "/metrics" && !protect_metrics);
+            if !open {
+                op["security"] = json!([{"bearer": []}, {"apiKey": []}]);
+                op["responses"]["401"] = error_response("Missing or wrong API key");
+            }
+        }
+    }
+}
+
 pub async fn document(State(state): State<AppState>) -> Json<Value> {
-    Json(spec(&state.0.model_name, &state.0.served_name))
+    let mut doc = spec(&state.0.model_name, &state.0.served_name);
+    if state.0.access.api_keys.is_some() {
+        require_keys(&mut doc, state.0.access.protect_metrics);
+    }
+    Json(doc)
 }
 
 /// Swagger UI over `/openapi.json`, served from assets inside the binary.

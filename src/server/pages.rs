@@ -56,11 +56,19 @@ fn bars(predictions: &[Prediction]) -> String {
         .collect()
 }
 
-pub fn upload_page(model: &str) -> String {
+/// The upload page. Where the server needs an API key, the page asks for it and sends it
+/// as `X-API-Key` (kept for the browser tab only, in `sessionStorage`).
+pub fn upload_page(model: &str, needs_key: bool) -> String {
+    let key_field = if needs_key {
+        r#"<input id="key" type="password" placeholder="API key" autocomplete="off" required>"#
+    } else {
+        ""
+    };
     let body = format!(
         r#"<h1>Image classifier</h1>
 <p class="muted">Model: {model}. Images are classified in memory and never stored.</p>
 <form id="form" method="post" action="/" enctype="multipart/form-data">
+  {key_field}
   <input id="file" type="file" name="file" accept="image/*" required>
   <button type="submit">Classify</button>
 </form>
@@ -72,6 +80,8 @@ pub fn upload_page(model: &str) -> String {
 const form = document.getElementById('form'), file = document.getElementById('file');
 const preview = document.getElementById('preview'), result = document.getElementById('result');
 const label = document.getElementById('label'), error = document.getElementById('error');
+const key = document.getElementById('key');
+if (key) key.value = sessionStorage.getItem('classify-key') || '';
 const esc = s => s.replace(/[&<>"']/g, c => ({{'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}})[c]);
 file.addEventListener('change', () => {{
   if (!file.files[0]) return;
@@ -84,7 +94,9 @@ form.addEventListener('submit', async (ev) => {{
   const data = new FormData(); data.append('file', file.files[0]);
   label.textContent = 'Classifying…'; result.innerHTML = ''; error.textContent = '';
   try {{
-    const r = await fetch('/predict', {{method: 'POST', body: data}});
+    const headers = {{}};
+    if (key) {{ sessionStorage.setItem('classify-key', key.value); headers['X-API-Key'] = key.value; }}
+    const r = await fetch('/predict', {{method: 'POST', body: data, headers}});
     const j = await r.json();
     if (!r.ok) throw new Error(j.error || r.statusText);
     label.textContent = j.class_name.replace(/_/g, ' ');
@@ -162,6 +174,8 @@ mod tests {
         let html = result_page("m", b"\x89PNG\r\n\x1a\n", &preds);
         assert!(html.contains("<h2 id=\"label\">Egyptian cat</h2>"));
         assert!(html.contains("src=\"data:image/png;base64,"));
-        assert!(!upload_page("<m>").contains("<m>"));
+        assert!(!upload_page("<m>", false).contains("<m>"));
+        assert!(!upload_page("m", false).contains("id=\"key\""));
+        assert!(upload_page("m", true).contains("id=\"key\" type=\"password\""));
     }
 }

@@ -327,7 +327,11 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// `GET /`: the upload page for browsers, the Flask recipe's hint for API clients.
 pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if wants_html(&headers) {
-        Html(pages::upload_page(&state.0.model_name)).into_response()
+        Html(pages::upload_page(
+            &state.0.model_name,
+            state.0.access.api_keys.is_some(),
+        ))
+        .into_response()
     } else {
         Json(serde_json::json!({
             "msg": "Try POSTing to the /predict endpoint with an RGB image attachment",

@@ -22,9 +22,14 @@ use crate::engine::Prediction;
 /// The only version each model has (as in the Open Inference Protocol routes).
 pub const MODEL_VERSION: &str = "1";
 
-pub fn routes() -> Router<AppState> {
+/// TorchServe's health check: open even where API keys are required.
+pub fn health_routes() -> Router<AppState> {
+    Router::new().route("/ping", get(ping))
+}
+
+/// TorchServe's inference API and model list.
+pub fn model_routes() -> Router<AppState> {
     Router::new()
-        .route("/ping", get(ping))
         .route("/models", get(models))
         .route("/predictions/{model}", post(predict).put(predict))
         .route(
