@@ -326,3 +326,38 @@ fn vit_tiny_patch16_224() {
 fn vit_small_patch16_224() {
     check("vit_small_patch16_224", false);
 }
+
+/// The depthwise families run a batch through the kernels a few images at a time (see
+/// `efficientnet_blocks.rs`): a batch longer than a chunk, and not a multiple of it, gives
+/// each image exactly the logits it has alone.
+#[test]
+fn batches_split_into_chunks_give_each_image_its_own_logits() {
+    let dev = Device::Cpu;
+    for name in ["mobilenetv3_small_100", "tf_efficientnet_lite0"] {
+        let arch = Arch::from_name(name).unwrap();
+        let net = Network::build(
+            arch,
+            SyntheticWeights::var_builder(&dev),
+            10,
+            LoadOptions {
+                fold_batchnorm: true,
+                isa: Isa::best(),
+                stock: false,
+            },
+        )
+        .unwrap();
+        let n = 7;
+        let x = Tensor::randn(0f32, 1.0, (n, 3, 224, 224), &dev).unwrap();
+        let batch = rows(&net.forward(&x).unwrap());
+        assert_eq!(batch.len(), n);
+        for (i, row) in batch.iter().enumerate() {
+            let alone = rows(&net.forward(&x.narrow(0, i, 1).unwrap()).unwrap());
+            assert!(
+                alone[0] == *row,
+                "{name}: image {i} alone differs from in batch"
+            );
+        }
+        // Not all the same image's logits (each chunk's rows land in their own place).
+        assert!(batch[0] != batch[n - 1], "{name}");
+    }
+}
