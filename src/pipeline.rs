@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::config::Shard;
 use crate::engine::{Engine, Prediction};
+use crate::preprocess::DecodeError;
 
 /// Extensions picked up when walking a directory (case-insensitive).
 /// HEIC/HEIF/AVIF are listed so that such files are reported as unsupported, not skipped.
@@ -40,11 +41,39 @@ pub enum InputKind {
     Invalid(String),
 }
 
+/// Why one input has no predictions. The message (`Display`) is what `--json` and the
+/// other formats print in the input's `error` field.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The argument could not even be listed (missing path, unreadable directory).
+    #[error("{0}")]
+    Unlisted(String),
+    #[error("no such file")]
+    NotFound,
+    #[error("is a directory")]
+    IsDirectory,
+    /// A FIFO, socket or device: reading it could block or never end.
+    #[error("not a regular file")]
+    NotRegularFile,
+    #[error("larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("cannot open: {0}")]
+    Open(#[source] std::io::Error),
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    /// Read, but not an image classify can decode (or over `--max-pixels`).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The network failed on the batch this input was in.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
 /// The outcome for one input.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct ImageResult {
     pub name: String,
-    pub outcome: Result<Vec<Prediction>, String>,
+    pub outcome: Result<Vec<Prediction>, InputError>,
 }
 
 fn display(path: &Path) -> String {
@@ -138,39 +167,43 @@ pub fn shard_filter(shard: Option<Shard>) -> impl FnMut(&Input) -> bool {
     }
 }
 
-fn read_limited(mut r: impl Read) -> Result<Vec<u8>, String> {
+fn read_limited(mut r: impl Read) -> Result<Vec<u8>, InputError> {
     let mut bytes = Vec::new();
     r.by_ref()
         .take(MAX_INPUT_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .map_err(InputError::Read)?;
     if bytes.len() as u64 > MAX_INPUT_BYTES {
-        return Err(format!("larger than {MAX_INPUT_BYTES} bytes"));
+        return Err(InputError::TooLarge {
+            limit: MAX_INPUT_BYTES,
+        });
     }
     Ok(bytes)
 }
 
 /// The bytes of an input. Only regular files are opened: a FIFO or device would block or
 /// never end.
-pub fn read_input(input: &Input) -> Result<Vec<u8>, String> {
+pub fn read_input(input: &Input) -> Result<Vec<u8>, InputError> {
     match &input.kind {
-        InputKind::Invalid(e) => Err(e.clone()),
+        InputKind::Invalid(e) => Err(InputError::Unlisted(e.clone())),
         InputKind::Stdin => read_limited(std::io::stdin().lock()),
         InputKind::File(path) => {
             let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => "no such file".to_string(),
-                _ => format!("cannot read: {e}"),
+                std::io::ErrorKind::NotFound => InputError::NotFound,
+                _ => InputError::Read(e),
             })?;
             if meta.is_dir() {
-                return Err("is a directory".into());
+                return Err(InputError::IsDirectory);
             }
             if !meta.is_file() {
-                return Err("not a regular file".into());
+                return Err(InputError::NotRegularFile);
             }
             if meta.len() > MAX_INPUT_BYTES {
-                return Err(format!("larger than {MAX_INPUT_BYTES} bytes"));
+                return Err(InputError::TooLarge {
+                    limit: MAX_INPUT_BYTES,
+                });
             }
-            let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+            let file = std::fs::File::open(path).map_err(InputError::Open)?;
             read_limited(file)
         }
     }
@@ -187,7 +220,7 @@ pub fn run(
     mut emit: impl FnMut(ImageResult) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let batch_size = batch_size.max(1);
-    type Decoded = Vec<Result<Vec<f32>, String>>;
+    type Decoded = Vec<Result<Vec<f32>, InputError>>;
     let (tx, rx) = mpsc::sync_channel::<Decoded>(1);
     std::thread::scope(|scope| {
         scope.spawn(move || {
@@ -196,7 +229,7 @@ pub fn run(
                     .par_iter()
                     .map(|input| {
                         let bytes = read_input(input)?;
-                        engine.preprocess(&bytes).map_err(|e| e.to_string())
+                        Ok(engine.preprocess(&bytes)?)
                     })
                     .collect();
                 if tx.send(decoded).is_err() {
@@ -207,7 +240,7 @@ pub fn run(
         for (chunk, decoded) in inputs.chunks(batch_size).zip(rx) {
             // Move the decoded images out (no copy); keep each input's decode error in place.
             let mut good = Vec::with_capacity(decoded.len());
-            let failures: Vec<Option<String>> = decoded
+            let failures: Vec<Option<InputError>> = decoded
                 .into_iter()
                 .map(|d| match d {
                     Ok(image) => {
@@ -219,14 +252,19 @@ pub fn run(
                 .collect();
             let mut predictions = match engine.classify(&good, top_k) {
                 Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(format!("inference failed: {e}")); good.len()],
+                Err(e) => {
+                    let e = e.to_string();
+                    (0..good.len())
+                        .map(|_| Err(InputError::Inference(e.clone())))
+                        .collect()
+                }
             }
             .into_iter();
             for (input, failure) in chunk.iter().zip(failures) {
                 let outcome = match failure {
-                    None => predictions
-                        .next()
-                        .unwrap_or_else(|| Err("internal: missing result".into())),
+                    None => predictions.next().unwrap_or_else(|| {
+                        Err(InputError::Inference("no result for this input".into()))
+                    }),
                     Some(e) => Err(e),
                 };
                 emit(ImageResult {
@@ -308,11 +346,20 @@ mod tests {
             name: "pipe.jpg".into(),
             kind: InputKind::File(fifo),
         };
-        assert_eq!(read_input(&input).unwrap_err(), "not a regular file");
+        let err = read_input(&input).unwrap_err();
+        assert!(matches!(err, InputError::NotRegularFile), "{err:?}");
+        assert_eq!(err.to_string(), "not a regular file");
         let missing = Input {
             name: "nope.jpg".into(),
             kind: InputKind::File(tmp.path().join("nope.jpg")),
         };
-        assert_eq!(read_input(&missing).unwrap_err(), "no such file");
+        let err = read_input(&missing).unwrap_err();
+        assert!(matches!(err, InputError::NotFound), "{err:?}");
+        assert_eq!(err.to_string(), "no such file");
+        let dir = Input {
+            name: "d".into(),
+            kind: InputKind::File(tmp.path().to_path_buf()),
+        };
+        assert!(matches!(read_input(&dir), Err(InputError::IsDirectory)));
     }
 }

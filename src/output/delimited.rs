@@ -121,7 +121,7 @@ impl<W: Write> Printer for DelimitedPrinter<W> {
             }
             Err(error) => {
                 row.extend(std::iter::repeat_n(String::new(), 3 * self.top_k));
-                row.push(error.clone());
+                row.push(error.to_string());
             }
         }
         self.emit(row)
@@ -148,7 +148,7 @@ mod tests {
             text,
             "path,label_1,score_1,index_1,label_2,score_2,index_2,error\n\
              cat.jpg,tiger cat,0.5,282,cock,0.125,7,\n\
-             \"bad \"\"name\"\".jpg\",,,,,,,cannot decode image\n"
+             \"bad \"\"name\"\".jpg\",,,,,,,no such file\n"
         );
         let rows: Vec<csv::StringRecord> = Dialect::of(OutputFormat::Csv)
             .reader(text.as_bytes())
@@ -156,7 +156,7 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(rows[2][PATH_COLUMN], *"bad \"name\".jpg");
-        assert_eq!(rows[2][7], *"cannot decode image");
+        assert_eq!(rows[2][7], *"no such file");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct JsonPrinter<W> {
     out: W,
     model: String,
     buf: Vec<u8>,
+    /// The current failed input's message.
+    error: String,
 }
 
 impl<W: Write> JsonPrinter<W> {
@@ -21,6 +23,7 @@ impl<W: Write> JsonPrinter<W> {
             out,
             model: model.to_string(),
             buf: Vec::new(),
+            error: String::new(),
         }
     }
 }
@@ -56,10 +59,13 @@ impl<W: Write> Printer for JsonPrinter<W> {
                 model: &self.model,
                 predictions,
             },
-            Err(error) => JsonRecord::Err {
-                path: &result.name,
-                error,
-            },
+            Err(error) => {
+                self.error = error.to_string();
+                JsonRecord::Err {
+                    path: &result.name,
+                    error: &self.error,
+                }
+            }
         };
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, &record)?;
@@ -91,6 +97,6 @@ mod tests {
         assert_eq!(lines[0]["predictions"][0]["wnid"], "n02123159");
         assert!(lines[0]["predictions"][1].get("wnid").is_none());
         assert_eq!(lines[1]["path"], "bad \"name\".jpg");
-        assert_eq!(lines[1]["error"], "cannot decode image");
+        assert_eq!(lines[1]["error"], "no such file");
     }
 }

@@ -124,7 +124,7 @@ pub(crate) mod test_results {
             },
             ImageResult {
                 name: "bad \"name\".jpg".into(),
-                outcome: Err("cannot decode image".into()),
+                outcome: Err(crate::pipeline::InputError::NotFound),
             },
         ]
     }

@@ -14,7 +14,13 @@ use tokio::sync::oneshot;
 use super::metrics::Metrics;
 use crate::engine::{Engine, Prediction};
 
-pub type JobResult = Result<Vec<Prediction>, String>;
+pub type JobResult = Result<Vec<Prediction>, InferenceFailed>;
+
+/// The network failed on the batch a job was in (logged where it happened; clients get a
+/// plain 500, without internals).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("inference failed")]
+pub struct InferenceFailed;
 
 /// One preprocessed image waiting for the network.
 pub struct Job {
@@ -30,7 +36,9 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
 }
 
-#[derive(Debug)]
+/// The bounded queue is full (the route answers 503 with `Retry-After`).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the request queue is full")]
 pub struct QueueFull;
 
 /// The sending side; the worker thread ends when every `Batcher` is dropped.
@@ -115,7 +123,7 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>, metrics: &Metrics) {
         Err(e) => {
             tracing::error!("inference failed: {e}");
             for (_, reply) in replies {
-                let _ = reply.send(Err("inference failed".into()));
+                let _ = reply.send(Err(InferenceFailed));
             }
         }
     }

@@ -64,6 +64,24 @@ impl ApiError {
     }
 }
 
+impl From<super::batcher::QueueFull> for ApiError {
+    fn from(_: super::batcher::QueueFull) -> Self {
+        ApiError::QueueFull
+    }
+}
+
+impl From<super::batcher::InferenceFailed> for ApiError {
+    fn from(_: super::batcher::InferenceFailed) -> Self {
+        ApiError::Internal
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        Self::from_decode(e)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -81,5 +99,35 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::batcher::{InferenceFailed, QueueFull};
+
+    /// Each failure of the per-image path has its status by type, not by its message.
+    #[test]
+    fn per_image_failures_map_to_their_status() {
+        let status = |e: ApiError| e.status().as_u16();
+        assert_eq!(status(QueueFull.into()), 503);
+        assert_eq!(status(InferenceFailed.into()), 500);
+        assert_eq!(status(DecodeError::Empty.into()), 400);
+        assert_eq!(status(DecodeError::TruncatedJpeg.into()), 400);
+        assert_eq!(status(DecodeError::UnknownFormat.into()), 415);
+        assert_eq!(status(DecodeError::UnsupportedFormat("HEIF").into()), 415);
+        let too_large = DecodeError::TooLarge {
+            width: 50_000,
+            height: 50_000,
+            max_pixels: 1,
+        };
+        assert_eq!(status(too_large.into()), 413);
+        assert_eq!(status(ApiError::Timeout), 504);
+        // Internals never reach the client.
+        assert_eq!(
+            ApiError::from(InferenceFailed).to_string(),
+            "internal error"
+        );
     }
 }

@@ -216,24 +216,19 @@ pub async fn classify_bytes(
             .acquire()
             .await
             .map_err(|_| ApiError::Internal)?;
+        // The outer error: the decoding task panicked (caught; the server goes on).
         tokio::task::spawn_blocking(move || engine.preprocess(&bytes))
             .await
-            .map_err(|_| ApiError::Internal)?
-            .map_err(ApiError::from_decode)?
+            .map_err(|_| ApiError::Internal)??
     };
     let (reply, answer) = oneshot::channel();
-    loaded
-        .batcher
-        .submit(Job {
-            image,
-            top_k,
-            reply,
-        })
-        .map_err(|_| ApiError::QueueFull)?;
-    answer
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|_| ApiError::Internal)
+    loaded.batcher.submit(Job {
+        image,
+        top_k,
+        reply,
+    })?;
+    // The outer error: the batcher thread is gone.
+    Ok(answer.await.map_err(|_| ApiError::Internal)??)
 }
 
 pub fn resolve_top_k(state: &AppState, requested: Option<usize>) -> Result<usize, ApiError> {
