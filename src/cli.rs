@@ -327,8 +327,22 @@ impl ServeArgs {
         use crate::server::{Access, ApiKeys, KEYS_ENV};
         use std::time::Duration;
         let env_keys = std::env::var(KEYS_ENV).ok();
+        let key_file = match &self.api_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("{}: cannot read the API key file: {e}", path.display())
+                })?;
+                Some((path.display().to_string(), text))
+            }
+            None => None,
+        };
         let access = Access {
-            api_keys: ApiKeys::load(self.api_key_file.as_deref(), env_keys.as_deref())?,
+            api_keys: ApiKeys::load(
+                key_file
+                    .as_ref()
+                    .map(|(name, text)| (name.as_str(), text.as_str())),
+                env_keys.as_deref(),
+            )?,
             protect_metrics: self.protect_metrics,
             cors_origins: self.cors_origin.clone(),
         };

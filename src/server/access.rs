@@ -8,7 +8,6 @@
 //! says neither which key nor how much of it matched), and never logged or echoed: the
 //! `Debug` form shows only their number.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -36,12 +35,6 @@ impl std::fmt::Debug for ApiKeys {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    #[error("{path}: cannot read the API key file: {source}")]
-    ReadKeys {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(
         "{origin}: no API key in it (one key per line; blank lines and # comments are skipped)"
     )]
@@ -53,23 +46,25 @@ pub enum AccessError {
 }
 
 impl ApiKeys {
-    /// Keys from a file (one per line, `#` comments and blank lines skipped) and/or from
-    /// `env` (comma-separated); `None` when neither gives any, which means no keys are
-    /// required. A file that is given must hold at least one key.
-    pub fn load(file: Option<&Path>, env: Option<&str>) -> Result<Option<Self>, AccessError> {
+    /// Keys from a key file's text (one per line, `#` comments and blank lines skipped;
+    /// `file` is `(name, text)`, the name for messages) and/or from `env` (comma-separated);
+    /// `None` when neither gives any, which means no keys are required. A file that is given
+    /// must hold at least one key. (The caller reads the file: the server code has no
+    /// filesystem calls.)
+    pub fn load(
+        file: Option<(&str, &str)>,
+        env: Option<&str>,
+    ) -> Result<Option<Self>, AccessError> {
         let mut keys = Vec::new();
-        if let Some(path) = file {
-            let origin = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| AccessError::ReadKeys {
-                path: origin.clone(),
-                source,
-            })?;
+        if let Some((origin, text)) = file {
             let from_file = parse(
                 text.lines().filter(|l| !l.trim_start().starts_with('#')),
-                &origin,
+                origin,
             )?;
             if from_file.is_empty() {
-                return Err(AccessError::NoKeys { origin });
+                return Err(AccessError::NoKeys {
+                    origin: origin.to_string(),
+                });
             }
             keys.extend(from_file);
         }
@@ -195,27 +190,22 @@ mod tests {
 
     #[test]
     fn keys_load_from_a_file_and_the_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("keys");
-        std::fs::write(&file, "# team A\nalpha-key-1\n\n  beta-key-2  \n").unwrap();
-        let keys = ApiKeys::load(Some(&file), Some("gamma, delta"))
+        let file = "# team A\nalpha-key-1\n\n  beta-key-2  \n";
+        let keys = ApiKeys::load(Some(("keys.txt", file)), Some("gamma, delta"))
             .unwrap()
             .unwrap();
         assert_eq!(keys.len(), 4);
         assert_eq!(format!("{keys:?}"), "ApiKeys(4 keys)");
         assert!(ApiKeys::load(None, None).unwrap().is_none());
         assert!(ApiKeys::load(None, Some(" , ")).unwrap().is_none());
-        std::fs::write(&file, "# nothing\n\n").unwrap();
-        let err = ApiKeys::load(Some(&file), None).unwrap_err().to_string();
-        assert!(err.contains("no API key"), "{err}");
+        let err = ApiKeys::load(Some(("keys.txt", "# nothing\n\n")), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keys.txt: no API key"), "{err}");
         let err = ApiKeys::load(None, Some("two words"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("whitespace"), "{err}");
-        let err = ApiKeys::load(Some(&dir.path().join("missing")), None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("cannot read the API key file"), "{err}");
     }
 
     #[test]
