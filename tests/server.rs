@@ -990,6 +990,10 @@ async fn api_keys_guard_inference_and_cors_answers_preflight() {
         let (status, _, _) = send(s.clone(), get(uri)).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
     }
+    // The page's form post is an inference route too.
+    let (ct, form) = multipart(&[("file", "coffee.png", &read("coffee.png"))]);
+    let (status, _, _) = send(s.clone(), post("/", &ct, form)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // The document says which operations need a key.
     let (_, doc) = send_json(s.clone(), get("/openapi.json")).await;
     assert_eq!(

@@ -199,15 +199,9 @@ pub fn app(state: AppState) -> Router {
         )),
         None => router,
     };
-    let form = match &keys {
-        Some(keys) => post(routes::form_result).route_layer(middleware::from_fn_with_state(
-            keys.clone(),
-            access::require_key,
-        )),
-        None => post(routes::form_result),
-    };
     let protected = guard(
         Router::new()
+            .route("/", post(routes::form_result))
             .route("/predict", post(routes::predict))
             .merge(kserve::model_routes())
             .merge(torchserve::model_routes()),
@@ -219,7 +213,7 @@ pub fn app(state: AppState) -> Router {
         metrics
     };
     let router = Router::new()
-        .route("/", get(routes::index).merge(form))
+        .route("/", get(routes::index))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/openapi.json", get(openapi::document))
