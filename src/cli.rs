@@ -95,9 +95,10 @@ pub struct ModelArgs {
     /// Model: a short name (`classify models` lists them: ResNet, DenseNet, EfficientNet B and
     /// Lite, MobileNetV3/V4, ConvNeXt, RegNetY, ViT, DeiT, RepVGG), a Hugging Face repo
     /// `owner/name[@revision]` such as timm/convnext_tiny.fb_in1k, or a local folder with
-    /// config.json and weights.
-    #[arg(short, long, env = "CLASSIFY_MODEL", default_value = "densenet121")]
-    pub model: String,
+    /// config.json and weights. [default: $CLASSIFY_MODEL, else densenet121]. A later
+    /// --model replaces an earlier one, except under `serve`, which serves each one given.
+    #[arg(short, long, value_name = "MODEL", action = clap::ArgAction::Append)]
+    pub model: Vec<String>,
 
     /// Use this checkpoint (safetensors, .pth/.pt/.bin, or legacy PyTorch pickle) for the model.
     #[arg(short, long, value_name = "FILE")]
@@ -250,6 +251,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 
+    /// Serve the models listed in FILE (TOML `[[models]]` tables, or JSON when it ends in
+    /// .json): each with its own weights, labels, preprocessing and batching. Instead of
+    /// --model; see the README for the keys.
+    #[arg(long, value_name = "FILE")]
+    pub models_file: Option<PathBuf>,
+
     /// With API keys: require one for /metrics too.
     #[arg(long)]
     pub protect_metrics: bool,
@@ -351,7 +358,7 @@ impl ServeArgs {
             anyhow::bail!("--protect-metrics needs API keys (--api-key-file or {KEYS_ENV})");
         }
         Ok(crate::server::ServeSettings {
-            model: self.model.model_settings()?,
+            models: self.models()?,
             host: self.host,
             port: self.port,
             limits: crate::server::ServerLimits {
@@ -360,21 +367,134 @@ impl ServeArgs {
                 default_top_k: self.top_k as usize,
                 header_read_timeout: Duration::from_secs(self.header_timeout_secs),
             },
-            batch: crate::server::BatchConfig {
-                max_batch_size: self.max_batch_size as usize,
-                max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
-                queue_capacity: self.queue_size as usize,
-            },
             access,
         })
     }
+
+    /// The models to serve: each --model (or the default one), or the --models-file list.
+    /// Names are checked here, before anything loads.
+    fn models(&self) -> anyhow::Result<Vec<crate::server::ServeModel>> {
+        use crate::server::{BatchConfig, ModelEntry, ServeModel};
+        use std::time::Duration;
+        let batch = BatchConfig {
+            max_batch_size: self.max_batch_size as usize,
+            max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+            queue_capacity: self.queue_size as usize,
+        };
+        let models: Vec<ServeModel> = match &self.models_file {
+            Some(path) => {
+                if !self.model.model.is_empty() {
+                    anyhow::bail!(
+                        "--models-file and --model cannot be combined: list every model in the file"
+                    );
+                }
+                if let Some(flag) = self.model.per_model_flag() {
+                    anyhow::bail!(
+                        "{flag} cannot be combined with --models-file: set it for each model in the file"
+                    );
+                }
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("{}: cannot read the models file: {e}", path.display())
+                })?;
+                let json = path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+                let base = path.parent().unwrap_or(std::path::Path::new("."));
+                let list = crate::config::ModelList::parse(&text, json, base)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                list.models
+                    .iter()
+                    .map(|e| {
+                        let mut entry = ModelEntry::new(&e.model, batch);
+                        if let Some(name) = &e.name {
+                            entry.name = name.clone();
+                        }
+                        entry.batch = BatchConfig {
+                            max_batch_size: e.max_batch_size.unwrap_or(batch.max_batch_size),
+                            max_batch_delay: e
+                                .max_batch_delay_ms
+                                .map_or(batch.max_batch_delay, Duration::from_millis),
+                            queue_capacity: e.queue_size.unwrap_or(batch.queue_capacity),
+                        };
+                        Ok(ServeModel {
+                            settings: e.settings(self.model.device, self.model.max_pixels)?,
+                            entry,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+            None => {
+                if self.model.model.len() > 1 {
+                    if let Some(flag) = self.model.per_model_flag() {
+                        anyhow::bail!(
+                            "{flag} describes one model, and {} were given with --model: set it for each model in --models-file",
+                            self.model.model.len()
+                        );
+                    }
+                }
+                let names = match self.model.model.as_slice() {
+                    [] => vec![self.model.chosen()],
+                    given => given.to_vec(),
+                };
+                names
+                    .iter()
+                    .map(|name| {
+                        Ok(ServeModel {
+                            settings: self.model.settings_for(name)?,
+                            entry: ModelEntry::new(name, batch),
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+        };
+        // Refused here with the same message the server would give.
+        crate::server::check_names(models.iter().map(|m| &m.entry))?;
+        Ok(models)
+    }
 }
 
+/// The model when no --model is given (unless CLASSIFY_MODEL names one).
+pub const DEFAULT_MODEL: &str = "densenet121";
+
 impl ModelArgs {
+    /// The model asked for: the last --model, else CLASSIFY_MODEL, else [`DEFAULT_MODEL`].
+    pub fn chosen(&self) -> String {
+        match self.model.last() {
+            Some(m) => m.clone(),
+            None => std::env::var("CLASSIFY_MODEL")
+                .ok()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+        }
+    }
+
+    /// The first flag given that describes one model's files or preprocessing (and so
+    /// cannot apply to several).
+    pub fn per_model_flag(&self) -> Option<&'static str> {
+        [
+            (self.weights.is_some(), "--weights"),
+            (self.labels.is_some(), "--labels"),
+            (self.input_size.is_some(), "--input-size"),
+            (self.crop_pct.is_some(), "--crop-pct"),
+            (self.resize_size.is_some(), "--resize-size"),
+            (self.interpolation.is_some(), "--interpolation"),
+            (self.mean.is_some(), "--mean"),
+            (self.std.is_some(), "--std"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// Settings for [`ModelArgs::chosen`].
     pub fn model_settings(&self) -> Result<ModelSettings, HubError> {
+        self.settings_for(&self.chosen())
+    }
+
+    /// Settings for `model` with this command line's files and preprocessing.
+    fn settings_for(&self, model: &str) -> Result<ModelSettings, HubError> {
         Ok(ModelSettings {
-            name: self.model.clone(),
-            model: ModelRef::parse(&self.model)?,
+            name: model.to_string(),
+            model: ModelRef::parse(model)?,
             weights: self.weights.clone(),
             labels: self.labels.clone(),
             preprocess: PreprocessOverrides {
@@ -505,6 +625,138 @@ mod tests {
             Cli::try_parse_from(["classify", "models"]).unwrap().command,
             Some(Command::Models { json: false })
         ));
+    }
+
+    #[test]
+    fn serve_models_from_flags_and_from_a_models_file() {
+        let serve = |args: &[&str]| -> Result<crate::server::ServeSettings, String> {
+            let cli = Cli::try_parse_from(["classify", "serve"].iter().chain(args))
+                .map_err(|e| e.to_string())?;
+            match cli.command {
+                Some(Command::Serve(s)) => s.settings().map_err(|e| format!("{e:#}")),
+                _ => unreachable!(),
+            }
+        };
+        let names = |s: &crate::server::ServeSettings| -> Vec<String> {
+            s.models.iter().map(|m| m.entry.name.clone()).collect()
+        };
+        // Each --model is served, in order; a later --port still overrides.
+        let s = serve(&[
+            "--model",
+            "densenet121",
+            "--port",
+            "1",
+            "--model",
+            "timm/resnet50.tv_in1k@main",
+            "--port",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(names(&s), ["densenet121", "resnet50.tv_in1k"]);
+        assert_eq!(s.port, 2);
+        assert_eq!(s.models[1].settings.name, "timm/resnet50.tv_in1k@main");
+        // One model's files cannot apply to two.
+        let err = serve(&["-m", "resnet18", "-m", "resnet50", "--weights", "w.pth"]).unwrap_err();
+        assert!(err.contains("--weights describes one model"), "{err}");
+        let err = serve(&["-m", "resnet18", "-m", "timm/resnet18"]).unwrap_err();
+        assert!(
+            err.contains("two models would be served as `resnet18`"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("models.toml");
+        std::fs::write(
+            &toml,
+            r#"
+[[models]]
+model = "tf_efficientnet_lite0"
+weights = "lite0.pth"
+interpolation = "bilinear"
+mean = [0.5, 0.5, 0.5]
+std = [0.5, 0.5, 0.5]
+
+[[models]]
+model = "efficientnet_lite2"
+name = "lite2"
+weights = "/abs/lite2.pth"
+max_batch_size = 4
+queue_size = 8
+"#,
+        )
+        .unwrap();
+        let s = serve(&[
+            "--models-file",
+            toml.to_str().unwrap(),
+            "--max-batch-size",
+            "32",
+        ])
+        .unwrap();
+        assert_eq!(names(&s), ["tf_efficientnet_lite0", "lite2"]);
+        let (a, b) = (&s.models[0], &s.models[1]);
+        assert_eq!(
+            a.settings.weights.as_deref(),
+            Some(dir.path().join("lite0.pth").as_path())
+        );
+        assert_eq!(a.settings.preprocess.mean, Some([0.5; 3]));
+        assert_eq!(
+            a.settings.preprocess.interpolation,
+            Some(crate::preprocess::Interpolation::Bilinear)
+        );
+        assert_eq!(
+            a.entry.batch.max_batch_size, 32,
+            "the flag is every model's default"
+        );
+        assert_eq!(
+            b.settings.weights.as_deref(),
+            Some(std::path::Path::new("/abs/lite2.pth"))
+        );
+        assert_eq!(
+            (b.entry.batch.max_batch_size, b.entry.batch.queue_capacity),
+            (4, 8)
+        );
+
+        let json = dir.path().join("models.json");
+        std::fs::write(
+            &json,
+            r#"{"models": [{"model": "resnet18"}, {"model": "resnet50", "input_size": 288}]}"#,
+        )
+        .unwrap();
+        let s = serve(&["--models-file", json.to_str().unwrap()]).unwrap();
+        assert_eq!(names(&s), ["resnet18", "resnet50"]);
+        assert_eq!(s.models[1].settings.preprocess.input_size, Some(288));
+
+        let bad = |text: &str| {
+            std::fs::write(&toml, text).unwrap();
+            serve(&["--models-file", toml.to_str().unwrap()]).unwrap_err()
+        };
+        let err = bad("[[models]]\nmodel = \"resnet18\"\nweight = \"w.pth\"\n");
+        assert!(err.contains("unknown field `weight`"), "{err}");
+        let err = bad("[[models]]\nmodel = \"resnet18\"\nname = \"../x\"\n");
+        assert!(err.contains("model 1 (`resnet18`): name `../x`"), "{err}");
+        let err = bad("[[models]]\nmodel = \"resnet18\"\n[[models]]\nmodel = \"resnet18\"\n");
+        assert!(
+            err.contains("two models would be served as `resnet18`"),
+            "{err}"
+        );
+        let err = bad("[[models]]\nmodel = \"resnet18\"\ninterpolation = \"nearest\"\n");
+        assert!(err.contains("expected bilinear or bicubic"), "{err}");
+        let err = bad("models = []\n");
+        assert!(err.contains("no models listed"), "{err}");
+        let err = serve(&["--models-file", "/nonexistent/models.toml"]).unwrap_err();
+        assert!(
+            err.contains("/nonexistent/models.toml: cannot read"),
+            "{err}"
+        );
+        std::fs::write(&toml, "[[models]]\nmodel = \"resnet18\"\n").unwrap();
+        let file = toml.to_str().unwrap();
+        let err = serve(&["--models-file", file, "--model", "resnet50"]).unwrap_err();
+        assert!(err.contains("cannot be combined"), "{err}");
+        let err = serve(&["--models-file", file, "--labels", "l.txt"]).unwrap_err();
+        assert!(
+            err.contains("--labels cannot be combined with --models-file"),
+            "{err}"
+        );
     }
 
     #[test]

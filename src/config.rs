@@ -217,6 +217,124 @@ pub struct ClassifySettings {
     pub quiet: bool,
 }
 
+/// `classify serve --models-file`: the models one server hosts, each with its own weights,
+/// labels, preprocessing and batching. TOML (`[[models]]` tables) or JSON
+/// (`{"models": [...]}`); unknown keys are refused, so a typo cannot pass silently.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelList {
+    pub models: Vec<ModelListEntry>,
+}
+
+/// One `[[models]]` entry; every key but `model` is optional (the model's own config, or
+/// the command line's batching flags, apply where one is left out).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelListEntry {
+    /// As `--model`: a short name, `owner/name[@revision]`, or a local folder.
+    pub model: String,
+    /// Its name in URLs [default: derived from `model`, e.g. `resnet50.tv_in1k`].
+    pub name: Option<String>,
+    pub weights: Option<PathBuf>,
+    pub labels: Option<PathBuf>,
+    pub input_size: Option<u32>,
+    pub crop_pct: Option<f64>,
+    pub resize_size: Option<u32>,
+    /// `bilinear` or `bicubic`.
+    pub interpolation: Option<String>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    pub max_batch_size: Option<usize>,
+    pub max_batch_delay_ms: Option<u64>,
+    pub queue_size: Option<usize>,
+}
+
+impl ModelList {
+    /// Parse and check a list: JSON when `json`, else TOML. Relative `weights` and
+    /// `labels` paths are taken from `base` (the file's folder).
+    pub fn parse(text: &str, json: bool, base: &std::path::Path) -> Result<Self, String> {
+        let mut list: ModelList = if json {
+            serde_json::from_str(text).map_err(|e| e.to_string())?
+        } else {
+            toml::from_str(text).map_err(|e| e.to_string())?
+        };
+        if list.models.is_empty() {
+            return Err("no models listed".into());
+        }
+        for (i, e) in list.models.iter_mut().enumerate() {
+            let at = |what: String| format!("model {} (`{}`): {what}", i + 1, e.model);
+            if let Some(name) = &e.name {
+                let ok = !name.is_empty()
+                    && name.len() <= 128
+                    && !name.chars().all(|c| c == '.')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !ok {
+                    return Err(at(format!(
+                        "name `{name}` must be 1-128 of A-Z a-z 0-9 - _ . (it is a URL segment)"
+                    )));
+                }
+            }
+            let check = |v: Option<u64>, lo: u64, hi: u64, key: &str| match v {
+                Some(v) if !(lo..=hi).contains(&v) => {
+                    Err(at(format!("{key} = {v} is outside {lo}..={hi}")))
+                }
+                _ => Ok(()),
+            };
+            check(e.input_size.map(u64::from), 8, 2048, "input_size")?;
+            check(e.resize_size.map(u64::from), 8, 8192, "resize_size")?;
+            check(e.max_batch_size.map(|v| v as u64), 1, 256, "max_batch_size")?;
+            check(e.queue_size.map(|v| v as u64), 1, u64::MAX, "queue_size")?;
+            if e.crop_pct.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+                return Err(at("crop_pct must be a positive number".into()));
+            }
+            if let Some(i) = &e.interpolation {
+                if !matches!(i.as_str(), "bilinear" | "bicubic") {
+                    return Err(at(format!(
+                        "interpolation `{i}`: expected bilinear or bicubic"
+                    )));
+                }
+            }
+            for path in [&mut e.weights, &mut e.labels].into_iter().flatten() {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+        Ok(list)
+    }
+}
+
+impl ModelListEntry {
+    /// How to load this model; `device` and `max_pixels` are the server's.
+    pub fn settings(
+        &self,
+        device: DeviceChoice,
+        max_pixels: u64,
+    ) -> Result<ModelSettings, crate::hub::HubError> {
+        Ok(ModelSettings {
+            name: self.model.clone(),
+            model: ModelRef::parse(&self.model)?,
+            weights: self.weights.clone(),
+            labels: self.labels.clone(),
+            preprocess: PreprocessOverrides {
+                input_size: self.input_size,
+                crop_pct: self.crop_pct,
+                resize_size: self.resize_size,
+                interpolation: self.interpolation.as_deref().map(|i| match i {
+                    "bicubic" => Interpolation::Bicubic,
+                    _ => Interpolation::Bilinear,
+                }),
+                mean: self.mean,
+                std: self.std,
+            },
+            device,
+            max_pixels,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -247,10 +247,16 @@ async fn health_ready_metrics_openapi_docs() {
         "/ready",
         "/metrics",
         "/v2/health/ready",
-        "/v2/models/tf_efficientnet_lite0/infer",
+        "/v2/models/{name}/infer",
     ] {
         assert!(v["paths"].get(path).is_some(), "{path} documented");
     }
+    // The model name is a parameter whose values are the served models.
+    let params = &v["paths"]["/v2/models/{name}/infer"]["post"]["parameters"];
+    assert_eq!(
+        params[0]["schema"]["enum"],
+        serde_json::json!(["tf_efficientnet_lite0"])
+    );
     let (status, _, body) = send(s.clone(), get("/docs")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8(body)
@@ -662,9 +668,9 @@ async fn torchserve_routes() {
     for path in [
         "/ping",
         "/models",
-        "/predictions/tf_efficientnet_lite0",
-        "/predictions/tf_efficientnet_lite0/1",
-        "/v2/models/tf_efficientnet_lite0/versions/1/infer",
+        "/predictions/{name}",
+        "/predictions/{name}/{version}",
+        "/v2/models/{name}/versions/{version}/infer",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),
@@ -871,10 +877,10 @@ async fn efficientnet_lite2_at_260_serves_timms_predictions() {
     }
 }
 
-/// The Dockerfile's ENTRYPOINT plus the KServe manifest's `args` (with `--port 8080` and a
-/// model flag of their own) start a server: repeated flags override, later wins. A test's
-/// own `--port 0` and `--model` are appended last the same way, so no fixed port is used and
-/// the model is the one the test cache holds.
+/// The Dockerfile's ENTRYPOINT plus the KServe manifest's `args` (with `--port 8080` of
+/// their own) start a server: repeated flags override, later wins. The test's own
+/// `--port 0` is appended last the same way, so no fixed port is used. (Every `--model` is
+/// served, so the manifest's model is swapped for the one the test cache holds.)
 #[test]
 fn dockerfile_entrypoint_and_kserve_args_compose() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -894,15 +900,24 @@ fn dockerfile_entrypoint_and_kserve_args_compose() {
         .expect("the predictor's args, as a flow list");
     assert!(args.windows(2).any(|w| w == ["--port", "8080"]), "{args:?}");
     assert!(entrypoint.windows(2).any(|w| w == ["--port", "5000"]));
+    assert!(
+        !entrypoint.iter().any(|a| a == "--model"),
+        "the model is the args' choice"
+    );
+    let at = args
+        .iter()
+        .position(|a| a == "--model")
+        .expect("the args name a model");
+    let mut args = args.clone();
+    args[at + 1] = "tf_efficientnet_lite0".into();
 
     let hub = common::HubCache::new();
-    let (mut child, addr, _stderr) =
-        spawn_server(hub.command().args(&entrypoint[1..]).args(&args).args([
-            "--port",
-            "0",
-            "--model",
-            "tf_efficientnet_lite0",
-        ]));
+    let (mut child, addr, _stderr) = spawn_server(
+        hub.command()
+            .args(&entrypoint[1..])
+            .args(&args)
+            .args(["--port", "0"]),
+    );
     let port = addr
         .strip_prefix("http://0.0.0.0:")
         .unwrap_or_else(|| panic!("not listening on all interfaces: {addr}"));
@@ -1046,4 +1061,208 @@ async fn api_keys_guard_inference_and_cors_answers_preflight() {
     // An open server sends no CORS headers at all.
     let (_, headers, _) = send(state(), preflight("https://app.example.com")).await;
     assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+}
+
+/// Two models behind one server (Lite0 by default, Lite2 as `lite2`): every route answers
+/// for each model with that model's own predictions, unknown names and versions are 404
+/// JSON (also with path characters), the page offers both, `/metrics` has both series,
+/// and Triton's classification extension answers `score:class_id:label` strings.
+#[tokio::test]
+async fn two_models_each_answer_on_every_route() {
+    use classify::server::Access;
+    let lite2 = common::engine_for("efficientnet_lite2", "efficientnet-lite2-9656183e.pth");
+    let s = AppState::with_engines(
+        vec![
+            ("lite0".into(), engine(), BatchConfig::default()),
+            ("lite2".into(), lite2, BatchConfig::default()),
+        ],
+        ServerLimits::default(),
+        Access::default(),
+    )
+    .unwrap();
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("efficientnet_lite/lite2.json")).unwrap(),
+    )
+    .unwrap();
+    let lite2_top5 = &reference["images"]["chelsea.png"]["top5_probs"];
+    let cat = || read("chelsea.png");
+
+    // /predict: the first model by default, ?model= picks one.
+    let (status, v) = send_json(s.clone(), post("/predict", "image/png", cat())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["model"], "tf_efficientnet_lite0");
+    let lite0_p = v["predictions"][0]["score"].as_f64().unwrap();
+    let lite0_top = (v["class_id"].clone(), v["class_name"].clone());
+    let (status, v) = send_json(s.clone(), post("/predict?model=lite2", "image/png", cat())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["model"], "efficientnet_lite2");
+    assert_eq!(v["class_id"], 285);
+    let lite2_p = v["predictions"][0]["score"].as_f64().unwrap();
+    let lite2_top = (v["class_id"].clone(), v["class_name"].clone());
+    assert!((lite2_p - lite2_top5[0].as_f64().unwrap()).abs() <= 1e-4);
+    assert!((lite0_p - lite2_p).abs() > 0.01, "{lite0_p} vs {lite2_p}");
+    let (status, v) = send_json(s.clone(), post("/predict?model=nope", "image/png", cat())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        v["error"],
+        "unknown model `nope`; this server serves `lite0`, `lite2`"
+    );
+
+    // TorchServe: each model, its version 1, not version 2; the list has both.
+    let (status, v) = send_json(s.clone(), get("/models")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["models"][0]["modelName"], "lite0");
+    assert_eq!(v["models"][1]["modelName"], "lite2");
+    assert_eq!(v["models"][1]["modelUrl"], "efficientnet_lite2");
+    for uri in ["/predictions/lite2", "/predictions/lite2/1"] {
+        let (status, v) = send_json(s.clone(), post(uri, "image/png", cat())).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {v}");
+        let p = v[lite2_top.1.as_str().unwrap()]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{uri}: {v}"));
+        assert!((p - lite2_p).abs() <= 1e-6, "{uri}: {p}");
+    }
+    let (status, v) = send_json(s.clone(), post("/predictions/lite0", "image/png", cat())).await;
+    assert_eq!(status, StatusCode::OK);
+    let label = lite0_top.1.as_str().unwrap();
+    assert!((v[label].as_f64().unwrap() - lite0_p).abs() <= 1e-6, "{v}");
+    for uri in [
+        "/predictions/lite2/2",
+        "/predictions/other",
+        "/predictions/..%2F..%2Fetc%2Fpasswd",
+        "/v2/models/lite2/versions/2/infer",
+        "/v2/models/..%2Flite2/infer",
+        "/v2/models/lite2%00/infer",
+    ] {
+        let (status, v) = send_json(s.clone(), post(uri, "image/png", cat())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {v}");
+        assert!(v["error"].is_string(), "{uri}: {v}");
+    }
+
+    // Open Inference Protocol: each model's readiness, metadata and inference, with the
+    // classification extension on one output and a plain tensor on another.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cat());
+    for (name, top, (index, label)) in [
+        ("lite0", lite0_p, &lite0_top),
+        ("lite2", lite2_p, &lite2_top),
+    ] {
+        for base in [
+            format!("/v2/models/{name}"),
+            format!("/v2/models/{name}/versions/1"),
+        ] {
+            let (status, v) = send_json(s.clone(), get(&format!("{base}/ready"))).await;
+            assert_eq!((status, &v["ready"]), (StatusCode::OK, &Value::Bool(true)));
+            let (status, v) = send_json(s.clone(), get(&base)).await;
+            assert_eq!((status, &v["name"]), (StatusCode::OK, &Value::from(name)));
+            let body = serde_json::json!({
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}],
+                "outputs": [
+                    {"name": "probabilities", "parameters": {"classification": 3}},
+                    {"name": "class_ids"}
+                ],
+                "parameters": {"top_k": 2}
+            });
+            let (status, v) = send_json(
+                s.clone(),
+                post(
+                    &format!("{base}/infer"),
+                    "application/json",
+                    body.to_string().into_bytes(),
+                ),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{base}: {v}");
+            assert_eq!(v["model_name"], name);
+            let outputs = v["outputs"].as_array().unwrap();
+            assert_eq!(outputs.len(), 2, "only the outputs asked for: {v}");
+            let classes = &outputs[0];
+            assert_eq!(classes["name"], "probabilities");
+            assert_eq!(classes["datatype"], "BYTES");
+            assert_eq!(classes["shape"], serde_json::json!([1, 3]));
+            let first = classes["data"][0].as_str().unwrap();
+            let parts: Vec<&str> = first.splitn(3, ':').collect();
+            assert_eq!(
+                parts[1..],
+                [index.to_string().as_str(), label.as_str().unwrap()],
+                "{first}"
+            );
+            let score: f64 = parts[0].parse().unwrap();
+            assert!((score - top).abs() <= 1e-6, "{first} vs {top}");
+            assert_eq!(outputs[1]["shape"], serde_json::json!([1, 2]));
+            assert_eq!(&outputs[1]["data"][0], index);
+        }
+    }
+    let bad = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}],
+        "outputs": [{"name": "logits"}]
+    });
+    let (status, v) = send_json(
+        s.clone(),
+        post(
+            "/v2/models/lite0/infer",
+            "application/json",
+            bad.to_string().into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+
+    // The page offers both; its form's model field picks one.
+    let html = Request::get("/")
+        .header(header::ACCEPT, "text/html")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, page) = send(s.clone(), html).await;
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains("<option>lite0</option><option>lite2</option>"));
+    let boundary = "----TwoModelsForm";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nlite2\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cat.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend(cat());
+    form.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let (status, _, page) = send(
+        s.clone(),
+        post(
+            "/",
+            &format!("multipart/form-data; boundary={boundary}"),
+            form,
+        ),
+    )
+    .await;
+    let page = String::from_utf8(page).unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Model: lite2"), "{page}");
+    assert!(
+        page.contains(&format!("{:.1}%", lite2_p * 100.0)),
+        "Lite2's score on the page"
+    );
+
+    // Each model has its own series.
+    let (_, _, text) = send(s.clone(), get("/metrics")).await;
+    let text = String::from_utf8(text).unwrap();
+    for name in ["lite0", "lite2"] {
+        assert!(
+            text.contains(&format!("classify_model_ready{{model=\"{name}\"}} 1")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "classify_model_requests_total{{model=\"{name}\",status=\"200\"}}"
+        )));
+    }
+    let lite2_images = text
+        .lines()
+        .find_map(|l| l.strip_prefix("classify_images_classified_total{model=\"lite2\"} "))
+        .unwrap();
+    // /predict, two TorchServe, two v2 infers, the form: 6 images of the cat.
+    assert_eq!(lite2_images, "6");
+
+    // The OpenAPI document's model parameter lists both.
+    let (_, doc) = send_json(s, get("/openapi.json")).await;
+    assert_eq!(
+        doc["paths"]["/predictions/{name}"]["post"]["parameters"][0]["schema"]["enum"],
+        serde_json::json!(["lite0", "lite2"])
+    );
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::metrics::Metrics;
+use super::metrics::ModelMetrics;
 use crate::engine::{Engine, Prediction};
 
 pub type JobResult = Result<Vec<Prediction>, InferenceFailed>;
@@ -50,12 +50,17 @@ pub struct Batcher {
 
 impl Batcher {
     /// Start the worker thread for `engine`.
-    pub fn start(engine: Arc<Engine>, cfg: BatchConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn start(engine: Arc<Engine>, cfg: BatchConfig, metrics: Arc<ModelMetrics>) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
         let worker_depth = depth.clone();
         std::thread::Builder::new()
-            .name("classify-batcher".into())
+            .name(
+                format!("batcher-{}", engine.name())
+                    .chars()
+                    .take(15)
+                    .collect(),
+            )
             .spawn(move || {
                 let take = |job: Job| {
                     worker_depth.fetch_sub(1, Ordering::Relaxed);
@@ -73,9 +78,6 @@ impl Batcher {
                             }
                         }
                     }
-                    metrics
-                        .queue_depth
-                        .store(worker_depth.load(Ordering::Relaxed), Ordering::Relaxed);
                     run_batch(&engine, jobs, &metrics);
                 }
             })
@@ -100,7 +102,7 @@ impl Batcher {
     }
 }
 
-fn run_batch(engine: &Engine, jobs: Vec<Job>, metrics: &Metrics) {
+fn run_batch(engine: &Engine, jobs: Vec<Job>, metrics: &ModelMetrics) {
     // A client that disconnected dropped its receiver: skip its work.
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
     if jobs.is_empty() {

@@ -2,7 +2,11 @@
 //! under KServe. The model takes one BYTES input whose elements are encoded images: as JSON
 //! strings (base64) or through the binary tensor data extension (`Inference-Header-Content-Length`,
 //! each element a u32 little-endian length then the bytes). It answers three outputs of shape
-//! `[batch, k]`: `labels` (BYTES), `probabilities` (FP32) and `class_ids` (INT64), as JSON.
+//! `[batch, k]`: `labels` (BYTES), `probabilities` (FP32) and `class_ids` (INT64), as JSON;
+//! a request's `outputs` list picks among them. Triton's classification extension: an
+//! output asked for with `"parameters": {"classification": K}` comes back as BYTES
+//! `"score:class_id:label"` strings, the top K per image, as Triton's own server does.
+//! Every model of the server is addressed by its name.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -13,10 +17,15 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::models::{answered_by, ServedModel};
 use super::routes::{
     classify_bytes, decode_base64, read_body, with_timeout, MAX_IMAGES_PER_REQUEST,
 };
 use super::AppState;
+use crate::engine::Prediction;
+
+/// The outputs every model has, in the order answered when a request names none.
+const OUTPUTS: [&str; 3] = ["labels", "probabilities", "class_ids"];
 
 /// Health and readiness: open even where API keys are required (probes carry none).
 pub fn health_routes() -> Router<AppState> {
@@ -48,14 +57,7 @@ pub fn model_routes() -> Router<AppState> {
 }
 
 fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
-    if version == super::torchserve::MODEL_VERSION {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!(
-            "model `{name}` has no version `{version}` (it has `{}`)",
-            super::torchserve::MODEL_VERSION
-        )))
-    }
+    super::torchserve::check_version(name, version)
 }
 
 async fn versioned_metadata(
@@ -86,9 +88,11 @@ async fn versioned_infer(
 }
 
 async fn server_metadata() -> Json<Value> {
-    Json(
-        json!({"name": "classify", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
-    )
+    Json(json!({
+        "name": "classify",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "classification"]
+    }))
 }
 
 async fn live() -> Json<Value> {
@@ -103,24 +107,13 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-fn check_name(state: &AppState, name: &str) -> Result<(), ApiError> {
-    if name == state.0.served_name {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!(
-            "unknown model `{name}`; this server serves `{}`",
-            state.0.served_name
-        )))
-    }
-}
-
 async fn model_metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    check_name(&state, &name)?;
+    let model = state.models().get(&name)?;
     Ok(Json(json!({
-        "name": state.0.served_name,
+        "name": model.name(),
         "versions": ["1"],
         "platform": "classify-candle",
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
@@ -133,10 +126,13 @@ async fn model_metadata(
 }
 
 async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    if let Err(e) = check_name(&state, &name) {
-        return e.into_response();
+    match state.models().get(&name) {
+        Ok(model) if model.is_ready() => {
+            Json(json!({"name": model.name(), "ready": true})).into_response()
+        }
+        Ok(_) => ApiError::NotReady.into_response(),
+        Err(e) => e.into_response(),
     }
-    ready(State(state)).await
 }
 
 /// Split a request into its JSON header and the binary section after it.
@@ -230,44 +226,137 @@ fn input_images(request: &Value, binary: &Bytes) -> Result<Vec<Bytes>, ApiError>
     Ok(images)
 }
 
+/// One output a request asked for: its name, and K when it wants classification strings.
+struct WantedOutput {
+    name: &'static str,
+    classification: Option<usize>,
+}
+
+/// The request's `outputs` (all three, as plain tensors, when it names none).
+fn wanted_outputs(request: &Value) -> Result<Vec<WantedOutput>, ApiError> {
+    let Some(list) = request.get("outputs") else {
+        return Ok(OUTPUTS
+            .iter()
+            .map(|&name| WantedOutput {
+                name,
+                classification: None,
+            })
+            .collect());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| ApiError::BadRequest("`outputs` must be a list".into()))?;
+    list.iter()
+        .map(|o| {
+            let asked = o.get("name").and_then(Value::as_str).unwrap_or("");
+            let name = OUTPUTS.iter().find(|n| **n == asked).ok_or_else(|| {
+                let shown: String = asked.chars().take(64).collect();
+                ApiError::BadRequest(format!(
+                    "unknown output `{shown}`; the outputs are labels, probabilities, class_ids"
+                ))
+            })?;
+            let classification = match o.pointer("/parameters/classification") {
+                None => None,
+                Some(v) => Some(v.as_u64().filter(|k| *k >= 1).ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "parameters.classification must be a positive integer".into(),
+                    )
+                })? as usize),
+            };
+            Ok(WantedOutput {
+                name,
+                classification,
+            })
+        })
+        .collect()
+}
+
+/// Triton's classification string for one prediction: `score:class_id:label`.
+fn classification_string(p: &Prediction) -> String {
+    format!("{:.6}:{}:{}", p.score, p.index, p.label)
+}
+
+/// One output tensor of shape `[batch, k]` over every image's top `k`.
+fn output_tensor(wanted: &WantedOutput, results: &[Vec<Prediction>], k: usize) -> Value {
+    let batch = results.len();
+    let k = wanted.classification.unwrap_or(k).min(k);
+    let flat = |f: &dyn Fn(&Prediction) -> Value| -> Vec<Value> {
+        results
+            .iter()
+            .flat_map(|r| r.iter().take(k).map(f))
+            .collect()
+    };
+    let (datatype, data) = match (wanted.name, wanted.classification) {
+        (_, Some(_)) => ("BYTES", flat(&|p| json!(classification_string(p)))),
+        ("labels", None) => ("BYTES", flat(&|p| json!(p.label))),
+        ("probabilities", None) => ("FP32", flat(&|p| json!(p.score))),
+        _ => ("INT64", flat(&|p| json!(p.index))),
+    };
+    json!({"name": wanted.name, "datatype": datatype, "shape": [batch, k], "data": data})
+}
+
 async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    check_name(&state, &name)?;
-    with_timeout(&state, async {
-        let (headers, body) = read_body(&state, request).await?;
+    let model = state.models().get(&name)?.clone();
+    let answer = run_infer(&state, &model, request).await;
+    Ok(answered_by(&model, answer.into_response()))
+}
+
+async fn run_infer(
+    state: &AppState,
+    model: &ServedModel,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    with_timeout(state, async {
+        let (headers, body) = read_body(state, request).await?;
         let (req, binary) = split_binary(&headers, body)?;
         let images = input_images(&req, &binary)?;
-        let k = match req.pointer("/parameters/top_k") {
+        let wanted = wanted_outputs(&req)?;
+        let top_k = match req.pointer("/parameters/top_k") {
             None => state.0.limits.default_top_k,
-            Some(v) => v
-                .as_u64()
-                .filter(|k| *k >= 1)
-                .ok_or_else(|| ApiError::BadRequest("parameters.top_k must be a positive integer".into()))?
-                as usize,
+            Some(v) => v.as_u64().filter(|k| *k >= 1).ok_or_else(|| {
+                ApiError::BadRequest("parameters.top_k must be a positive integer".into())
+            })? as usize,
         };
-        let batch = images.len();
-        let results = futures_util::future::join_all(images.into_iter().map(|img| classify_bytes(&state, img, k))).await;
-        let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let k = results.iter().map(Vec::len).min().unwrap_or(0);
-        let flat = |f: &dyn Fn(&crate::engine::Prediction) -> Value| -> Vec<Value> {
-            results.iter().flat_map(|r| r.iter().take(k).map(f)).collect()
-        };
+        // Enough predictions for the plain outputs and every classification asked for.
+        let asked = wanted
+            .iter()
+            .map(|w| w.classification.unwrap_or(top_k))
+            .max()
+            .unwrap_or(top_k);
+        let results = futures_util::future::join_all(
+            images
+                .into_iter()
+                .map(|img| classify_bytes(state, model, img, asked)),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+        // Fewer classes than asked for: every image has the same number.
+        let available = results.iter().map(Vec::len).min().unwrap_or(0);
+        let outputs: Vec<Value> = wanted
+            .iter()
+            .map(|w| {
+                let k = if w.classification.is_some() {
+                    available
+                } else {
+                    top_k.min(available)
+                };
+                output_tensor(w, &results, k)
+            })
+            .collect();
         let mut response = json!({
-            "model_name": state.0.served_name,
+            "model_name": model.name(),
             "model_version": "1",
-            "outputs": [
-                {"name": "labels", "datatype": "BYTES", "shape": [batch, k], "data": flat(&|p| json!(p.label))},
-                {"name": "probabilities", "datatype": "FP32", "shape": [batch, k], "data": flat(&|p| json!(p.score))},
-                {"name": "class_ids", "datatype": "INT64", "shape": [batch, k], "data": flat(&|p| json!(p.index))}
-            ]
+            "outputs": outputs,
         });
         if let Some(id) = req.get("id") {
             response["id"] = id.clone();
         }
-        Ok(Json(response).into_response())
+        Ok(Json(response))
     })
     .await
 }

@@ -1,9 +1,10 @@
-//! Prometheus metrics, in the text exposition format: requests by route and status, request
-//! latency and batch size histograms, queue depth, images classified.
+//! Prometheus metrics, in the text exposition format: requests by route and status and
+//! their latency (server-wide); per served model, requests by status and their latency,
+//! batch sizes, queue depth, images classified and readiness (label `model`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,13 +55,56 @@ impl Histogram {
     }
 }
 
+/// Server-wide series: every request, by the route that matched.
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+}
+
+/// One served model's series; its batcher and the request tracker write them.
+#[derive(Debug, Default)]
+pub struct ModelMetrics {
+    requests: Mutex<BTreeMap<u16, u64>>,
+    latency: Mutex<Histogram>,
     batch_sizes: Mutex<Histogram>,
-    pub queue_depth: AtomicUsize,
-    pub images_classified: AtomicU64,
+    images_classified: AtomicU64,
+}
+
+/// What [`Metrics::render`] shows of one model.
+pub struct ModelView<'a> {
+    pub name: &'a str,
+    pub metrics: &'a ModelMetrics,
+    pub queue_depth: usize,
+    pub ready: bool,
+}
+
+impl ModelMetrics {
+    pub fn observe_request(&self, status: u16, elapsed: Duration) {
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry(status).or_default() += 1;
+        }
+        if let Ok(mut l) = self.latency.lock() {
+            l.observe(&LATENCY_BUCKETS, elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn observe_batch(&self, size: usize) {
+        if let Ok(mut h) = self.batch_sizes.lock() {
+            h.observe(&BATCH_BUCKETS, size as f64);
+        }
+        self.images_classified
+            .fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+/// `model="name"`, with the name escaped for the exposition format.
+fn model_label(name: &str) -> String {
+    let escaped = name
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("model=\"{escaped}\"")
 }
 
 impl Metrics {
@@ -75,15 +119,7 @@ impl Metrics {
         }
     }
 
-    pub fn observe_batch(&self, size: usize) {
-        if let Ok(mut h) = self.batch_sizes.lock() {
-            h.observe(&BATCH_BUCKETS, size as f64);
-        }
-        self.images_classified
-            .fetch_add(size as u64, Ordering::Relaxed);
-    }
-
-    pub fn render(&self, queue_depth: usize) -> String {
+    pub fn render(&self, models: &[ModelView]) -> String {
         let mut out = String::new();
         out.push_str("# HELP classify_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE classify_requests_total counter\n");
@@ -107,21 +143,77 @@ impl Metrics {
                 );
             }
         }
+        out.push_str(
+            "# HELP classify_model_requests_total Requests to one model's inference routes, by status.\n",
+        );
+        out.push_str("# TYPE classify_model_requests_total counter\n");
+        for m in models {
+            if let Ok(r) = m.metrics.requests.lock() {
+                for (status, n) in r.iter() {
+                    let _ = writeln!(
+                        out,
+                        "classify_model_requests_total{{{},status=\"{status}\"}} {n}",
+                        model_label(m.name)
+                    );
+                }
+            }
+        }
+        out.push_str(
+            "# HELP classify_model_request_duration_seconds Latency of one model's inference requests.\n",
+        );
+        out.push_str("# TYPE classify_model_request_duration_seconds histogram\n");
+        for m in models {
+            if let Ok(h) = m.metrics.latency.lock() {
+                h.render(
+                    &mut out,
+                    "classify_model_request_duration_seconds",
+                    &model_label(m.name),
+                    &LATENCY_BUCKETS,
+                );
+            }
+        }
         out.push_str("# HELP classify_batch_size Images per forward pass.\n");
         out.push_str("# TYPE classify_batch_size histogram\n");
-        if let Ok(h) = self.batch_sizes.lock() {
-            h.render(&mut out, "classify_batch_size", "", &BATCH_BUCKETS);
+        for m in models {
+            if let Ok(h) = m.metrics.batch_sizes.lock() {
+                h.render(
+                    &mut out,
+                    "classify_batch_size",
+                    &model_label(m.name),
+                    &BATCH_BUCKETS,
+                );
+            }
         }
         out.push_str("# HELP classify_queue_depth Images waiting for the network.\n");
         out.push_str("# TYPE classify_queue_depth gauge\n");
-        let _ = writeln!(out, "classify_queue_depth {queue_depth}");
+        for m in models {
+            let _ = writeln!(
+                out,
+                "classify_queue_depth{{{}}} {}",
+                model_label(m.name),
+                m.queue_depth
+            );
+        }
         out.push_str("# HELP classify_images_classified_total Images run through the network.\n");
         out.push_str("# TYPE classify_images_classified_total counter\n");
-        let _ = writeln!(
-            out,
-            "classify_images_classified_total {}",
-            self.images_classified.load(Ordering::Relaxed)
-        );
+        for m in models {
+            let _ = writeln!(
+                out,
+                "classify_images_classified_total{{{}}} {}",
+                model_label(m.name),
+                m.metrics.images_classified.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP classify_model_ready 1 once the model is loaded and warmed up.\n");
+        out.push_str("# TYPE classify_model_ready gauge\n");
+        for m in models {
+            let _ = writeln!(
+                out,
+                "classify_model_ready{{{}}} {}",
+                model_label(m.name),
+                u8::from(m.ready)
+            );
+        }
         out
     }
 }
@@ -135,14 +227,40 @@ mod tests {
         let m = Metrics::default();
         m.observe_request("/predict", 200, Duration::from_millis(30));
         m.observe_request("/predict", 400, Duration::from_millis(2));
-        m.observe_batch(3);
-        let text = m.render(2);
+        let (a, b) = (ModelMetrics::default(), ModelMetrics::default());
+        a.observe_batch(3);
+        a.observe_request(200, Duration::from_millis(30));
+        b.observe_request(503, Duration::from_millis(1));
+        let text = m.render(&[
+            ModelView {
+                name: "resnet50",
+                metrics: &a,
+                queue_depth: 2,
+                ready: true,
+            },
+            ModelView {
+                name: "odd\"name",
+                metrics: &b,
+                queue_depth: 0,
+                ready: false,
+            },
+        ]);
         assert!(text.contains("classify_requests_total{route=\"/predict\",status=\"200\"} 1"));
         assert!(text.contains(
             "classify_request_duration_seconds_bucket{route=\"/predict\",le=\"0.05\"} 2"
         ));
-        assert!(text.contains("classify_batch_size_bucket{le=\"4\"} 1"));
-        assert!(text.contains("classify_queue_depth 2"));
-        assert!(text.contains("classify_images_classified_total 3"));
+        assert!(text.contains("classify_batch_size_bucket{model=\"resnet50\",le=\"4\"} 1"));
+        assert!(text.contains("classify_queue_depth{model=\"resnet50\"} 2"));
+        assert!(text.contains("classify_images_classified_total{model=\"resnet50\"} 3"));
+        assert!(text.contains("classify_images_classified_total{model=\"odd\\\"name\"} 0"));
+        assert!(text.contains("classify_model_requests_total{model=\"resnet50\",status=\"200\"} 1"));
+        assert!(
+            text.contains("classify_model_requests_total{model=\"odd\\\"name\",status=\"503\"} 1")
+        );
+        assert!(text.contains(
+            "classify_model_request_duration_seconds_bucket{model=\"resnet50\",le=\"0.05\"} 1"
+        ));
+        assert!(text.contains("classify_model_ready{model=\"resnet50\"} 1"));
+        assert!(text.contains("classify_model_ready{model=\"odd\\\"name\"} 0"));
     }
 }

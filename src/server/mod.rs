@@ -1,8 +1,9 @@
 //! `classify serve`: the classification pipeline behind HTTP.
 //!
 //! [`app`] builds the router over a typed shared [`AppState`]; [`serve`] binds it, loads the
-//! model in the background (`/ready` says 503 until a warm-up pass has run) and shuts down
-//! gracefully on SIGINT/SIGTERM. Inference never runs on the async executor: decoding runs
+//! models in the background (`/ready` says 503 until each has had a warm-up pass; see
+//! `models.rs` for how several models share one server) and shuts down gracefully on
+//! SIGINT/SIGTERM. Inference never runs on the async executor: decoding runs
 //! on the blocking pool (bounded by a semaphore), the network on the batcher's thread.
 
 mod access;
@@ -10,14 +11,14 @@ mod batcher;
 mod error;
 mod kserve;
 mod metrics;
+mod models;
 mod openapi;
 mod pages;
 mod routes;
 mod torchserve;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -32,9 +33,10 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use access::{Access, AccessError, ApiKeys, KEYS_ENV};
 pub use batcher::BatchConfig;
-use batcher::Batcher;
 pub use error::ApiError;
 use metrics::Metrics;
+use models::Models;
+pub use models::{check_names, served_name, DuplicateName, ModelEntry};
 pub use routes::{parse_payload, Payload};
 
 use crate::config::ModelSettings;
@@ -75,41 +77,40 @@ impl Default for BatchConfig {
     }
 }
 
+/// One model of `classify serve`: how to load it and how it is served.
+#[derive(Debug, Clone)]
+pub struct ServeModel {
+    pub settings: ModelSettings,
+    /// Its URL name and batching.
+    pub entry: ModelEntry,
+}
+
 /// Everything `classify serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
-    pub model: ModelSettings,
+    /// In order; the first is the default model. Never empty.
+    pub models: Vec<ServeModel>,
     pub host: IpAddr,
     pub port: u16,
     pub limits: ServerLimits,
-    pub batch: BatchConfig,
     pub access: Access,
 }
 
-struct Loaded {
-    engine: Arc<Engine>,
-    batcher: Batcher,
-}
-
 struct Shared {
-    model_name: String,
-    /// The model's name in `/v2/models/{name}` URLs (no slashes).
-    served_name: String,
-    loaded: OnceLock<Loaded>,
-    ready: AtomicBool,
-    metrics: Arc<Metrics>,
+    models: Models,
+    metrics: Metrics,
     limits: ServerLimits,
-    batch: BatchConfig,
     access: Access,
     decode_permits: Semaphore,
 }
 
-/// Shared state of the server: the model (once loaded), its batcher, limits and metrics.
+/// Shared state of the server: the models (each loading, then ready, with its batcher),
+/// limits, access rules and metrics.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
 impl AppState {
-    /// State for an open server (no API keys, no CORS) whose model is still loading; see
+    /// State for an open server (no API keys, no CORS) with one model, still loading; see
     /// [`AppState::install`].
     pub fn new(model_name: &str, limits: ServerLimits, batch: BatchConfig) -> Self {
         Self::with_access(model_name, limits, batch, Access::default())
@@ -122,30 +123,40 @@ impl AppState {
         batch: BatchConfig,
         access: Access,
     ) -> Self {
-        let decoders = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
-        Self(Arc::new(Shared {
-            model_name: model_name.to_string(),
-            served_name: served_name(model_name),
-            loaded: OnceLock::new(),
-            ready: AtomicBool::new(false),
-            metrics: Arc::new(Metrics::default()),
-            limits,
-            batch,
-            access,
-            decode_permits: Semaphore::new(decoders),
-        }))
+        Self::with_models(vec![ModelEntry::new(model_name, batch)], limits, access)
+            .expect("one model has no duplicate name")
     }
 
-    /// Put a loaded model in service: start its batcher, run a warm-up pass, then report
-    /// ready. Blocking; call it off the async executor.
+    /// State for several models, all still loading; see [`AppState::install_model`].
+    pub fn with_models(
+        models: Vec<ModelEntry>,
+        limits: ServerLimits,
+        access: Access,
+    ) -> Result<Self, DuplicateName> {
+        let decoders = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        Ok(Self(Arc::new(Shared {
+            models: Models::new(models)?,
+            metrics: Metrics::default(),
+            limits,
+            access,
+            decode_permits: Semaphore::new(decoders),
+        })))
+    }
+
+    /// Put the (first) model in service: warm it up, start its batcher, report it ready.
+    /// Blocking; call it off the async executor.
     pub fn install(&self, engine: Engine) -> candle_core::Result<()> {
-        let s = engine.preprocess_config().input_size as usize;
-        engine.classify(&[vec![0.0; 3 * s * s]], 1)?;
-        let engine = Arc::new(engine);
-        let batcher = Batcher::start(engine.clone(), self.0.batch, self.0.metrics.clone());
-        let _ = self.0.loaded.set(Loaded { engine, batcher });
-        self.0.ready.store(true, Ordering::Release);
-        Ok(())
+        self.0.models.default_model().install(engine)
+    }
+
+    /// Put the model served as `name` in service (see [`AppState::install`]).
+    pub fn install_model(&self, name: &str, engine: Engine) -> anyhow::Result<()> {
+        let model = self
+            .0
+            .models
+            .get(name)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(model.install(engine)?)
     }
 
     /// A ready state around an already loaded engine (tests, embedding).
@@ -159,15 +170,35 @@ impl AppState {
         Ok(state)
     }
 
-    fn loaded(&self) -> Result<&Loaded, ApiError> {
-        match self.0.loaded.get() {
-            Some(l) if self.is_ready() => Ok(l),
-            _ => Err(ApiError::NotReady),
+    /// A ready state around several loaded engines, served under the given names (the
+    /// first is the default model).
+    pub fn with_engines(
+        engines: Vec<(String, Engine, BatchConfig)>,
+        limits: ServerLimits,
+        access: Access,
+    ) -> anyhow::Result<Self> {
+        let entries = engines
+            .iter()
+            .map(|(name, engine, batch)| ModelEntry {
+                source: engine.name().to_string(),
+                name: name.clone(),
+                batch: *batch,
+            })
+            .collect();
+        let state = Self::with_models(entries, limits, access)?;
+        for (name, engine, _) in engines {
+            state.install_model(&name, engine)?;
         }
+        Ok(state)
     }
 
+    /// Every model is loaded and warmed up.
     pub fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::Acquire)
+        self.0.models.all_ready()
+    }
+
+    pub(crate) fn models(&self) -> &Models {
+        &self.0.models
     }
 }
 
@@ -183,6 +214,7 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .0
         .metrics
         .observe_request(&route, response.status().as_u16(), start.elapsed());
+    models::observe(&response, start);
     response
 }
 
@@ -239,28 +271,6 @@ pub fn app(state: AppState) -> Router {
     match state.0.access.cors().ok().flatten() {
         Some(cors) => router.layer(cors),
         None => router,
-    }
-}
-
-/// `timm/resnet50.tv_in1k@main` -> `resnet50.tv_in1k`: a name that fits in a URL segment.
-pub fn served_name(model: &str) -> String {
-    let base = model.trim_end_matches('/');
-    let base = base.rsplit('/').next().unwrap_or(base);
-    let base = base.split('@').next().unwrap_or(base);
-    let name: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.is_empty() || name.chars().all(|c| c == '.') {
-        "model".into()
-    } else {
-        name
     }
 }
 
@@ -332,7 +342,7 @@ async fn accept_loop(
     }
 }
 
-/// Bind, load the model in the background, serve until SIGINT/SIGTERM.
+/// Bind, load the models in the background, serve until SIGINT/SIGTERM.
 pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<()> {
     settings.access.cors()?;
     if let Some(keys) = &settings.access.api_keys {
@@ -341,12 +351,11 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
             keys.len()
         );
     }
-    let state = AppState::with_access(
-        &settings.model.name,
+    let state = AppState::with_models(
+        settings.models.iter().map(|m| m.entry.clone()).collect(),
         settings.limits,
-        settings.batch,
         settings.access.clone(),
-    );
+    )?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(settings.host, settings.port))
         .await
         .map_err(|e| {
@@ -355,17 +364,24 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
     let addr = listener.local_addr()?;
     eprintln!("classify: listening on http://{addr}");
 
+    // Models load one after another (each wants every core); each serves as soon as it
+    // is warm. One that cannot load stops the server, naming it.
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();
-    let model = settings.model.clone();
+    let models = settings.models.clone();
     std::thread::spawn(move || {
-        let result = Engine::load(&model, &hub)
-            .map_err(anyhow::Error::from)
-            .and_then(|engine| loader_state.install(engine).map_err(anyhow::Error::from));
-        match result {
-            Ok(()) => eprintln!("classify: model {} loaded; ready", model.name),
-            Err(e) => {
-                let _ = failed_tx.send(e);
+        for model in models {
+            let (source, name) = (&model.settings.name, &model.entry.name);
+            let result = Engine::load(&model.settings, &hub)
+                .map_err(anyhow::Error::from)
+                .and_then(|engine| loader_state.install_model(name, engine));
+            match result {
+                Ok(()) if source == name => eprintln!("classify: model {name} loaded; ready"),
+                Ok(()) => eprintln!("classify: model {source} loaded as {name}; ready"),
+                Err(e) => {
+                    let _ = failed_tx.send(e.context(format!("cannot load the model {source}")));
+                    return;
+                }
             }
         }
     });
@@ -394,7 +410,7 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
     .await;
     if failure.is_finished() {
         if let Ok(Some(e)) = failure.await {
-            return Err(e.context("cannot load the model"));
+            return Err(e);
         }
     }
     Ok(())

@@ -11,16 +11,32 @@ fn error_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
+/// The `{name}` (and `{version}`) path parameters: one of the served models.
+fn model_params(models: &[String], versioned: bool) -> Value {
+    let mut params = vec![json!({"name": "name", "in": "path", "required": true,
+        "description": "The model's name (GET /models lists them)",
+        "schema": {"type": "string", "enum": models}})];
+    if versioned {
+        params.push(json!({"name": "version", "in": "path", "required": true,
+            "description": "Each model has one version, 1",
+            "schema": {"type": "string", "enum": ["1"]}}));
+    }
+    json!(params)
+}
+
 /// TorchServe's inference route (POST, and PUT as `curl -T` sends).
-fn torchserve_predict(errors: &Value) -> Value {
+fn torchserve_predict(errors: &Value, params: &Value) -> Value {
     let mut responses = errors.clone();
+    responses["404"] = error_response("No such model or version");
     responses["200"] = json!({
         "description": "TorchServe's image classifier answer: {label: probability}, top-k, most probable first",
         "content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "number"}}}}
     });
     let op = json!({
         "summary": "TorchServe inference: one image as the raw body or a multipart `data`/`file` field",
-        "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
+        "parameters": params.as_array().into_iter().flatten().cloned()
+            .chain([json!({"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}})])
+            .collect::<Vec<_>>(),
         "requestBody": {"required": true, "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -31,7 +47,8 @@ fn torchserve_predict(errors: &Value) -> Value {
     json!({"post": op.clone(), "put": op})
 }
 
-pub fn spec(model: &str, served_name: &str) -> Value {
+/// The document for a server of `models` (URL names, the default first).
+pub fn spec(models: &[String]) -> Value {
     let errors = json!({
         "400": error_response("Bad request: undecodable image, malformed body, missing field"),
         "413": error_response("Body or image (pixel count) too large"),
@@ -50,14 +67,34 @@ pub fn spec(model: &str, served_name: &str) -> Value {
     });
     let v2_infer_body = json!({"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}});
     let simple = |summary: &str| json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "503": error_response("Not ready")}}});
+    let (named, versioned) = (model_params(models, false), model_params(models, true));
+    let with_params = |mut item: Value, params: &Value| {
+        if let Some(ops) = item.as_object_mut() {
+            for op in ops.values_mut() {
+                op["parameters"] = params.clone();
+                op["responses"]["404"] = error_response("No such model or version");
+            }
+        }
+        item
+    };
+    let v2_infer = |summary: &str| {
+        json!({"post": {
+            "summary": summary,
+            "requestBody": v2_infer_body,
+            "responses": errors.clone()
+        }})
+    };
     json!({
         "openapi": "3.0.3",
         "info": {"title": "classify", "version": env!("CARGO_PKG_VERSION"),
-                 "description": format!("Image classification with {model}.")},
+                 "description": format!("Image classification with {}.", models.join(", "))},
         "paths": {
             "/predict": {"post": {
                 "summary": "Classify images",
-                "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "Predictions per image (default: the server's --top-k)"}],
+                "parameters": [
+                    {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "Predictions per image (default: the server's --top-k)"},
+                    {"name": "model", "in": "query", "schema": {"type": "string", "enum": models}, "description": "Which model (default: the first one the server was given)"}
+                ],
                 "requestBody": {"required": true, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"]}},
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -75,26 +112,23 @@ pub fn spec(model: &str, served_name: &str) -> Value {
             "/ready": simple("Readiness: model loaded and warmed up"),
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain exposition format"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
+            "/v2": {"get": {"summary": "v2 server metadata: name, version, extensions", "responses": {"200": {"description": "OK"}}}},
             "/v2/health/live": simple("Open Inference Protocol v2 liveness"),
             "/v2/health/ready": simple("Open Inference Protocol v2 readiness"),
-            format!("/v2/models/{served_name}"): simple("v2 model metadata"),
-            format!("/v2/models/{served_name}/ready"): simple("v2 model readiness"),
-            format!("/v2/models/{served_name}/infer"): {"post": {
-                "summary": "v2 inference: one BYTES input holding encoded images (JSON base64 strings, or the binary tensor extension)",
-                "requestBody": v2_infer_body,
-                "responses": errors.clone()
-            }},
-            format!("/v2/models/{served_name}/versions/1"): simple("v2 model metadata (version 1, the only one)"),
-            format!("/v2/models/{served_name}/versions/1/ready"): simple("v2 model readiness (version 1)"),
-            format!("/v2/models/{served_name}/versions/1/infer"): {"post": {
-                "summary": "v2 inference addressed with the model version (as tritonclient's model_version sends it)",
-                "requestBody": v2_infer_body,
-                "responses": errors.clone()
-            }},
+            "/v2/models/{name}": with_params(simple("v2 model metadata"), &named),
+            "/v2/models/{name}/ready": with_params(simple("v2 model readiness"), &named),
+            "/v2/models/{name}/infer": with_params(v2_infer(
+                "v2 inference: one BYTES input holding encoded images (JSON base64 strings, or the binary tensor extension); outputs labels, probabilities, class_ids, or Triton classification strings (`\"parameters\": {\"classification\": K}` on an output)"
+            ), &named),
+            "/v2/models/{name}/versions/{version}": with_params(simple("v2 model metadata (version 1, the only one)"), &versioned),
+            "/v2/models/{name}/versions/{version}/ready": with_params(simple("v2 model readiness (version 1)"), &versioned),
+            "/v2/models/{name}/versions/{version}/infer": with_params(v2_infer(
+                "v2 inference addressed with the model version (as tritonclient's model_version sends it)"
+            ), &versioned),
             "/ping": simple("TorchServe health: {\"status\": \"Healthy\"}"),
             "/models": {"get": {"summary": "TorchServe model list: {\"models\": [{\"modelName\", \"modelUrl\"}]}", "responses": {"200": {"description": "OK"}}}},
-            format!("/predictions/{served_name}"): torchserve_predict(&errors),
-            format!("/predictions/{served_name}/1"): torchserve_predict(&errors)
+            "/predictions/{name}": torchserve_predict(&errors, &named),
+            "/predictions/{name}/{version}": torchserve_predict(&errors, &versioned)
         },
         "components": {"schemas": {
             "Prediction": {"type": "object", "properties": {
@@ -148,7 +182,12 @@ pub fn require_keys(spec: &mut Value, protect_metrics: bool) {
 }
 
 pub async fn document(State(state): State<AppState>) -> Json<Value> {
-    let mut doc = spec(&state.0.model_name, &state.0.served_name);
+    let names: Vec<String> = state
+        .models()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let mut doc = spec(&names);
     if state.0.access.api_keys.is_some() {
         require_keys(&mut doc, state.0.access.protect_metrics);
     }

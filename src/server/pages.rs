@@ -56,19 +56,34 @@ fn bars(predictions: &[Prediction]) -> String {
         .collect()
 }
 
-/// The upload page. Where the server needs an API key, the page asks for it and sends it
-/// as `X-API-Key` (kept for the browser tab only, in `sessionStorage`).
-pub fn upload_page(model: &str, needs_key: bool) -> String {
+/// The upload page for the served `models` (the default first; with several, the page has a
+/// picker). Where the server needs an API key, the page asks for it and sends it as
+/// `X-API-Key` (kept for the browser tab only, in `sessionStorage`).
+pub fn upload_page(models: &[String], needs_key: bool) -> String {
     let key_field = if needs_key {
         r#"<input id="key" type="password" placeholder="API key" autocomplete="off" required>"#
     } else {
         ""
     };
+    let (model_line, picker) = match models {
+        [one] => (format!("Model: {}. ", escape_html(one)), String::new()),
+        _ => (
+            String::new(),
+            format!(
+                "<label>Model <select id=\"model\" name=\"model\">{}</select></label>",
+                models
+                    .iter()
+                    .map(|m| format!("<option>{}</option>", escape_html(m)))
+                    .collect::<String>()
+            ),
+        ),
+    };
     let body = format!(
         r#"<h1>Image classifier</h1>
-<p class="muted">Model: {model}. Images are classified in memory and never stored.</p>
+<p class="muted">{model_line}Images are classified in memory and never stored.</p>
 <form id="form" method="post" action="/" enctype="multipart/form-data">
   {key_field}
+  {picker}
   <input id="file" type="file" name="file" accept="image/*" required>
   <button type="submit">Classify</button>
 </form>
@@ -80,7 +95,7 @@ pub fn upload_page(model: &str, needs_key: bool) -> String {
 const form = document.getElementById('form'), file = document.getElementById('file');
 const preview = document.getElementById('preview'), result = document.getElementById('result');
 const label = document.getElementById('label'), error = document.getElementById('error');
-const key = document.getElementById('key');
+const key = document.getElementById('key'), model = document.getElementById('model');
 if (key) key.value = sessionStorage.getItem('classify-key') || '';
 const esc = s => s.replace(/[&<>"']/g, c => ({{'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}})[c]);
 file.addEventListener('change', () => {{
@@ -96,7 +111,8 @@ form.addEventListener('submit', async (ev) => {{
   try {{
     const headers = {{}};
     if (key) {{ sessionStorage.setItem('classify-key', key.value); headers['X-API-Key'] = key.value; }}
-    const r = await fetch('/predict', {{method: 'POST', body: data, headers}});
+    const url = model ? '/predict?model=' + encodeURIComponent(model.value) : '/predict';
+    const r = await fetch(url, {{method: 'POST', body: data, headers}});
     const j = await r.json();
     if (!r.ok) throw new Error(j.error || r.statusText);
     label.textContent = j.class_name.replace(/_/g, ' ');
@@ -106,8 +122,7 @@ form.addEventListener('submit', async (ev) => {{
     }}).join('');
   }} catch (e) {{ label.textContent = ''; error.textContent = e.message; }}
 }});
-</script>"#,
-        model = escape_html(model)
+</script>"#
     );
     page("Image classifier", &body)
 }
@@ -174,8 +189,12 @@ mod tests {
         let html = result_page("m", b"\x89PNG\r\n\x1a\n", &preds);
         assert!(html.contains("<h2 id=\"label\">Egyptian cat</h2>"));
         assert!(html.contains("src=\"data:image/png;base64,"));
-        assert!(!upload_page("<m>", false).contains("<m>"));
-        assert!(!upload_page("m", false).contains("id=\"key\""));
-        assert!(upload_page("m", true).contains("id=\"key\" type=\"password\""));
+        let one = |m: &str| vec![m.to_string()];
+        assert!(!upload_page(&one("<m>"), false).contains("<m>"));
+        assert!(!upload_page(&one("m"), false).contains("id=\"key\""));
+        assert!(!upload_page(&one("m"), false).contains("<select"));
+        assert!(upload_page(&one("m"), true).contains("id=\"key\" type=\"password\""));
+        let two = upload_page(&["a".into(), "<b>".into()], false);
+        assert!(two.contains("<select id=\"model\" name=\"model\"><option>a</option><option>&lt;b&gt;</option></select>"));
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::batcher::Job;
 use super::error::ApiError;
+use super::models::{answered_by, ServedModel};
 use super::{pages, AppState};
 use crate::engine::Prediction;
 
@@ -22,6 +23,13 @@ pub const MAX_IMAGES_PER_REQUEST: usize = 64;
 #[derive(Debug, Deserialize)]
 pub struct PredictQuery {
     pub top_k: Option<usize>,
+}
+
+/// `/predict`'s query: `?top_k=N&model=NAME` (the default model when no name is given).
+#[derive(Debug, Deserialize)]
+pub struct ModelQuery {
+    pub top_k: Option<usize>,
+    pub model: Option<String>,
 }
 
 /// One image of a request, with the name the client gave it (multipart filename).
@@ -146,6 +154,37 @@ pub async fn multipart_images(
     Ok(images)
 }
 
+/// The text of the first multipart field called `name` (at most 256 bytes), if any.
+pub async fn multipart_text(
+    content_type: &str,
+    body: Bytes,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| ApiError::BadRequest("multipart body without a boundary".into()))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?
+    {
+        if field.name() == Some(name) {
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+            if bytes.len() > 256 {
+                return Err(ApiError::BadRequest(format!(
+                    "form field `{name}` is too long"
+                )));
+            }
+            return Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string()));
+        }
+    }
+    Ok(None)
+}
+
 fn json_payload(body: &[u8]) -> Result<Payload, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
@@ -204,10 +243,11 @@ pub async fn parse_payload(headers: &HeaderMap, body: Bytes) -> Result<Payload, 
 /// Decode off the executor, then queue for the batcher and wait for the answer.
 pub async fn classify_bytes(
     state: &AppState,
+    model: &ServedModel,
     bytes: Bytes,
     top_k: usize,
 ) -> Result<Vec<Prediction>, ApiError> {
-    let loaded = state.loaded()?;
+    let loaded = model.loaded()?;
     let engine = loaded.engine.clone();
     let image = {
         let _permit = state
@@ -240,7 +280,7 @@ pub fn resolve_top_k(state: &AppState, requested: Option<usize>) -> Result<usize
 }
 
 fn response_for(
-    state: &AppState,
+    model: &ServedModel,
     filename: Option<String>,
     predictions: Vec<Prediction>,
 ) -> PredictResponse {
@@ -248,7 +288,7 @@ fn response_for(
     PredictResponse {
         class_id: top.map_or(0, |p| p.index),
         class_name: top.map_or_else(String::new, |p| p.label.clone()),
-        model: state.0.model_name.clone(),
+        model: model.source().to_string(),
         predictions,
         filename,
     }
@@ -264,28 +304,29 @@ pub async fn with_timeout<T>(
         .map_err(|_| ApiError::Timeout)?
 }
 
-/// `POST /predict`
+/// `POST /predict[?model=NAME]`
 pub async fn predict(
     State(state): State<AppState>,
-    Query(query): Query<PredictQuery>,
+    Query(query): Query<ModelQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let top_k = resolve_top_k(&state, query.top_k)?;
-    with_timeout(&state, async {
-        state.loaded()?;
+    let model = state.models().pick(query.model.as_deref())?.clone();
+    let answer = with_timeout(&state, async {
+        model.loaded()?;
         let (headers, body) = read_body(&state, request).await?;
         match parse_payload(&headers, body).await? {
             Payload::One(img) => {
-                let preds = classify_bytes(&state, img.bytes, top_k).await?;
-                Ok(Json(response_for(&state, img.filename, preds)).into_response())
+                let preds = classify_bytes(&state, &model, img.bytes, top_k).await?;
+                Ok(Json(response_for(&model, img.filename, preds)).into_response())
             }
             Payload::Many(images) => {
                 let results = futures_util::future::join_all(images.into_iter().map(|img| {
-                    let state = state.clone();
+                    let (state, model) = (&state, &model);
                     async move {
-                        match classify_bytes(&state, img.bytes, top_k).await {
+                        match classify_bytes(state, model, img.bytes, top_k).await {
                             Ok(preds) => {
-                                serde_json::to_value(response_for(&state, img.filename, preds))
+                                serde_json::to_value(response_for(model, img.filename, preds))
                                     .unwrap_or(Value::Null)
                             }
                             Err(e) => serde_json::json!({
@@ -300,7 +341,7 @@ pub async fn predict(
                 Ok(Json(results).into_response())
             }
             Payload::Flash { session, image } => {
-                let preds = classify_bytes(&state, image, top_k).await?;
+                let preds = classify_bytes(&state, &model, image, top_k).await?;
                 let label = preds.first().map(|p| p.label.clone()).unwrap_or_default();
                 Ok(
                     Json(serde_json::json!({"session": session, "result": {"prediction": label}}))
@@ -309,7 +350,8 @@ pub async fn predict(
             }
         }
     })
-    .await
+    .await;
+    Ok(answered_by(&model, answer.into_response()))
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -319,28 +361,44 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
+/// The names of the served models, the default first (for the page's model picker).
+fn model_names(state: &AppState) -> Vec<String> {
+    state
+        .models()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect()
+}
+
 /// `GET /`: the upload page for browsers, the Flask recipe's hint for API clients.
 pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if wants_html(&headers) {
         Html(pages::upload_page(
-            &state.0.model_name,
+            &model_names(&state),
             state.0.access.api_keys.is_some(),
         ))
         .into_response()
     } else {
         Json(serde_json::json!({
             "msg": "Try POSTing to the /predict endpoint with an RGB image attachment",
-            "model": state.0.model_name,
+            "model": state.models().default_model().source(),
+            "models": model_names(&state),
         }))
         .into_response()
     }
 }
 
 /// `POST /` from the page's plain form (works without JavaScript): a result page with the
-/// image inlined as a data URL. Nothing is written to disk.
+/// image inlined as a data URL. The form's `model` field picks the model. Nothing is
+/// written to disk.
 pub async fn form_result(State(state): State<AppState>, request: Request) -> Response {
     let outcome = with_timeout(&state, async {
         let (headers, body) = read_body(&state, request).await?;
+        // A plain form sends `model`; anything else uses the default model.
+        let chosen = multipart_text(content_type(&headers), body.clone(), "model")
+            .await
+            .unwrap_or_default();
+        let model = state.models().pick(chosen.as_deref())?.clone();
         let image = match parse_payload(&headers, body).await? {
             Payload::One(img) => img,
             Payload::Many(mut imgs) => imgs.remove(0),
@@ -350,17 +408,15 @@ pub async fn form_result(State(state): State<AppState>, request: Request) -> Res
             },
         };
         let top_k = state.0.limits.default_top_k;
-        let preds = classify_bytes(&state, image.bytes.clone(), top_k).await?;
-        Ok((image, preds))
+        let preds = classify_bytes(&state, &model, image.bytes.clone(), top_k).await?;
+        Ok((model, image, preds))
     })
     .await;
     match outcome {
-        Ok((image, preds)) => Html(pages::result_page(
-            &state.0.model_name,
-            &image.bytes,
-            &preds,
-        ))
-        .into_response(),
+        Ok((model, image, preds)) => answered_by(
+            &model,
+            Html(pages::result_page(model.name(), &image.bytes, &preds)).into_response(),
+        ),
         Err(e) => (e.status(), Html(pages::error_page(&e.to_string()))).into_response(),
     }
 }
@@ -370,10 +426,21 @@ pub async fn health() -> Json<Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /ready`: 200 once the model is loaded and warmed up.
+/// `GET /ready`: 200 once every model is loaded and warmed up (the body says which are
+/// served), 503 before (each model's own readiness: `/v2/models/{name}/ready`).
 pub async fn ready(State(state): State<AppState>) -> Response {
+    let models: serde_json::Map<String, Value> = state
+        .models()
+        .iter()
+        .map(|m| (m.name().to_string(), Value::Bool(m.is_ready())))
+        .collect();
     if state.is_ready() {
-        Json(serde_json::json!({"status": "ready", "model": state.0.model_name})).into_response()
+        Json(serde_json::json!({
+            "status": "ready",
+            "model": state.models().default_model().source(),
+            "models": models,
+        }))
+        .into_response()
     } else {
         ApiError::NotReady.into_response()
     }
@@ -381,14 +448,23 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let depth = state.0.loaded.get().map_or(0, |l| l.batcher.depth());
+    let views: Vec<_> = state
+        .models()
+        .iter()
+        .map(|m| super::metrics::ModelView {
+            name: m.name(),
+            metrics: &m.metrics,
+            queue_depth: m.queue_depth(),
+            ready: m.is_ready(),
+        })
+        .collect();
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.0.metrics.render(depth),
+        state.0.metrics.render(&views),
     )
         .into_response()
 }

@@ -12,6 +12,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::json;
 
 use super::error::ApiError;
+use super::models::answered_by;
 use super::routes::{
     classify_bytes, content_type, multipart_images, read_body, resolve_top_k, with_timeout,
     PredictQuery,
@@ -63,26 +64,26 @@ async fn ping(State(state): State<AppState>) -> Response {
     }
 }
 
+/// TorchServe's `GET /models`: every model, by name.
 async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"models": [{
-        "modelName": state.0.served_name,
-        "modelUrl": state.0.model_name,
-    }]}))
+    let models: Vec<_> = state
+        .models()
+        .iter()
+        .map(|m| json!({"modelName": m.name(), "modelUrl": m.source()}))
+        .collect();
+    Json(json!({"models": models}))
 }
 
-fn check_model(state: &AppState, name: &str, version: &str) -> Result<(), ApiError> {
-    if name != state.0.served_name {
-        return Err(ApiError::NotFound(format!(
-            "unknown model `{name}`; this server serves `{}`",
-            state.0.served_name
-        )));
+/// 404 unless `version` is the one version every model has.
+pub(super) fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
+    if version == MODEL_VERSION {
+        Ok(())
+    } else {
+        let shown: String = version.chars().take(64).collect();
+        Err(ApiError::NotFound(format!(
+            "model `{name}` has no version `{shown}` (it has `{MODEL_VERSION}`)"
+        )))
     }
-    if version != MODEL_VERSION {
-        return Err(ApiError::NotFound(format!(
-            "model `{name}` has no version `{version}` (it has `{MODEL_VERSION}`)"
-        )));
-    }
-    Ok(())
 }
 
 async fn predict(
@@ -90,7 +91,7 @@ async fn predict(
     Path(model): Path<String>,
     query: Query<PredictQuery>,
     request: Request,
-) -> Result<Json<LabelScores>, ApiError> {
+) -> Result<Response, ApiError> {
     answer(state, model, MODEL_VERSION.into(), query, request).await
 }
 
@@ -99,7 +100,7 @@ async fn predict_version(
     Path((model, version)): Path<(String, String)>,
     query: Query<PredictQuery>,
     request: Request,
-) -> Result<Json<LabelScores>, ApiError> {
+) -> Result<Response, ApiError> {
     answer(state, model, version, query, request).await
 }
 
@@ -109,10 +110,11 @@ async fn answer(
     version: String,
     Query(query): Query<PredictQuery>,
     request: Request,
-) -> Result<Json<LabelScores>, ApiError> {
-    check_model(&state, &model, &version)?;
+) -> Result<Response, ApiError> {
+    let model = state.models().get(&model)?.clone();
+    check_version(model.name(), &version)?;
     let k = resolve_top_k(&state, query.top_k)?;
-    with_timeout(&state, async {
+    let answer = with_timeout(&state, async {
         let (headers, body) = read_body(&state, request).await?;
         let raw = content_type(&headers);
         let image = if raw.to_ascii_lowercase().starts_with("multipart/form-data") {
@@ -130,7 +132,10 @@ async fn answer(
                 "empty request body: send an image".into(),
             ));
         }
-        Ok(Json(LabelScores(classify_bytes(&state, image, k).await?)))
+        Ok(Json(LabelScores(
+            classify_bytes(&state, &model, image, k).await?,
+        )))
     })
-    .await
+    .await;
+    Ok(answered_by(&model, answer.into_response()))
 }
