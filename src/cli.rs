@@ -216,6 +216,11 @@ pub struct ServeArgs {
     #[arg(short, long, default_value_t = 5000)]
     pub port: u16,
 
+    /// Also serve the Open Inference Protocol over gRPC (tritonclient.grpc, KServe) on this
+    /// port, same host; off unless given.
+    #[arg(long, value_name = "PORT")]
+    pub grpc_port: Option<u16>,
+
     /// Default predictions per image (a request's ?top_k=N overrides it).
     #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub top_k: u64,
@@ -361,6 +366,7 @@ impl ServeArgs {
             models: self.models()?,
             host: self.host,
             port: self.port,
+            grpc_port: self.grpc_port,
             limits: crate::server::ServerLimits {
                 max_body_bytes: (self.max_body_mb as usize) * 1024 * 1024,
                 request_timeout: Duration::from_secs(self.request_timeout_secs),

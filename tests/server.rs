@@ -1266,3 +1266,22 @@ async fn two_models_each_answer_on_every_route() {
         serde_json::json!(["lite0", "lite2"])
     );
 }
+
+/// The vendored gRPC code was generated from the .proto as it is now (scripts/gen-grpc
+/// records the .proto's SHA-256 in the generated file's first line).
+#[test]
+fn grpc_code_is_generated_from_the_proto() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("sha256sum")
+        .arg(root.join("proto/inference.proto"))
+        .output()
+        .expect("sha256sum (coreutils)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let sha = text.split_whitespace().next().unwrap();
+    let generated = std::fs::read_to_string(root.join("src/server/grpc/inference.rs")).unwrap();
+    let first = generated.lines().next().unwrap();
+    assert!(
+        first.contains(&format!("(sha256 {sha})")),
+        "proto/inference.proto changed since src/server/grpc/inference.rs was generated: run scripts/gen-grpc ({first})"
+    );
+}

@@ -157,6 +157,42 @@ fn split_binary(headers: &HeaderMap, body: Bytes) -> Result<(Value, Bytes), ApiE
     Ok((value, binary))
 }
 
+/// The elements of a serialized BYTES tensor: each a 4-byte little-endian length, then
+/// that many bytes (the binary tensor extension's and gRPC's `raw_input_contents` form).
+pub(super) fn bytes_elements(mut data: Bytes) -> Result<Vec<Bytes>, ApiError> {
+    let mut elements = Vec::new();
+    while !data.is_empty() {
+        let len = data
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| ApiError::BadRequest("truncated BYTES element".into()))?;
+        if data.len() - 4 < len {
+            return Err(ApiError::BadRequest("truncated BYTES element".into()));
+        }
+        elements.push(data.slice(4..4 + len));
+        data = data.slice(4 + len..);
+        if elements.len() > MAX_IMAGES_PER_REQUEST {
+            return Err(too_many_images());
+        }
+    }
+    Ok(elements)
+}
+
+fn too_many_images() -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "more than {MAX_IMAGES_PER_REQUEST} images in one request"
+    ))
+}
+
+/// At least one image, at most [`MAX_IMAGES_PER_REQUEST`].
+pub(super) fn check_image_count(n: usize) -> Result<(), ApiError> {
+    match n {
+        0 => Err(ApiError::BadRequest("no images in the input".into())),
+        n if n > MAX_IMAGES_PER_REQUEST => Err(too_many_images()),
+        _ => Ok(()),
+    }
+}
+
 /// The encoded images of the (single) BYTES input.
 fn input_images(request: &Value, binary: &Bytes) -> Result<Vec<Bytes>, ApiError> {
     let inputs = request
@@ -180,23 +216,13 @@ fn input_images(request: &Value, binary: &Bytes) -> Result<Vec<Bytes>, ApiError>
     {
         let size = usize::try_from(size)
             .map_err(|_| ApiError::BadRequest("binary_data_size too large".into()))?;
-        let mut data = binary
+        let data = binary
             .get(..size)
             .map(|_| binary.slice(..size))
             .ok_or_else(|| {
                 ApiError::BadRequest("binary_data_size exceeds the binary data".into())
             })?;
-        while !data.is_empty() {
-            let len = data
-                .get(..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or_else(|| ApiError::BadRequest("truncated BYTES element".into()))?;
-            if data.len() < 4 + len {
-                return Err(ApiError::BadRequest("truncated BYTES element".into()));
-            }
-            images.push(data.slice(4..4 + len));
-            data = data.slice(4 + len..);
-        }
+        images = bytes_elements(data)?;
     } else {
         fn collect(v: &Value, out: &mut Vec<Bytes>) -> Result<(), ApiError> {
             match v {
@@ -215,33 +241,56 @@ fn input_images(request: &Value, binary: &Bytes) -> Result<Vec<Bytes>, ApiError>
         })?;
         collect(data, &mut images)?;
     }
-    if images.is_empty() {
-        return Err(ApiError::BadRequest("no images in the input".into()));
-    }
-    if images.len() > MAX_IMAGES_PER_REQUEST {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "more than {MAX_IMAGES_PER_REQUEST} images in one request"
-        )));
-    }
+    check_image_count(images.len())?;
     Ok(images)
 }
 
 /// One output a request asked for: its name, and K when it wants classification strings.
-struct WantedOutput {
-    name: &'static str,
-    classification: Option<usize>,
+pub(super) struct WantedOutput {
+    pub name: &'static str,
+    pub classification: Option<usize>,
 }
 
-/// The request's `outputs` (all three, as plain tensors, when it names none).
-fn wanted_outputs(request: &Value) -> Result<Vec<WantedOutput>, ApiError> {
-    let Some(list) = request.get("outputs") else {
-        return Ok(OUTPUTS
+impl WantedOutput {
+    /// Every output, as plain tensors (what a request that names none gets).
+    pub fn all() -> Vec<Self> {
+        OUTPUTS
             .iter()
             .map(|&name| WantedOutput {
                 name,
                 classification: None,
             })
-            .collect());
+            .collect()
+    }
+
+    /// The output called `asked`, with the classification K asked for (if any).
+    pub fn named(asked: &str, classification: Option<i64>) -> Result<Self, ApiError> {
+        let name = OUTPUTS.iter().find(|n| **n == asked).ok_or_else(|| {
+            let shown: String = asked.chars().take(64).collect();
+            ApiError::BadRequest(format!(
+                "unknown output `{shown}`; the outputs are labels, probabilities, class_ids"
+            ))
+        })?;
+        let classification = match classification {
+            None => None,
+            Some(k) if k >= 1 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "parameters.classification must be a positive integer".into(),
+                ))
+            }
+        };
+        Ok(WantedOutput {
+            name,
+            classification,
+        })
+    }
+}
+
+/// The request's `outputs` (all three, as plain tensors, when it names none).
+fn wanted_outputs(request: &Value) -> Result<Vec<WantedOutput>, ApiError> {
+    let Some(list) = request.get("outputs") else {
+        return Ok(WantedOutput::all());
     };
     let list = list
         .as_array()
@@ -249,26 +298,46 @@ fn wanted_outputs(request: &Value) -> Result<Vec<WantedOutput>, ApiError> {
     list.iter()
         .map(|o| {
             let asked = o.get("name").and_then(Value::as_str).unwrap_or("");
-            let name = OUTPUTS.iter().find(|n| **n == asked).ok_or_else(|| {
-                let shown: String = asked.chars().take(64).collect();
-                ApiError::BadRequest(format!(
-                    "unknown output `{shown}`; the outputs are labels, probabilities, class_ids"
-                ))
-            })?;
-            let classification = match o.pointer("/parameters/classification") {
-                None => None,
-                Some(v) => Some(v.as_u64().filter(|k| *k >= 1).ok_or_else(|| {
-                    ApiError::BadRequest(
-                        "parameters.classification must be a positive integer".into(),
-                    )
-                })? as usize),
-            };
-            Ok(WantedOutput {
-                name,
-                classification,
-            })
+            // A value that is not an integer is refused as not positive.
+            let classification = o
+                .pointer("/parameters/classification")
+                .map(|v| v.as_i64().unwrap_or(0));
+            WantedOutput::named(asked, classification)
         })
         .collect()
+}
+
+/// The values of one output tensor, flattened in row-major order.
+pub(super) enum TensorData {
+    Bytes(Vec<String>),
+    Fp32(Vec<f32>),
+    Int64(Vec<i64>),
+}
+
+/// One output tensor of shape `[batch, k]`.
+pub(super) struct OutputTensor {
+    pub name: &'static str,
+    pub shape: [usize; 2],
+    pub data: TensorData,
+}
+
+impl OutputTensor {
+    pub fn datatype(&self) -> &'static str {
+        match self.data {
+            TensorData::Bytes(_) => "BYTES",
+            TensorData::Fp32(_) => "FP32",
+            TensorData::Int64(_) => "INT64",
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let data = match &self.data {
+            TensorData::Bytes(v) => json!(v),
+            TensorData::Fp32(v) => json!(v),
+            TensorData::Int64(v) => json!(v),
+        };
+        json!({"name": self.name, "datatype": self.datatype(), "shape": self.shape, "data": data})
+    }
 }
 
 /// Triton's classification string for one prediction: `score:class_id:label`.
@@ -276,23 +345,48 @@ fn classification_string(p: &Prediction) -> String {
     format!("{:.6}:{}:{}", p.score, p.index, p.label)
 }
 
-/// One output tensor of shape `[batch, k]` over every image's top `k`.
-fn output_tensor(wanted: &WantedOutput, results: &[Vec<Prediction>], k: usize) -> Value {
-    let batch = results.len();
-    let k = wanted.classification.unwrap_or(k).min(k);
-    let flat = |f: &dyn Fn(&Prediction) -> Value| -> Vec<Value> {
-        results
-            .iter()
-            .flat_map(|r| r.iter().take(k).map(f))
-            .collect()
-    };
-    let (datatype, data) = match (wanted.name, wanted.classification) {
-        (_, Some(_)) => ("BYTES", flat(&|p| json!(classification_string(p)))),
-        ("labels", None) => ("BYTES", flat(&|p| json!(p.label))),
-        ("probabilities", None) => ("FP32", flat(&|p| json!(p.score))),
-        _ => ("INT64", flat(&|p| json!(p.index))),
-    };
-    json!({"name": wanted.name, "datatype": datatype, "shape": [batch, k], "data": data})
+/// Classify `images` with `model` and build the `wanted` outputs: plain ones hold each
+/// image's top `top_k`, classification ones the top K they asked for.
+pub(super) async fn infer_outputs(
+    state: &AppState,
+    model: &ServedModel,
+    images: Vec<Bytes>,
+    wanted: &[WantedOutput],
+    top_k: usize,
+) -> Result<Vec<OutputTensor>, ApiError> {
+    let asked = wanted
+        .iter()
+        .map(|w| w.classification.unwrap_or(top_k))
+        .max()
+        .unwrap_or(top_k);
+    let results = futures_util::future::join_all(
+        images
+            .into_iter()
+            .map(|img| classify_bytes(state, model, img, asked)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    // Fewer classes than asked for: every image has the same number.
+    let available = results.iter().map(Vec::len).min().unwrap_or(0);
+    Ok(wanted
+        .iter()
+        .map(|w| {
+            let k = w.classification.unwrap_or(top_k).min(available);
+            let top = || results.iter().flat_map(|r| r.iter().take(k));
+            let data = match (w.name, w.classification) {
+                (_, Some(_)) => TensorData::Bytes(top().map(classification_string).collect()),
+                ("labels", None) => TensorData::Bytes(top().map(|p| p.label.clone()).collect()),
+                ("probabilities", None) => TensorData::Fp32(top().map(|p| p.score).collect()),
+                _ => TensorData::Int64(top().map(|p| p.index as i64).collect()),
+            };
+            OutputTensor {
+                name: w.name,
+                shape: [results.len(), k],
+                data,
+            }
+        })
+        .collect())
 }
 
 async fn infer(
@@ -321,37 +415,11 @@ async fn run_infer(
                 ApiError::BadRequest("parameters.top_k must be a positive integer".into())
             })? as usize,
         };
-        // Enough predictions for the plain outputs and every classification asked for.
-        let asked = wanted
-            .iter()
-            .map(|w| w.classification.unwrap_or(top_k))
-            .max()
-            .unwrap_or(top_k);
-        let results = futures_util::future::join_all(
-            images
-                .into_iter()
-                .map(|img| classify_bytes(state, model, img, asked)),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-        // Fewer classes than asked for: every image has the same number.
-        let available = results.iter().map(Vec::len).min().unwrap_or(0);
-        let outputs: Vec<Value> = wanted
-            .iter()
-            .map(|w| {
-                let k = if w.classification.is_some() {
-                    available
-                } else {
-                    top_k.min(available)
-                };
-                output_tensor(w, &results, k)
-            })
-            .collect();
+        let outputs = infer_outputs(state, model, images, &wanted, top_k).await?;
         let mut response = json!({
             "model_name": model.name(),
             "model_version": "1",
-            "outputs": outputs,
+            "outputs": outputs.iter().map(OutputTensor::to_json).collect::<Vec<_>>(),
         });
         if let Some(id) = req.get("id") {
             response["id"] = id.clone();

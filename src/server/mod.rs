@@ -9,6 +9,7 @@
 mod access;
 mod batcher;
 mod error;
+mod grpc;
 mod kserve;
 mod metrics;
 mod models;
@@ -92,6 +93,8 @@ pub struct ServeSettings {
     pub models: Vec<ServeModel>,
     pub host: IpAddr,
     pub port: u16,
+    /// The Open Inference Protocol's gRPC service on this port (same host), if given.
+    pub grpc_port: Option<u16>,
     pub limits: ServerLimits,
     pub access: Access,
 }
@@ -363,6 +366,21 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
         })?;
     let addr = listener.local_addr()?;
     eprintln!("classify: listening on http://{addr}");
+    let grpc_listener = match settings.grpc_port {
+        Some(port) => {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(settings.host, port))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {}:{port} for gRPC: {e}", settings.host)
+                })?;
+            eprintln!(
+                "classify: gRPC (Open Inference Protocol) on {}",
+                listener.local_addr()?
+            );
+            Some(listener)
+        }
+        None => None,
+    };
 
     // Models load one after another (each wants every core); each serves as soon as it
     // is warm. One that cannot load stops the server, naming it.
@@ -394,13 +412,23 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
         }
         failure
     });
+    // Both listeners stop together: on a signal, or when a model cannot load.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => {},
             // An Err means the loader succeeded and dropped the sender: keep serving.
             Ok(()) = stop_rx => {},
         }
+        let _ = stopping_tx.send(true);
     };
+    let grpc = grpc_listener.map(|listener| {
+        let mut stopping = stopping.clone();
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        tokio::spawn(grpc::serve(listener, state.clone(), stop))
+    });
     accept_loop(
         listener,
         app(state),
@@ -408,6 +436,13 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
         stop,
     )
     .await;
+    if let Some(grpc) = grpc {
+        match tokio::time::timeout(Duration::from_secs(30), grpc).await {
+            Ok(Ok(Err(e))) => tracing::warn!("gRPC server: {e}"),
+            Err(_) => tracing::warn!("gRPC calls still running after 30 s; exiting"),
+            _ => {}
+        }
+    }
     if failure.is_finished() {
         if let Ok(Some(e)) = failure.await {
             return Err(e);
