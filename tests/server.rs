@@ -1285,3 +1285,71 @@ fn grpc_code_is_generated_from_the_proto() {
         "proto/inference.proto changed since src/server/grpc/inference.rs was generated: run scripts/gen-grpc ({first})"
     );
 }
+
+/// Every route the router has is in `/openapi.json` with its method (the document cannot
+/// drift from the code): the `.route("PATH", METHOD(...)...)` calls in src/server are read
+/// and each is looked up in the served document.
+#[tokio::test]
+async fn every_route_in_the_code_is_in_the_openapi_document() {
+    let (_, doc) = send_json(
+        state(),
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/server")];
+    let mut checked = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text: String = std::fs::read_to_string(&path)
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            for call in text.split(".route(").skip(1) {
+                let Some(rest) = call.strip_prefix('"') else {
+                    continue;
+                };
+                let (route, rest) = rest.split_once('"').unwrap();
+                // The methods: `get(...)`, `post(...).put(...)` up to the call's end.
+                let mut depth = 1;
+                let end = rest
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '(' => 1,
+                            ')' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map_or(rest.len(), |(i, _)| i);
+                let methods: Vec<&str> = ["get(", "post(", "put("]
+                    .into_iter()
+                    .filter(|m| {
+                        rest[..end]
+                            .split(|c: char| !c.is_ascii_alphanumeric() && c != '(')
+                            .any(|w| w.starts_with(m))
+                    })
+                    .map(|m| m.trim_end_matches('('))
+                    .collect();
+                assert!(!methods.is_empty(), "{route}: no method found");
+                if route == "/favicon.ico" {
+                    continue;
+                }
+                for method in methods {
+                    assert!(
+                        doc["paths"][route].get(method).is_some(),
+                        "{} routes {method} {route}, which /openapi.json does not document",
+                        path.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "found only {checked} routes");
+}

@@ -32,9 +32,9 @@ pub fn health_routes() -> Router<AppState> {
 pub fn model_routes() -> Router<AppState> {
     Router::new()
         .route("/models", get(models))
-        .route("/predictions/{model}", post(predict).put(predict))
+        .route("/predictions/{name}", post(predict).put(predict))
         .route(
-            "/predictions/{model}/{version}",
+            "/predictions/{name}/{version}",
             post(predict_version).put(predict_version),
         )
 }
