@@ -14,6 +14,48 @@ use tokio::sync::oneshot;
 use super::metrics::ModelMetrics;
 use crate::engine::{Engine, Prediction};
 
+/// Batches of every model of a server run one at a time, in the order they were ready
+/// (a ticket lock: first come, first served). Each then has all the cores, so with several
+/// models batches finish one after another instead of all late together; with one model
+/// there is never a wait.
+static TURNS: Turns = Turns::new();
+
+struct Turns {
+    state: std::sync::Mutex<(u64, u64)>,
+    changed: std::sync::Condvar,
+}
+
+/// Held while a batch runs; the next ticket's turn comes when it drops.
+struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    const fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new((0, 0)),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Take a ticket and wait until it is served.
+    fn wait(&self) -> Turn<'_> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = state.0;
+        state.0 += 1;
+        while state.1 != ticket {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += 1;
+        self.0.changed.notify_all();
+    }
+}
+
 pub type JobResult = Result<Vec<Prediction>, InferenceFailed>;
 
 /// The network failed on the batch a job was in (logged where it happened; clients get a
@@ -115,7 +157,11 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>, metrics: &ModelMetrics) {
         .map(|j| (j.image, (j.top_k, j.reply)))
         .unzip();
     metrics.observe_batch(images.len());
-    match engine.classify(&images, k) {
+    let outcome = {
+        let _turn = TURNS.wait();
+        engine.classify(&images, k)
+    };
+    match outcome {
         Ok(results) => {
             for ((top_k, reply), mut preds) in replies.into_iter().zip(results) {
                 preds.truncate(top_k);
@@ -128,5 +174,41 @@ fn run_batch(engine: &Engine, jobs: Vec<Job>, metrics: &ModelMetrics) {
                 let _ = reply.send(Err(InferenceFailed));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Turns;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A turn blocks the next ticket until it drops, also when its holder panics.
+    #[test]
+    fn turns_are_taken_one_at_a_time_and_released_on_panic() {
+        let turns: &'static Turns = Box::leak(Box::new(Turns::new()));
+        let first = turns.wait();
+        let ran = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let ran = ran.clone();
+            std::thread::spawn(move || {
+                let _turn = turns.wait();
+                ran.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!ran.load(Ordering::SeqCst), "the second ticket waits");
+        drop(first);
+        waiter.join().unwrap();
+        assert!(ran.load(Ordering::SeqCst));
+        let panicked = std::thread::spawn(move || {
+            let _turn = turns.wait();
+            panic!("inference panicked");
+        })
+        .join();
+        assert!(panicked.is_err());
+        // The panicking holder's turn was released: this does not hang.
+        drop(turns.wait());
     }
 }
