@@ -31,7 +31,7 @@ pub enum EngineError {
 }
 
 /// One class of a prediction: index, name, softmax probability.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Prediction {
     pub index: usize,
     pub label: String,

@@ -12,12 +12,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::models::{answered_by, ServedModel};
+#[allow(unused_imports)] // named in the `#[utoipa::path]` annotations
+use super::openapi::ErrorBody;
 use super::routes::{
     classify_bytes, decode_base64, read_body, with_timeout, MAX_IMAGES_PER_REQUEST,
 };
@@ -28,38 +31,32 @@ use crate::engine::Prediction;
 const OUTPUTS: [&str; 3] = ["labels", "probabilities", "class_ids"];
 
 /// Health and readiness: open even where API keys are required (probes carry none).
-pub fn health_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(versioned_ready),
-        )
+pub fn health_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(server_metadata))
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(model_ready))
+        .routes(routes!(versioned_ready))
 }
 
-/// Model metadata and inference.
-pub fn model_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/infer", post(infer))
-        // The same, addressed with the model version (tritonclient sends `model_version`).
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(versioned_metadata),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(versioned_infer),
-        )
+/// Model metadata and inference, also addressed with the model version (tritonclient
+/// sends `model_version`).
+pub fn model_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(model_metadata))
+        .routes(routes!(infer))
+        .routes(routes!(versioned_metadata))
+        .routes(routes!(versioned_infer))
 }
 
 fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
     super::torchserve::check_version(name, version)
 }
 
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "open-inference-protocol",
+    summary = "v2 model metadata (version 1, the only one)", params(("name" = String, Path, description = "The model's name (GET /models lists them)"), ("version" = String, Path, description = "Each model has one version, 1")),
+    responses((status = 200, description = "Metadata", content_type = "application/json"), (status = 404, description = "No such model or version", body = ErrorBody)))]
 async fn versioned_metadata(
     state: State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -68,6 +65,9 @@ async fn versioned_metadata(
     model_metadata(state, Path(name)).await
 }
 
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "open-inference-protocol",
+    summary = "v2 model readiness (version 1)", params(("name" = String, Path, description = "The model's name (GET /models lists them)"), ("version" = String, Path, description = "Each model has one version, 1")),
+    responses((status = 200, description = "{\"name\", \"ready\": true}", content_type = "application/json"), (status = 404, description = "No such model or version", body = ErrorBody), (status = 503, description = "Loading", body = ErrorBody)))]
 async fn versioned_ready(
     state: State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -78,6 +78,11 @@ async fn versioned_ready(
     model_ready(state, Path(name)).await
 }
 
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "open-inference-protocol",
+    summary = "v2 inference addressed with the model version (as tritonclient's model_version sends it)", params(("name" = String, Path, description = "The model's name (GET /models lists them)"), ("version" = String, Path, description = "Each model has one version, 1")),
+    request_body(content(("application/json"), ("application/octet-stream")),
+        description = "The v2 inference request: one BYTES input `image` of encoded images, as base64 strings in `data` or through the binary tensor extension (`Inference-Header-Content-Length`); optional `outputs` (labels, probabilities, class_ids; `\"parameters\": {\"classification\": K}` for Triton's classification strings `score:class_id:label`) and `parameters.top_k`"),
+    responses((status = 200, description = "The v2 inference response", content_type = "application/json"), (status = 404, description = "No such model or version", body = ErrorBody)))]
 async fn versioned_infer(
     state: State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -87,6 +92,8 @@ async fn versioned_infer(
     infer(state, Path(name), request).await
 }
 
+#[utoipa::path(get, path = "/v2", tag = "open-inference-protocol", summary = "v2 server metadata: name, version, extensions",
+    responses((status = 200, description = "{\"name\", \"version\", \"extensions\"}", content_type = "application/json")))]
 async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "classify",
@@ -95,10 +102,14 @@ async fn server_metadata() -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/v2/health/live", tag = "open-inference-protocol", summary = "v2 liveness",
+    responses((status = 200, description = "{\"live\": true}", content_type = "application/json")))]
 async fn live() -> Json<Value> {
     Json(json!({"live": true}))
 }
 
+#[utoipa::path(get, path = "/v2/health/ready", tag = "open-inference-protocol", summary = "v2 readiness: every model loaded",
+    responses((status = 200, description = "{\"ready\": true}", content_type = "application/json"), (status = 503, description = "Loading", body = ErrorBody)))]
 async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(json!({"ready": true})).into_response()
@@ -107,6 +118,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "open-inference-protocol", summary = "v2 model metadata",
+    params(("name" = String, Path, description = "The model's name (GET /models lists them)")),
+    responses((status = 200, description = "Name, versions, platform, inputs and outputs", content_type = "application/json"), (status = 404, description = "No such model", body = ErrorBody)))]
 async fn model_metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -125,6 +139,9 @@ async fn model_metadata(
     })))
 }
 
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "open-inference-protocol", summary = "v2 model readiness",
+    params(("name" = String, Path, description = "The model's name (GET /models lists them)")),
+    responses((status = 200, description = "{\"name\", \"ready\": true}", content_type = "application/json"), (status = 404, description = "No such model", body = ErrorBody), (status = 503, description = "Loading", body = ErrorBody)))]
 async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     match state.models().get(&name) {
         Ok(model) if model.is_ready() => {
@@ -389,6 +406,11 @@ pub(super) async fn infer_outputs(
         .collect())
 }
 
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open-inference-protocol", summary = "v2 inference",
+    params(("name" = String, Path, description = "The model's name (GET /models lists them)")),
+    request_body(content(("application/json"), ("application/octet-stream")),
+        description = "The v2 inference request: one BYTES input `image` of encoded images, as base64 strings in `data` or through the binary tensor extension (`Inference-Header-Content-Length`); optional `outputs` (labels, probabilities, class_ids; `\"parameters\": {\"classification\": K}` for Triton's classification strings `score:class_id:label`) and `parameters.top_k`"),
+    responses((status = 200, description = "The v2 inference response: outputs of shape [batch, k]", content_type = "application/json"), (status = 404, description = "No such model", body = ErrorBody)))]
 async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -19,18 +19,20 @@ mod routes;
 mod torchserve;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use access::{Access, AccessError, ApiKeys, KEYS_ENV};
 pub use batcher::BatchConfig;
@@ -101,6 +103,8 @@ pub struct ServeSettings {
 
 struct Shared {
     models: Models,
+    /// The OpenAPI document, made once by [`app`].
+    openapi: OnceLock<serde_json::Value>,
     metrics: Metrics,
     limits: ServerLimits,
     access: Access,
@@ -139,6 +143,7 @@ impl AppState {
         let decoders = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
         Ok(Self(Arc::new(Shared {
             models: Models::new(models)?,
+            openapi: OnceLock::new(),
             metrics: Metrics::default(),
             limits,
             access,
@@ -227,7 +232,7 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 pub fn app(state: AppState) -> Router {
     let access = &state.0.access;
     let keys = access.api_keys.clone();
-    let guard = |router: Router<AppState>| match &keys {
+    let guard = |router: OpenApiRouter<AppState>| match &keys {
         Some(keys) => router.route_layer(middleware::from_fn_with_state(
             keys.clone(),
             access::require_key,
@@ -235,28 +240,38 @@ pub fn app(state: AppState) -> Router {
         None => router,
     };
     let protected = guard(
-        Router::new()
-            .route("/", post(routes::form_result))
-            .route("/predict", post(routes::predict))
+        OpenApiRouter::new()
+            .routes(routes!(routes::form_result))
+            .routes(routes!(routes::predict))
             .merge(kserve::model_routes())
             .merge(torchserve::model_routes()),
     );
-    let metrics = Router::new().route("/metrics", get(routes::metrics));
+    let metrics = OpenApiRouter::new().routes(routes!(routes::metrics));
     let metrics = if access.protect_metrics {
         guard(metrics)
     } else {
         metrics
     };
-    let router = Router::new()
-        .route("/", get(routes::index))
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/openapi.json", get(openapi::document))
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+    let (router, api) = OpenApiRouter::new()
+        .routes(routes!(routes::index))
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::ready))
+        .routes(routes!(openapi::document))
         .merge(kserve::health_routes())
         .merge(torchserve::health_routes())
         .merge(protected)
         .merge(metrics)
+        .split_for_parts();
+    let mut doc = serde_json::to_value(&api).unwrap_or_default();
+    let names: Vec<String> = state
+        .models()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    openapi::finish(&mut doc, &names, keys.is_some(), access.protect_metrics);
+    let _ = state.0.openapi.set(doc);
+    let router = router
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .with_state(state.clone())
         .merge(openapi::docs_routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

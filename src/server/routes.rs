@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 use super::batcher::Job;
 use super::error::ApiError;
 use super::models::{answered_by, ServedModel};
+#[allow(unused_imports)] // named in the `#[utoipa::path]` annotations
+use super::openapi::{Base64Image, ErrorBody, FlashRequest, FlashResponse, UploadForm};
 use super::{pages, AppState};
 use crate::engine::Prediction;
 
@@ -49,7 +51,7 @@ pub enum Payload {
 }
 
 /// The Flask recipe's answer, plus the top-k list and model name.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PredictResponse {
     pub class_id: usize,
     pub class_name: String,
@@ -305,6 +307,23 @@ pub async fn with_timeout<T>(
 }
 
 /// `POST /predict[?model=NAME]`
+#[utoipa::path(post, path = "/predict", tag = "flask",
+    summary = "Classify images (the Flask recipe's endpoint)",
+    description = "One image as a multipart `file` field, a raw image body, JSON `{\"image\": \"<base64>\"}` or Lightning Flash Serve's `{\"session\", \"payload\": {\"img\": {\"data\"}}}`. Several `file` fields answer a list (one entry per file, in order; a failed file's entry is an error object); a Flash body answers Flash's shape.",
+    params(
+        ("top_k" = Option<usize>, Query, description = "Predictions per image (default: the server's --top-k)", minimum = 1),
+        ("model" = Option<String>, Query, description = "Which model (default: the first one the server was given)"),
+    ),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        ("image/*"),
+        ("application/octet-stream"),
+        (Base64Image = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "Top-k predictions", content((PredictResponse = "application/json"))),
+        (status = 404, description = "No model of that name", body = ErrorBody),
+    ))]
 pub async fn predict(
     State(state): State<AppState>,
     Query(query): Query<ModelQuery>,
@@ -371,6 +390,9 @@ fn model_names(state: &AppState) -> Vec<String> {
 }
 
 /// `GET /`: the upload page for browsers, the Flask recipe's hint for API clients.
+#[utoipa::path(get, path = "/", tag = "flask",
+    summary = "Upload page (Accept: text/html) or a JSON hint for API clients",
+    responses((status = 200, description = "The page, or {\"msg\", \"model\", \"models\"}", content(("text/html"), ("application/json")))))]
 pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if wants_html(&headers) {
         Html(pages::upload_page(
@@ -391,6 +413,10 @@ pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Respons
 /// `POST /` from the page's plain form (works without JavaScript): a result page with the
 /// image inlined as a data URL. The form's `model` field picks the model. Nothing is
 /// written to disk.
+#[utoipa::path(post, path = "/", tag = "flask",
+    summary = "The upload page's form post without JavaScript: an HTML result page",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "Result page with the image and its labels", content_type = "text/html")))]
 pub async fn form_result(State(state): State<AppState>, request: Request) -> Response {
     let outcome = with_timeout(&state, async {
         let (headers, body) = read_body(&state, request).await?;
@@ -422,12 +448,19 @@ pub async fn form_result(State(state): State<AppState>, request: Request) -> Res
 }
 
 /// `GET /health`: the process is up.
+#[utoipa::path(get, path = "/health", tag = "server", summary = "Liveness",
+    responses((status = 200, description = "{\"status\": \"ok\"}", content_type = "application/json")))]
 pub async fn health() -> Json<Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// `GET /ready`: 200 once every model is loaded and warmed up (the body says which are
 /// served), 503 before (each model's own readiness: `/v2/models/{name}/ready`).
+#[utoipa::path(get, path = "/ready", tag = "server", summary = "Readiness: every model loaded and warmed up",
+    responses(
+        (status = 200, description = "{\"status\": \"ready\", \"model\", \"models\"}", content_type = "application/json"),
+        (status = 503, description = "Still loading", body = ErrorBody),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let models: serde_json::Map<String, Value> = state
         .models()
@@ -447,6 +480,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "server", summary = "Prometheus metrics",
+    responses((status = 200, description = "The text exposition format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let views: Vec<_> = state
         .models()

@@ -6,13 +6,16 @@
 
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::models::answered_by;
+#[allow(unused_imports)] // named in the `#[utoipa::path]` annotations
+use super::openapi::{ErrorBody, LabelScoresDoc};
 use super::routes::{
     classify_bytes, content_type, multipart_images, read_body, resolve_top_k, with_timeout,
     PredictQuery,
@@ -24,19 +27,16 @@ use crate::engine::Prediction;
 pub const MODEL_VERSION: &str = "1";
 
 /// TorchServe's health check: open even where API keys are required.
-pub fn health_routes() -> Router<AppState> {
-    Router::new().route("/ping", get(ping))
+pub fn health_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ping))
 }
 
 /// TorchServe's inference API and model list.
-pub fn model_routes() -> Router<AppState> {
-    Router::new()
-        .route("/models", get(models))
-        .route("/predictions/{name}", post(predict).put(predict))
-        .route(
-            "/predictions/{name}/{version}",
-            post(predict_version).put(predict_version),
-        )
+pub fn model_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(models))
+        .routes(routes!(predict))
+        .routes(routes!(predict_version))
 }
 
 /// `{"label": probability, ...}` in rank order (a JSON object, as TorchServe's handler).
@@ -52,6 +52,11 @@ impl Serialize for LabelScores {
     }
 }
 
+#[utoipa::path(get, path = "/ping", tag = "torchserve", summary = "TorchServe health",
+    responses(
+        (status = 200, description = "{\"status\": \"Healthy\"}", content_type = "application/json"),
+        (status = 503, description = "{\"status\": \"Unhealthy\"} while loading", content_type = "application/json"),
+    ))]
 async fn ping(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "Healthy"})).into_response()
@@ -65,6 +70,8 @@ async fn ping(State(state): State<AppState>) -> Response {
 }
 
 /// TorchServe's `GET /models`: every model, by name.
+#[utoipa::path(get, path = "/models", tag = "torchserve", summary = "TorchServe model list",
+    responses((status = 200, description = "{\"models\": [{\"modelName\", \"modelUrl\"}, ...]}", content_type = "application/json")))]
 async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
     let models: Vec<_> = state
         .models()
@@ -86,6 +93,17 @@ pub(super) fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(method(post, put), path = "/predictions/{name}", tag = "torchserve",
+    summary = "TorchServe inference: one image as the raw body or a multipart `data`/`file` field",
+    params(
+        ("name" = String, Path, description = "The model's name (GET /models lists them)"),
+        ("top_k" = Option<usize>, Query, minimum = 1),
+    ),
+    request_body(content(("image/*"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, description = "TorchServe's image classifier answer: {label: probability}, top-k, most probable first", body = LabelScoresDoc),
+        (status = 404, description = "No such model", body = ErrorBody),
+    ))]
 async fn predict(
     state: State<AppState>,
     Path(model): Path<String>,
@@ -95,6 +113,18 @@ async fn predict(
     answer(state, model, MODEL_VERSION.into(), query, request).await
 }
 
+#[utoipa::path(method(post, put), path = "/predictions/{name}/{version}", tag = "torchserve",
+    summary = "TorchServe inference addressed with the model version (1, the only one)",
+    params(
+        ("name" = String, Path, description = "The model's name (GET /models lists them)"),
+        ("version" = String, Path, description = "Each model has one version, 1"),
+        ("top_k" = Option<usize>, Query, minimum = 1),
+    ),
+    request_body(content(("image/*"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, description = "As /predictions/{name}", body = LabelScoresDoc),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+    ))]
 async fn predict_version(
     state: State<AppState>,
     Path((model, version)): Path<(String, String)>,
