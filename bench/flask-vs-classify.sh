@@ -65,16 +65,10 @@ done
 import re, statistics, sys, glob, platform
 work, rounds, levels = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 peak = {"flask": sys.argv[4], "classify": sys.argv[5]}
+sys.path.insert(0, "bench")
+import hey
 def parse(path):
-    text = open(path).read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    # hey prints "50%% in 0.0123 secs" (sic).
-    pct = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", text)}
-    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", text)}
-    errors = 0
-    if "Error distribution" in text:
-        errors = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+\S", text.split("Error distribution")[1]))
-    return rps, pct, codes, errors
+    return hey.parse(open(path).read())
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"{cpu}, DenseNet-121, POST /predict multipart (rocket.jpg), median of {rounds} rounds; peak RSS Flask {peak['flask']} MiB, classify {peak['classify']} MiB\n")
 print("| concurrency | Flask req/s | Flask p50 ms | Flask p99 ms | classify req/s | classify p50 ms | classify p99 ms | classify / Flask | non-200 or errors (Flask, classify) |")

@@ -22,16 +22,7 @@ for batch in 16 1; do
   addr=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$log" | head -1)
   for c in 1 8 64; do
     hey -n "$requests" -c "$c" -m POST -T image/jpeg -D "$image" "$addr/predict" |
-      python3 -c '
-import re, sys
-t = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-pct = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", t)}
-bad = sum(int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", t) if c != "200")
-if "Error distribution" in t:
-    bad += sum(int(n) for n in re.findall(r"\[(\d+)\]\s+\S", t.split("Error distribution")[1]))
-print(f"| {sys.argv[1]} | {sys.argv[2]} | {rps:.1f} | {pct[50]:.1f} | {pct[99]:.1f} | {bad} |")
-' "$batch" "$c"
+      python3 bench/hey.py "$batch" "$c"
   done
   kill $pid; wait $pid || true
 done

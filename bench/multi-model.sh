@@ -25,17 +25,6 @@ m = tomllib.load(open(sys.argv[1], "rb"))["models"][0]
 print(m.get("name") or m["model"].rstrip("/").split("/")[-1].split("@")[0])' "$1"; }
 names=("$(name_of "$1")" "$(name_of "$2")")
 
-# One table row from hey's report: LABEL MODEL < report.
-parse='
-import re, sys
-t = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-pct = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", t)}
-bad = sum(int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", t) if c != "200")
-if "Error distribution" in t:
-    bad += sum(int(n) for n in re.findall(r"\[(\d+)\]\s+\S", t.split("Error distribution")[1]))
-print(f"| {sys.argv[1]} | {sys.argv[2]} | {rps:.1f} | {pct[50]:.0f} | {pct[99]:.0f} | {bad} |")
-'
 
 # run LABEL TOML MODEL...: start a server, load each MODEL at once, print rows, then RSS.
 run() {
@@ -52,7 +41,7 @@ run() {
   done
   wait "${hey_pids[@]}"
   for model in "$@"; do
-    python3 -c "$parse" "$label" "$model" < "$work/hey-$model.txt"
+    python3 bench/hey.py "$label" "$model" < "$work/hey-$model.txt"
   done
   awk '/VmHWM/ {print $2}' "/proc/$pid/status" > "$work/rss-$label"
   kill $pid; wait $pid || true; pid=

@@ -30,16 +30,14 @@ wait $hey_good
 alive=$(kill -0 $pid 2>/dev/null && echo yes || echo no)
 kill $sampler 2>/dev/null || true
 python3 - "$work" "$alive" <<'PY'
-import json, re, sys
+import json, sys
+sys.path.insert(0, "bench")
+from hey import parse
 work, alive = sys.argv[1], sys.argv[2] == "yes"
 def stream(name):
-    t = open(f"{work}/{name}.txt").read()
-    codes = {c: int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", t)}
-    errors = 0
-    if "Error distribution" in t:
-        errors = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+\S", t.split("Error distribution")[1]))
-    return {"status_codes": codes, "connection_errors": errors,
-            "requests_per_sec": float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))}
+    r = parse(open(f"{work}/{name}.txt").read())
+    return {"status_codes": {str(c): n for c, n in r.status_codes.items()},
+            "connection_errors": r.errors, "requests_per_sec": r.requests_per_sec}
 rows = [tuple(map(int, l.split())) for l in open(f"{work}/samples") if len(l.split()) == 2]
 t0 = rows[0][0]; dur = rows[-1][0] - t0
 window = lambda a, b: [r[1] for r in rows if a * dur <= r[0] - t0 <= b * dur]

@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    parse_triple, ClassifySettings, DeviceChoice, ModelSettings, OutputFormat, PreprocessOverrides,
-    Shard,
+    parse_triple, ClassifySettings, DeviceChoice, ModelSettings, OutputFormat, Shard,
 };
-use crate::hub::{HubError, ModelRef};
-use crate::preprocess::{Interpolation, DEFAULT_MAX_PIXELS};
+use crate::hub::HubError;
+use crate::preprocess::DEFAULT_MAX_PIXELS;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -64,11 +63,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InterpolationArg {
-    Bilinear,
-    Bicubic,
-}
+pub use crate::config::InterpolationArg;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
@@ -498,25 +493,22 @@ impl ModelArgs {
 
     /// Settings for `model` with this command line's files and preprocessing.
     fn settings_for(&self, model: &str) -> Result<ModelSettings, HubError> {
-        Ok(ModelSettings {
-            name: model.to_string(),
-            model: ModelRef::parse(model)?,
+        crate::config::ModelListEntry {
+            model: model.to_string(),
+            name: None,
             weights: self.weights.clone(),
             labels: self.labels.clone(),
-            preprocess: PreprocessOverrides {
-                input_size: self.input_size,
-                crop_pct: self.crop_pct,
-                resize_size: self.resize_size,
-                interpolation: self.interpolation.map(|i| match i {
-                    InterpolationArg::Bilinear => Interpolation::Bilinear,
-                    InterpolationArg::Bicubic => Interpolation::Bicubic,
-                }),
-                mean: self.mean,
-                std: self.std,
-            },
-            device: self.device,
-            max_pixels: self.max_pixels,
-        })
+            input_size: self.input_size,
+            crop_pct: self.crop_pct,
+            resize_size: self.resize_size,
+            interpolation: self.interpolation,
+            mean: self.mean,
+            std: self.std,
+            max_batch_size: None,
+            max_batch_delay_ms: None,
+            queue_size: None,
+        }
+        .settings(self.device, self.max_pixels)
     }
 }
 
@@ -633,16 +625,18 @@ mod tests {
         ));
     }
 
+    /// `classify serve ARGS` as far as its settings (errors as the CLI prints them).
+    fn serve(args: &[&str]) -> Result<crate::server::ServeSettings, String> {
+        let cli = Cli::try_parse_from(["classify", "serve"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Some(Command::Serve(s)) => s.settings().map_err(|e| format!("{e:#}")),
+            _ => unreachable!(),
+        }
+    }
+
     #[test]
     fn serve_models_from_flags_and_from_a_models_file() {
-        let serve = |args: &[&str]| -> Result<crate::server::ServeSettings, String> {
-            let cli = Cli::try_parse_from(["classify", "serve"].iter().chain(args))
-                .map_err(|e| e.to_string())?;
-            match cli.command {
-                Some(Command::Serve(s)) => s.settings().map_err(|e| format!("{e:#}")),
-                _ => unreachable!(),
-            }
-        };
         let names = |s: &crate::server::ServeSettings| -> Vec<String> {
             s.models.iter().map(|m| m.entry.name.clone()).collect()
         };
@@ -746,7 +740,7 @@ queue_size = 8
             "{err}"
         );
         let err = bad("[[models]]\nmodel = \"resnet18\"\ninterpolation = \"nearest\"\n");
-        assert!(err.contains("expected bilinear or bicubic"), "{err}");
+        assert!(err.contains("unknown variant `nearest`"), "{err}");
         let err = bad("models = []\n");
         assert!(err.contains("no models listed"), "{err}");
         let err = serve(&["--models-file", "/nonexistent/models.toml"]).unwrap_err();
@@ -767,14 +761,6 @@ queue_size = 8
 
     #[test]
     fn serve_access_settings_are_checked_before_anything_loads() {
-        let serve = |args: &[&str]| -> Result<crate::server::ServeSettings, String> {
-            let cli = Cli::try_parse_from(["classify", "serve"].iter().chain(args))
-                .map_err(|e| e.to_string())?;
-            match cli.command {
-                Some(Command::Serve(s)) => s.settings().map_err(|e| format!("{e:#}")),
-                _ => unreachable!(),
-            }
-        };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys.txt");
         std::fs::write(&file, "k-1\nk-2\n").unwrap();

@@ -217,6 +217,23 @@ pub struct ClassifySettings {
     pub quiet: bool,
 }
 
+/// `--interpolation` on the command line, `interpolation` in a models file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterpolationArg {
+    Bilinear,
+    Bicubic,
+}
+
+impl From<InterpolationArg> for Interpolation {
+    fn from(i: InterpolationArg) -> Self {
+        match i {
+            InterpolationArg::Bilinear => Interpolation::Bilinear,
+            InterpolationArg::Bicubic => Interpolation::Bicubic,
+        }
+    }
+}
+
 /// `classify serve --models-file`: the models one server hosts, each with its own weights,
 /// labels, preprocessing and batching. TOML (`[[models]]` tables) or JSON
 /// (`{"models": [...]}`); unknown keys are refused, so a typo cannot pass silently.
@@ -241,7 +258,7 @@ pub struct ModelListEntry {
     pub crop_pct: Option<f64>,
     pub resize_size: Option<u32>,
     /// `bilinear` or `bicubic`.
-    pub interpolation: Option<String>,
+    pub interpolation: Option<InterpolationArg>,
     pub mean: Option<[f32; 3]>,
     pub std: Option<[f32; 3]>,
     pub max_batch_size: Option<usize>,
@@ -289,13 +306,6 @@ impl ModelList {
             if e.crop_pct.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
                 return Err(at("crop_pct must be a positive number".into()));
             }
-            if let Some(i) = &e.interpolation {
-                if !matches!(i.as_str(), "bilinear" | "bicubic") {
-                    return Err(at(format!(
-                        "interpolation `{i}`: expected bilinear or bicubic"
-                    )));
-                }
-            }
             for path in [&mut e.weights, &mut e.labels].into_iter().flatten() {
                 if path.is_relative() {
                     *path = base.join(&*path);
@@ -307,7 +317,7 @@ impl ModelList {
 }
 
 impl ModelListEntry {
-    /// How to load this model; `device` and `max_pixels` are the server's.
+    /// How to load this model; `device` and `max_pixels` are the process's.
     pub fn settings(
         &self,
         device: DeviceChoice,
@@ -322,10 +332,7 @@ impl ModelListEntry {
                 input_size: self.input_size,
                 crop_pct: self.crop_pct,
                 resize_size: self.resize_size,
-                interpolation: self.interpolation.as_deref().map(|i| match i {
-                    "bicubic" => Interpolation::Bicubic,
-                    _ => Interpolation::Bilinear,
-                }),
+                interpolation: self.interpolation.map(Interpolation::from),
                 mean: self.mean,
                 std: self.std,
             },

@@ -1296,22 +1296,11 @@ fn grpc_code_is_generated_from_the_proto() {
 /// operation answers (no route falls through to the 404 fallback).
 #[tokio::test]
 async fn every_route_is_registered_from_its_openapi_annotation() {
-    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/server")];
     let mut plain = Vec::new();
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text: String = std::fs::read_to_string(&path)
-                .unwrap()
-                .split_whitespace()
-                .collect();
-            for call in text.split(".route(").skip(1) {
-                plain.push(call.split(',').next().unwrap().to_string());
-            }
+    for (_, text) in common::server_sources() {
+        let text: String = text.split_whitespace().collect();
+        for call in text.split(".route(").skip(1) {
+            plain.push(call.split(',').next().unwrap().to_string());
         }
     }
     assert_eq!(

@@ -204,3 +204,22 @@ pub fn lite0_engine(labels: Option<PathBuf>) -> classify::engine::Engine {
     };
     classify::engine::Engine::load(&settings, &hub).unwrap()
 }
+
+/// Every file under src/server (its folders too), with its text.
+#[allow(dead_code)]
+pub fn server_sources() -> Vec<(PathBuf, String)> {
+    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/server")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let text = std::fs::read_to_string(&path).unwrap();
+                files.push((path, text));
+            }
+        }
+    }
+    files
+}
