@@ -1336,3 +1336,49 @@ async fn every_route_is_registered_from_its_openapi_annotation() {
     }
     assert!(checked >= 22, "only {checked} operations documented");
 }
+
+/// A models file whose second model cannot load: the first one serves meanwhile, then the
+/// server stops (exit 2, as for any model that cannot load) naming the model that failed.
+#[test]
+fn a_model_that_cannot_load_stops_the_server_naming_it() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[models]]\nmodel = \"tf_efficientnet_lite0\"\nweights = \"{}\"\n\n\
+             [[models]]\nmodel = \"resnet18\"\nweights = \"missing.safetensors\"\n",
+            common::lite0_pth().display()
+        ),
+    )
+    .unwrap();
+    let hub = common::HubCache::new();
+    let (mut child, _addr, mut stderr) = spawn_server(hub.command().args([
+        "serve",
+        "--port",
+        "0",
+        "--models-file",
+        file.to_str().unwrap(),
+    ]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(2), "{rest}");
+    assert!(
+        rest.contains("model tf_efficientnet_lite0 loaded"),
+        "{rest}"
+    );
+    assert!(rest.contains("cannot load the model resnet18"), "{rest}");
+    assert!(rest.contains("missing.safetensors"), "{rest}");
+}
