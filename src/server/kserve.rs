@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::models::{answered_by, ServedModel};
+use super::models::{answered_by, check_version, ServedModel};
 #[allow(unused_imports)] // named in the `#[utoipa::path]` annotations
 use super::openapi::ErrorBody;
 use super::routes::{
@@ -48,10 +48,6 @@ pub fn model_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(infer))
         .routes(routes!(versioned_metadata))
         .routes(routes!(versioned_infer))
-}
-
-fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
-    super::torchserve::check_version(name, version)
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "open-inference-protocol",

@@ -263,12 +263,12 @@ pub fn app(state: AppState) -> Router {
         .merge(metrics)
         .split_for_parts();
     let mut doc = serde_json::to_value(&api).unwrap_or_default();
-    let names: Vec<String> = state
-        .models()
-        .iter()
-        .map(|m| m.name().to_string())
-        .collect();
-    openapi::finish(&mut doc, &names, keys.is_some(), access.protect_metrics);
+    openapi::finish(
+        &mut doc,
+        &state.models().names(),
+        keys.is_some(),
+        access.protect_metrics,
+    );
     let _ = state.0.openapi.set(doc);
     let router = router
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))

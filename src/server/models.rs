@@ -126,6 +126,10 @@ impl Models {
             ApiError::NotFound(format!(
                 "unknown model `{shown}`; this server serves {}",
                 self.names()
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })
     }
@@ -138,13 +142,25 @@ impl Models {
         }
     }
 
-    /// `` `a`, `b` `` for messages.
-    fn names(&self) -> String {
-        self.0
-            .iter()
-            .map(|m| format!("`{}`", m.name()))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// Every model's URL name, the default first.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|m| m.name().to_string()).collect()
+    }
+}
+
+/// The only version each model has (TorchServe's and the Open Inference Protocol's
+/// versioned routes, gRPC's `version` fields).
+pub const MODEL_VERSION: &str = "1";
+
+/// 404 unless `version` is the one version every model has.
+pub fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
+    if version == MODEL_VERSION {
+        Ok(())
+    } else {
+        let shown: String = version.chars().take(64).collect();
+        Err(ApiError::NotFound(format!(
+            "model `{name}` has no version `{shown}` (it has `{MODEL_VERSION}`)"
+        )))
     }
 }
 

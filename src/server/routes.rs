@@ -380,15 +380,6 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
-/// The names of the served models, the default first (for the page's model picker).
-fn model_names(state: &AppState) -> Vec<String> {
-    state
-        .models()
-        .iter()
-        .map(|m| m.name().to_string())
-        .collect()
-}
-
 /// `GET /`: the upload page for browsers, the Flask recipe's hint for API clients.
 #[utoipa::path(get, path = "/", tag = "flask",
     summary = "Upload page (Accept: text/html) or a JSON hint for API clients",
@@ -396,7 +387,7 @@ fn model_names(state: &AppState) -> Vec<String> {
 pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if wants_html(&headers) {
         Html(pages::upload_page(
-            &model_names(&state),
+            &state.models().names(),
             state.0.access.api_keys.is_some(),
         ))
         .into_response()
@@ -404,7 +395,7 @@ pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Respons
         Json(serde_json::json!({
             "msg": "Try POSTing to the /predict endpoint with an RGB image attachment",
             "model": state.models().default_model().source(),
-            "models": model_names(&state),
+            "models": state.models().names(),
         }))
         .into_response()
     }

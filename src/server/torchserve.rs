@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::models::answered_by;
+use super::models::{answered_by, check_version, MODEL_VERSION};
 #[allow(unused_imports)] // named in the `#[utoipa::path]` annotations
 use super::openapi::{ErrorBody, LabelScoresDoc};
 use super::routes::{
@@ -22,9 +22,6 @@ use super::routes::{
 };
 use super::AppState;
 use crate::engine::Prediction;
-
-/// The only version each model has (as in the Open Inference Protocol routes).
-pub const MODEL_VERSION: &str = "1";
 
 /// TorchServe's health check: open even where API keys are required.
 pub fn health_routes() -> OpenApiRouter<AppState> {
@@ -79,18 +76,6 @@ async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
         .map(|m| json!({"modelName": m.name(), "modelUrl": m.source()}))
         .collect();
     Json(json!({"models": models}))
-}
-
-/// 404 unless `version` is the one version every model has.
-pub(super) fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
-    if version == MODEL_VERSION {
-        Ok(())
-    } else {
-        let shown: String = version.chars().take(64).collect();
-        Err(ApiError::NotFound(format!(
-            "model `{name}` has no version `{shown}` (it has `{MODEL_VERSION}`)"
-        )))
-    }
 }
 
 #[utoipa::path(method(post, put), path = "/predictions/{name}", tag = "torchserve",

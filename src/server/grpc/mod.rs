@@ -32,9 +32,8 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::kserve::{self, OutputTensor, TensorData, WantedOutput};
-use super::models::ServedModel;
+use super::models::{check_version, ServedModel};
 use super::routes::with_timeout;
-use super::torchserve::check_version;
 use super::{ApiKeys, AppState};
 
 impl From<ApiError> for Status {
