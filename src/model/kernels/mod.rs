@@ -7,7 +7,7 @@
 //!   rest.
 //! - [`conv`]: dense convolutions as GEMMs of the activation rows (or their gathered
 //!   receptive fields) with bias, activation and residual applied while each block is in
-//!   cache; Winograd F(2x2, 3x3) for 3x3 stride-1.
+//!   cache; Winograd F(2x2, 3x3) or F(4x4, 3x3) for 3x3 stride-1.
 //! - [`attention`]: multi-head self-attention over token rows (ViT).
 //! - [`depthwise`]: depthwise convolutions, vectorised over the channels of a pixel.
 //! - [`excite`]: squeeze-excite (channel means, two small layers, a gate, a scaling pass).

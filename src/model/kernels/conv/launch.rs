@@ -4,6 +4,7 @@
 use candle_core::Result;
 use rayon::prelude::*;
 
+use super::winograd::{F2, F4};
 use super::{Algorithm, GemmConv, ROW_BLOCK};
 use crate::model::kernels::gemm::{general_gemm, Finish};
 use crate::model::kernels::isa::compiled_for;
@@ -14,6 +15,10 @@ use crate::model::kernels::{Activation, Pad2d, Prologue, View};
 /// A weight this small is read whole by every thread rather than split between them when
 /// that saves a parallel section (L2 is 1-2 MiB per core on the CPUs measured).
 pub(super) const SMALL_WEIGHT_BYTES: usize = 512 * 1024;
+
+/// F(4x4, 3x3) tiles per image from which a 3x3 stride-1 convolution takes F(4x4) rather
+/// than F(2x2) (16: a 14x14 output).
+const WINOGRAD4_TILES: usize = 16;
 
 /// One convolution call: input, geometry and epilogue.
 pub(super) struct Launch<'a> {
@@ -31,13 +36,18 @@ pub(super) struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    /// The algorithm for this shape: Winograd wherever it applies. (`classify bench`, 2
+    /// The algorithm for this shape: Winograd wherever it applies (`classify bench`, 2
     /// threads: it won on every 3x3 stride-1 layer of ResNet and DenseNet, down to the 16
-    /// tiles of a 7x7 output at batch 1.)
+    /// tiles of a 7x7 output at batch 1); F(4x4) where each image has at least
+    /// [`WINOGRAD4_TILES`] of its tiles. The choice depends on the image size, never on the
+    /// batch, so that an image's result does not depend on its batch.
     fn choose(&self) -> Algorithm {
-        match self.winograd_tiles() {
-            Some(_) => Algorithm::Winograd,
-            None => Algorithm::Gemm,
+        if !self.winograd_applies() {
+            Algorithm::Gemm
+        } else if self.oh.div_ceil(4) * self.ow.div_ceil(4) >= WINOGRAD4_TILES {
+            Algorithm::Winograd4
+        } else {
+            Algorithm::Winograd2
         }
     }
 
@@ -61,12 +71,18 @@ impl Launch<'_> {
         if self.residual.is_some_and(|r| r.len() < rows * conv.cout) {
             candle_core::bail!("conv: residual smaller than the output")
         }
-        if self.algorithm.unwrap_or_else(|| self.choose()) == Algorithm::Winograd {
-            if self.winograd_tiles().is_none() {
+        let algorithm = self.algorithm.unwrap_or_else(|| self.choose());
+        if algorithm != Algorithm::Gemm {
+            if !self.winograd_applies() {
                 candle_core::bail!("conv: Winograd needs a 3x3 stride-1 convolution")
             }
-            // SAFETY: the caller's contract is `run_winograd`'s.
-            unsafe { self.run_winograd(dst, out_stride) };
+            // SAFETY: the caller's contract is `run_winograd`'s; Winograd applies.
+            unsafe {
+                match algorithm {
+                    Algorithm::Winograd4 => self.run_winograd::<6, F4>(dst, out_stride),
+                    _ => self.run_winograd::<4, F2>(dst, out_stride),
+                }
+            }
             return Ok(());
         }
         let kk = conv.k * conv.k * conv.cin_g();

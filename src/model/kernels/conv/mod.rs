@@ -3,7 +3,7 @@
 //! for the general GEMM); the activation rows (`N*H*W x Cin`, or their gathered receptive
 //! fields for k > 1) multiplied by it in blocks, and bias, activation and a residual applied
 //! while each block is in cache ([`launch`]). 3x3 stride-1 convolutions take Winograd
-//! F(2x2, 3x3) instead ([`winograd`]).
+//! F(2x2, 3x3) or F(4x4, 3x3) instead ([`winograd`]).
 
 mod launch;
 #[cfg(test)]
@@ -36,8 +36,9 @@ pub struct GemmConv {
     bias: Vec<f32>,
     /// The instruction set of the element-wise passes (activations), as the panels'.
     isa: Isa,
-    /// The Winograd form of a 3x3 stride-1 weight, made the first time a call takes that path.
-    winograd: OnceLock<Vec<f32>>,
+    /// The Winograd forms of a 3x3 stride-1 weight (F(2x2, 3x3), F(4x4, 3x3)), each made the
+    /// first time a call takes its path.
+    winograd: [OnceLock<Vec<f32>>; 2],
 }
 
 /// How a dense convolution is computed.
@@ -46,7 +47,9 @@ enum Algorithm {
     /// One GEMM by the packed weight (of the input itself, or of its gathered fields).
     Gemm,
     /// Winograd F(2x2, 3x3): 3x3 stride-1 only.
-    Winograd,
+    Winograd2,
+    /// Winograd F(4x4, 3x3): 3x3 stride-1 only.
+    Winograd4,
 }
 
 /// Output rows per GEMM call when the rows are split across threads: large enough for the
@@ -106,7 +109,7 @@ impl GemmConv {
             panels,
             bias: bias_to_host(bias, cout)?,
             isa,
-            winograd: OnceLock::new(),
+            winograd: Default::default(),
         })
     }
 
