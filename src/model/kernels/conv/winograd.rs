@@ -44,6 +44,8 @@ const BLOCK_OUTPUTS: usize = 256;
 pub(super) trait Form<const P: usize> {
     /// Side of an output tile.
     const M: usize;
+    /// Which of [`super::GemmConv`]'s transformed weights is this form's.
+    const SLOT: usize;
     /// The filter transform (`P x 3`).
     const G: [[f32; 3]; P];
     /// `B^T` applied to `P` vectors, element by element.
@@ -57,6 +59,7 @@ pub(super) struct F2;
 
 impl Form<4> for F2 {
     const M: usize = 2;
+    const SLOT: usize = 0;
     const G: [[f32; 3]; 4] = [
         [1.0, 0.0, 0.0],
         [0.5, 0.5, 0.5],
@@ -100,6 +103,7 @@ pub(super) struct F4;
 
 impl Form<6> for F4 {
     const M: usize = 4;
+    const SLOT: usize = 1;
     const G: [[f32; 3]; 6] = [
         [1.0 / 4.0, 0.0, 0.0],
         [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
@@ -239,7 +243,7 @@ impl Launch<'_> {
     ) {
         let conv = self.conv;
         let (cin, cout) = (conv.cin, conv.cout);
-        let u = conv.winograd[F::M / 4].get_or_init(|| {
+        let u = conv.winograd[F::SLOT].get_or_init(|| {
             let u = transform_weight::<P, F>(&conv.row_major(), cin, cout);
             let Some(kernel) = conv.panels else {
                 return u;
