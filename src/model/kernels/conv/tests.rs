@@ -61,9 +61,9 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
                 let expected =
                     reference_epilogue(reference.clone(), &b, with_res.then_some(&res), act);
                 let diff = max_abs_diff(&ours, &expected);
-                // F(4x4, 3x3) is held to 1e-5 of the largest output (see `winograd_matches_candle`).
+                // F(4x4, 3x3) is held to its own bound (see `winograd_matches_candle`).
                 let tol = match algorithm {
-                    Algorithm::Winograd4 => 1e-4f32.max(1e-5 * largest(&expected)),
+                    Algorithm::Winograd4 => F4_TOLERANCE * largest(&reference),
                     _ => 1e-4,
                 };
                 assert!(
@@ -74,6 +74,12 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
         }
     }
 }
+
+/// How far F(4x4, 3x3) may be from direct convolution, relative to the largest convolution
+/// output (before bias, residual and activation). Its transforms scale by up to 8 and 1/24,
+/// which F(2x2)'s (0, 1/2, 1) do not: over ~3000 draws of these tests the worst was 8.9e-6
+/// (F(2x2): 7.5e-7).
+const F4_TOLERANCE: f32 = 3e-5;
 
 /// The largest magnitude in `t`.
 fn largest(t: &Tensor) -> f32 {
@@ -261,14 +267,14 @@ fn winograd_matches_candle_at(isa: Isa, form: Algorithm) {
                 .unwrap()
                 .to_nchw(&dev)
                 .unwrap();
-            // The 5-channel cases within 1e-4. The 64-channel one, whose outputs reach ~100,
-            // relative to its largest output: F(2x2) within 1e-6; F(4x4), whose transforms
-            // scale by up to 8 and 1/24, within 1e-5 (4.7e-6 measured).
-            let largest = largest(&expected);
+            // F(2x2): the 5-channel cases within 1e-4; the 64-channel one, whose outputs
+            // reach ~100, within 2e-6 of its largest convolution output (7.1e-7 the worst of
+            // 150 draws). F(4x4): [`F4_TOLERANCE`].
+            let largest = largest(&reference);
             let tol = match (cin, form) {
+                (_, Algorithm::Winograd4) => F4_TOLERANCE * largest,
                 (..=5, _) => 1e-4,
-                (_, Algorithm::Winograd4) => 1e-5 * largest,
-                _ => 1e-6 * largest,
+                _ => 2e-6 * largest,
             };
             let diff = max_abs_diff(&ours, &expected);
             assert!(
@@ -276,11 +282,12 @@ fn winograd_matches_candle_at(isa: Isa, form: Algorithm) {
                 "{isa} {form:?} {n}x{cin}->{cout} {h}x{w} {pad:?}: {diff} (largest {largest})"
             );
 
-            // Into every other column of a wider buffer, against the GEMM path.
-            let gemm = conv
-                .forward_using(xa.prefix(cin), pad, pro, act, None, Some(Algorithm::Gemm))
+            // Into every other column of a wider buffer: the same outputs as into a buffer
+            // of its own (no residual), to the bit.
+            let alone = conv
+                .forward_using(xa.prefix(cin), pad, pro, act, None, Some(form))
                 .unwrap();
-            let mut wide = vec![7f32; gemm.rows() * (cout + 1)];
+            let mut wide = vec![7f32; alone.rows() * (cout + 1)];
             conv.forward_into_using(
                 xa.prefix(cin),
                 pad,
@@ -291,10 +298,8 @@ fn winograd_matches_candle_at(isa: Isa, form: Algorithm) {
                 Some(form),
             )
             .unwrap();
-            for (row, expect) in wide.chunks(cout + 1).zip(gemm.data.chunks(cout)) {
-                for (a, b) in row.iter().zip(expect) {
-                    assert!((a - b).abs() < tol, "into a wider buffer: {a} vs {b}");
-                }
+            for (row, expect) in wide.chunks(cout + 1).zip(alone.data.chunks(cout)) {
+                assert_eq!(&row[..cout], expect, "into a wider buffer");
                 assert_eq!(row[cout], 7.0, "the column past cout is left alone");
             }
         }
