@@ -42,9 +42,10 @@ impl Launch<'_> {
     /// [`WINOGRAD4_TILES`] of its tiles. The choice depends on the image size, never on the
     /// batch, so that an image's result does not depend on its batch.
     fn choose(&self) -> Algorithm {
+        let (th, tw, _) = self.tiles::<6, F4>();
         if !self.winograd_applies() {
             Algorithm::Gemm
-        } else if self.oh.div_ceil(4) * self.ow.div_ceil(4) >= WINOGRAD4_TILES {
+        } else if th * tw >= WINOGRAD4_TILES {
             Algorithm::Winograd4
         } else {
             Algorithm::Winograd2
@@ -71,19 +72,21 @@ impl Launch<'_> {
         if self.residual.is_some_and(|r| r.len() < rows * conv.cout) {
             candle_core::bail!("conv: residual smaller than the output")
         }
-        let algorithm = self.algorithm.unwrap_or_else(|| self.choose());
-        if algorithm != Algorithm::Gemm {
-            if !self.winograd_applies() {
+        // SAFETY (both Winograd arms): the caller's contract is `run_winograd`'s, and the arm
+        // before them refused convolutions Winograd does not apply to.
+        match self.algorithm.unwrap_or_else(|| self.choose()) {
+            Algorithm::Gemm => {}
+            _ if !self.winograd_applies() => {
                 candle_core::bail!("conv: Winograd needs a 3x3 stride-1 convolution")
             }
-            // SAFETY: the caller's contract is `run_winograd`'s; Winograd applies.
-            unsafe {
-                match algorithm {
-                    Algorithm::Winograd4 => self.run_winograd::<6, F4>(dst, out_stride),
-                    _ => self.run_winograd::<4, F2>(dst, out_stride),
-                }
+            Algorithm::Winograd2 => {
+                unsafe { self.run_winograd::<4, F2>(dst, out_stride) };
+                return Ok(());
             }
-            return Ok(());
+            Algorithm::Winograd4 => {
+                unsafe { self.run_winograd::<6, F4>(dst, out_stride) };
+                return Ok(());
+            }
         }
         let kk = conv.k * conv.k * conv.cin_g();
         // A 1x1 stride-1 unpadded convolution of a plain input multiplies the input rows as

@@ -44,34 +44,61 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
             .into_iter()
             .filter(|&a| winograd || a == Algorithm::Gemm)
         {
-            for with_res in [false, true] {
-                let res_act = with_res.then(|| Act::from_nchw(&res).unwrap());
-                let ours = conv
-                    .forward_using(
-                        Act::from_nchw(&x).unwrap().view(),
-                        pad,
-                        None,
-                        act,
-                        res_act.as_ref(),
-                        Some(algorithm),
-                    )
-                    .unwrap()
-                    .to_nchw(&dev)
-                    .unwrap();
-                let expected =
-                    reference_epilogue(reference.clone(), &b, with_res.then_some(&res), act);
-                let diff = max_abs_diff(&ours, &expected);
-                // F(4x4, 3x3) is held to its own bound (see `winograd_matches_candle`).
-                let tol = match algorithm {
-                    Algorithm::Winograd4 => F4_TOLERANCE * largest(&reference),
-                    _ => 1e-4,
-                };
-                assert!(
-                    diff < tol,
-                    "{isa} {algorithm:?} {cin}->{cout} {h}x{w} k{k} s{s} res {with_res}: {diff}"
-                );
-            }
+            // F(4x4, 3x3) is held to its own bound (see `winograd_matches_candle`).
+            let tol = match algorithm {
+                Algorithm::Winograd4 => F4_TOLERANCE * largest(&reference),
+                _ => 1e-4,
+            };
+            let case = format!("{isa} {algorithm:?} {cin}->{cout} {h}x{w} k{k} s{s}");
+            let against = Reference {
+                conv: &reference,
+                bias: &b,
+                residual: &res,
+            };
+            check_epilogues(&conv, &x, pad, act, Some(algorithm), &against, tol, &case);
         }
+    }
+}
+
+/// A reference convolution's output before its epilogue, and the epilogue's operands.
+struct Reference<'a> {
+    conv: &'a Tensor,
+    bias: &'a Tensor,
+    residual: &'a Tensor,
+}
+
+/// `conv` on `x` (by `algorithm`, `None`: its own choice), without and with the residual,
+/// within `tol` of the reference with the same epilogue.
+#[allow(clippy::too_many_arguments)]
+fn check_epilogues(
+    conv: &GemmConv,
+    x: &Tensor,
+    pad: Pad2d,
+    act: Activation,
+    algorithm: Option<Algorithm>,
+    reference: &Reference,
+    tol: f32,
+    case: &str,
+) {
+    let dev = x.device();
+    for with_res in [false, true] {
+        let res_act = with_res.then(|| Act::from_nchw(reference.residual).unwrap());
+        let ours = conv
+            .forward_using(
+                Act::from_nchw(x).unwrap().view(),
+                pad,
+                None,
+                act,
+                res_act.as_ref(),
+                algorithm,
+            )
+            .unwrap()
+            .to_nchw(dev)
+            .unwrap();
+        let residual = with_res.then_some(reference.residual);
+        let expected = reference_epilogue(reference.conv.clone(), reference.bias, residual, act);
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(diff < tol, "{case} res {with_res}: {diff}");
     }
 }
 
@@ -121,27 +148,13 @@ fn grouped_conv_matches_candle() {
             let conv = GemmConv::pack_grouped(&wt, Some(&b), s, groups, isa).unwrap();
             let reference = conv2d_reference(&x, &wt, s, pad, groups).unwrap();
             let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-            for with_res in [false, true] {
-                let res_act = with_res.then(|| Act::from_nchw(&res).unwrap());
-                let ours = conv
-                    .forward(
-                        Act::from_nchw(&x).unwrap().view(),
-                        pad,
-                        None,
-                        act,
-                        res_act.as_ref(),
-                    )
-                    .unwrap()
-                    .to_nchw(&dev)
-                    .unwrap();
-                let expected =
-                    reference_epilogue(reference.clone(), &b, with_res.then_some(&res), act);
-                let diff = max_abs_diff(&ours, &expected);
-                assert!(
-                    diff < 1e-4,
-                    "{isa} {cin}->{cout}/{groups} k{k} s{s} {act:?} res {with_res}: {diff}"
-                );
-            }
+            let case = format!("{isa} {cin}->{cout}/{groups} k{k} s{s} {act:?}");
+            let against = Reference {
+                conv: &reference,
+                bias: &b,
+                residual: &res,
+            };
+            check_epilogues(&conv, &x, pad, act, None, &against, 1e-4, &case);
         }
     }
 }
