@@ -104,6 +104,47 @@ impl Act {
         }
     }
 
+    /// `f` applied to the images `chunk` at a time, the results put back together in order.
+    /// `f` must treat each image on its own (every layer of a CNN does); its result is then
+    /// the same, to the bit, as on the whole batch. Early layers, whose activations are
+    /// the largest, work on a few images that stay in the cache instead of a batch that
+    /// streams from memory.
+    pub fn in_chunks(&self, chunk: usize, f: impl Fn(&Act) -> Result<Act>) -> Result<Act> {
+        let chunk = chunk.max(1);
+        if self.n <= chunk {
+            return f(self);
+        }
+        let per_image = self.h * self.w * self.c;
+        let mut out: Option<Act> = None;
+        for part in self.data.chunks(chunk * per_image) {
+            let n = part.len() / per_image;
+            let (h, w, c) = (self.h, self.w, self.c);
+            let y = f(&Act {
+                n,
+                h,
+                w,
+                c,
+                data: part.to_vec(),
+            })?;
+            let out = out.get_or_insert_with(|| Act {
+                n: 0,
+                h: y.h,
+                w: y.w,
+                c: y.c,
+                data: Vec::with_capacity(self.n * y.h * y.w * y.c),
+            });
+            if y.n != n || (y.h, y.w, y.c) != (out.h, out.w, out.c) {
+                candle_core::bail!(
+                    "in_chunks: a chunk of {n} images gave {} of another shape",
+                    y.n
+                )
+            }
+            out.n += n;
+            out.data.extend_from_slice(&y.data);
+        }
+        Ok(out.expect("a batch of more than `chunk` images has a chunk"))
+    }
+
     /// Transpose an NCHW tensor into NHWC, in parallel over image rows.
     pub fn from_nchw(x: &Tensor) -> Result<Self> {
         let (n, c, h, w) = x.dims4()?;
@@ -241,11 +282,76 @@ impl Prologue<'_> {
 mod tests {
     use super::*;
     use crate::model::kernels::testing::max_abs_diff;
+    use candle_core::DType;
 
     #[test]
     fn nhwc_round_trip() {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &Device::Cpu).unwrap();
         let back = Act::from_nchw(&x).unwrap().to_nchw(&Device::Cpu).unwrap();
         assert_eq!(max_abs_diff(&x, &back), 0.0);
+    }
+
+    /// A per-image operation that changes the shape: each image's 2x2 blocks summed into
+    /// one pixel, every channel doubled into two.
+    fn pool_and_widen(x: &Act) -> Result<Act> {
+        let (h, w) = (x.h / 2, x.w / 2);
+        let mut data = Vec::with_capacity(x.n * h * w * 2 * x.c);
+        for img in 0..x.n {
+            for (y, xx) in (0..h).flat_map(|y| (0..w).map(move |xx| (y, xx))) {
+                for ch in 0..2 * x.c {
+                    let at = |dy, dx| {
+                        x.data[((img * x.h + 2 * y + dy) * x.w + 2 * xx + dx) * x.c + ch / 2]
+                    };
+                    data.push(at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1) * (1 + ch % 2) as f32);
+                }
+            }
+        }
+        Ok(Act {
+            n: x.n,
+            h,
+            w,
+            c: 2 * x.c,
+            data,
+        })
+    }
+
+    #[test]
+    fn in_chunks_matches_the_whole_batch() {
+        let x =
+            Act::from_nchw(&Tensor::randn(0f32, 1.0, (5, 3, 6, 4), &Device::Cpu).unwrap()).unwrap();
+        let whole = pool_and_widen(&x).unwrap();
+        assert_eq!((whole.n, whole.h, whole.w, whole.c), (5, 3, 2, 6));
+        for chunk in [0, 1, 2, 3, 5, 8] {
+            let calls = std::cell::Cell::new(0);
+            let chunked = x
+                .in_chunks(chunk, |part| {
+                    calls.set(calls.get() + 1);
+                    assert!(part.n <= chunk.max(1) || part.n == x.n);
+                    pool_and_widen(part)
+                })
+                .unwrap();
+            assert_eq!(chunked, whole, "chunks of {chunk}");
+            assert_eq!(
+                calls.get(),
+                5usize.div_ceil(chunk.clamp(1, 5)),
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_chunks_refuses_a_chunk_that_changes_its_image_count() {
+        let x = Act::from_nchw(&Tensor::zeros((4, 2, 2, 2), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let err = x
+            .in_chunks(2, |part| {
+                Ok(Act {
+                    n: part.n - 1,
+                    data: part.data[8..].to_vec(),
+                    ..*part
+                })
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("in_chunks"), "{err}");
     }
 }
