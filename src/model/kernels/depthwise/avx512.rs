@@ -1,13 +1,18 @@
-//! The AVX-512 depthwise kernel: per pixel, up to 64 channels (four registers) accumulated
-//! over all taps, the last few channels under a mask.
+//! The AVX-512 depthwise kernel: up to 64 channels (four registers) of up to four adjacent
+//! pixels accumulated over all taps, the last few channels under a mask.
 
 use std::arch::x86_64::*;
 
-use super::Rows;
+use super::{Rows, MAX_TAPS};
 use crate::model::kernels::math::registers;
 use crate::model::kernels::Activation;
 
 const L: usize = 16;
+
+/// Output pixels computed together along the interior of a row: each weight vector is
+/// loaded once for all of them (a pixel at a time, every FMA needs a load of its weight as
+/// well as of its input, and loads, not FMAs, bound the kernel).
+const P: usize = 4;
 
 /// One output row into `dst`.
 ///
@@ -17,69 +22,115 @@ const L: usize = 16;
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
     let c = rows.conv.c;
-    let (x, w, bias) = (
-        rows.x.data.as_ptr(),
-        rows.conv.weight.as_ptr(),
-        rows.conv.bias.as_ptr(),
-    );
-    rows.for_each_pixel(|taps, ox| {
-        // SAFETY (whole closure): channel blocks stay within `c`, masked past it; the
-        // offsets come from `for_each_pixel`, inside the input and the weight.
+    let k = Kernel {
+        x: rows.x.data.as_ptr(),
+        w: rows.conv.weight.as_ptr(),
+        bias: rows.conv.bias.as_ptr(),
+        c,
+        act,
+    };
+    let (inner, step) = (rows.interior(), rows.step());
+    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    let mut ox = 0;
+    while ox < rows.ow {
+        let n = rows.taps(ox, &mut taps);
+        let taps = &taps[..n];
+        // SAFETY (both arms): the taps of pixels `ox..ox + run` are inside the input (the
+        // interior's are those of `ox`, `step` further per pixel), and their outputs are
+        // inside the row.
+        let run = if inner.contains(&ox) && ox + P <= inner.end {
+            unsafe { k.pixels::<P>(taps, step, dst.add(ox * c)) };
+            P
+        } else {
+            unsafe { k.pixels::<1>(taps, step, dst.add(ox * c)) };
+            1
+        };
+        ox += run;
+    }
+}
+
+/// What every block of the row reads.
+struct Kernel {
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    c: usize,
+    act: Activation,
+}
+
+impl Kernel {
+    /// All channels of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
+    /// those of `taps` plus `p * step`.
+    ///
+    /// # Safety
+    /// As [`row`], for these pixels.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pixels<const R: usize>(&self, taps: &[(usize, usize)], step: usize, out: *mut f32) {
+        let c = self.c;
+        let mut c0 = 0;
+        // SAFETY (all calls): channel blocks stay within `c`, masked past it.
         unsafe {
-            let out = dst.add(ox * c);
-            let mut c0 = 0;
             while c0 + 4 * L <= c {
-                block::<4>(taps, x, w, bias, out, c0, act);
+                self.block::<R, 4>(taps, step, out, c0);
                 c0 += 4 * L;
             }
             while c0 + L <= c {
-                block::<1>(taps, x, w, bias, out, c0, act);
+                self.block::<R, 1>(taps, step, out, c0);
                 c0 += L;
             }
             if c0 < c {
                 let mask: __mmask16 = (1u16 << (c - c0)) - 1;
-                let mut acc = _mm512_maskz_loadu_ps(mask, bias.add(c0));
-                for &(t, off) in taps {
-                    let v = _mm512_maskz_loadu_ps(mask, x.add(off + c0));
-                    let k = _mm512_maskz_loadu_ps(mask, w.add(t + c0));
-                    acc = _mm512_fmadd_ps(v, k, acc);
+                for p in 0..R {
+                    let mut acc = _mm512_maskz_loadu_ps(mask, self.bias.add(c0));
+                    for &(t, off) in taps {
+                        let v = _mm512_maskz_loadu_ps(mask, self.x.add(off + p * step + c0));
+                        let k = _mm512_maskz_loadu_ps(mask, self.w.add(t + c0));
+                        acc = _mm512_fmadd_ps(v, k, acc);
+                    }
+                    let acc = registers::avx512(acc, self.act);
+                    _mm512_mask_storeu_ps(out.add(p * c + c0), mask, acc);
                 }
-                _mm512_mask_storeu_ps(out.add(c0), mask, registers::avx512(acc, act));
             }
         }
-    });
-}
+    }
 
-/// Channels `c0..c0 + 16V` of one pixel.
-///
-/// # Safety
-/// As [`row`], for these channels.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn block<const V: usize>(
-    taps: &[(usize, usize)],
-    x: *const f32,
-    w: *const f32,
-    bias: *const f32,
-    out: *mut f32,
-    c0: usize,
-    act: Activation,
-) {
-    // SAFETY (whole body): the caller keeps `c0 + 16V` within the channels.
-    unsafe {
-        let mut acc = [_mm512_setzero_ps(); V];
-        for (v, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_loadu_ps(bias.add(c0 + v * L));
-        }
-        for &(t, off) in taps {
-            for (v, a) in acc.iter_mut().enumerate() {
-                let px = _mm512_loadu_ps(x.add(off + c0 + v * L));
-                let k = _mm512_loadu_ps(w.add(t + c0 + v * L));
-                *a = _mm512_fmadd_ps(px, k, *a);
+    /// Channels `c0..c0 + 16V` of `R` adjacent pixels: each pixel's sum in the same order
+    /// (bias, then tap by tap) as alone, so a pixel's value does not depend on its block.
+    ///
+    /// # Safety
+    /// As [`Kernel::pixels`], for these channels.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const R: usize, const V: usize>(
+        &self,
+        taps: &[(usize, usize)],
+        step: usize,
+        out: *mut f32,
+        c0: usize,
+    ) {
+        // SAFETY (whole body): the caller keeps `c0 + 16V` within the channels and the
+        // pixels' taps inside the input.
+        unsafe {
+            let bias: [__m512; V] =
+                std::array::from_fn(|v| _mm512_loadu_ps(self.bias.add(c0 + v * L)));
+            let mut acc = [bias; R];
+            for &(t, off) in taps {
+                let w: [__m512; V] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(self.w.add(t + c0 + v * L)));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let x = self.x.add(off + p * step + c0);
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(v * L)), w[v], *a);
+                    }
+                }
             }
-        }
-        for (v, a) in acc.into_iter().enumerate() {
-            _mm512_storeu_ps(out.add(c0 + v * L), registers::avx512(a, act));
+            for (p, acc) in acc.into_iter().enumerate() {
+                for (v, a) in acc.into_iter().enumerate() {
+                    let a = registers::avx512(a, self.act);
+                    _mm512_storeu_ps(out.add(p * self.c + c0 + v * L), a);
+                }
+            }
         }
     }
 }

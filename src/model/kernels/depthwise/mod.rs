@@ -137,27 +137,50 @@ impl Rows<'_> {
     /// input offset)` of each kernel position inside the input, in (ky, kx) order.
     #[inline(always)]
     fn for_each_pixel(&self, mut f: impl FnMut(&[(usize, usize)], usize)) {
-        let (k, s, x) = (self.conv.k, self.conv.stride, self.x);
         let mut taps = [(0usize, 0usize); MAX_TAPS];
         for ox in 0..self.ow {
-            let mut n = 0;
-            for ky in 0..k {
-                let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
-                if iy < 0 || iy >= x.h as isize {
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * s + kx) as isize - self.pad.left as isize;
-                    if ix < 0 || ix >= x.w as isize {
-                        continue;
-                    }
-                    let pixel = (self.img * x.h + iy as usize) * x.w + ix as usize;
-                    taps[n] = ((ky * k + kx) * self.conv.c, pixel * x.stride);
-                    n += 1;
-                }
-            }
+            let n = self.taps(ox, &mut taps);
             f(&taps[..n], ox);
         }
+    }
+
+    /// The taps of output pixel `ox` inside the input (as [`Rows::for_each_pixel`] gives
+    /// them) into `taps`; returns how many.
+    #[inline(always)]
+    fn taps(&self, ox: usize, taps: &mut [(usize, usize); MAX_TAPS]) -> usize {
+        let (k, s, x) = (self.conv.k, self.conv.stride, self.x);
+        let mut n = 0;
+        for ky in 0..k {
+            let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
+            if iy < 0 || iy >= x.h as isize {
+                continue;
+            }
+            for kx in 0..k {
+                let ix = (ox * s + kx) as isize - self.pad.left as isize;
+                if ix < 0 || ix >= x.w as isize {
+                    continue;
+                }
+                let pixel = (self.img * x.h + iy as usize) * x.w + ix as usize;
+                taps[n] = ((ky * k + kx) * self.conv.c, pixel * x.stride);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The output pixels whose every tap lies inside the input horizontally: along them
+    /// the taps are the same, the input offsets one [`Rows::step`] further per pixel.
+    fn interior(&self) -> std::ops::Range<usize> {
+        let (k, s, left) = (self.conv.k, self.conv.stride, self.pad.left);
+        let first = left.div_ceil(s);
+        // ox * s + k - 1 - left < w
+        let end = (self.x.w + left + 1).saturating_sub(k).div_ceil(s);
+        first.min(self.ow)..end.clamp(first.min(self.ow), self.ow)
+    }
+
+    /// Input offset from one output pixel's taps to the next one's (inside the interior).
+    fn step(&self) -> usize {
+        self.conv.stride * self.x.stride
     }
 
     /// The portable kernel: per pixel, bias, then tap by tap over the channels.
@@ -231,6 +254,10 @@ mod tests {
             (37, 7, 9, 3, 2, p(0, 1, 0, 1)),
             (96, 5, 5, 5, 1, p(2, 2, 2, 2)),
             (144, 8, 8, 3, 1, p(1, 1, 1, 1)),
+            (80, 4, 19, 3, 1, p(1, 1, 1, 1)),
+            (24, 5, 14, 5, 2, p(1, 2, 1, 2)),
+            (40, 3, 13, 3, 2, p(0, 1, 0, 1)),
+            (16, 3, 4, 5, 1, p(2, 2, 2, 2)),
         ] {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
