@@ -1,5 +1,6 @@
-//! The AVX2+FMA depthwise kernel: per pixel, up to 32 channels (four registers) accumulated
-//! over all taps; the last channels that do not fill a register take a scalar loop.
+//! The AVX2+FMA depthwise kernel: up to 16 channels (two registers) of up to four adjacent
+//! pixels accumulated over all taps; the last channels that do not fill a register take a
+//! scalar loop.
 
 use std::arch::x86_64::*;
 
@@ -9,6 +10,11 @@ use crate::model::kernels::Activation;
 
 const L: usize = 8;
 
+/// Output pixels computed together along the interior of a row, sharing each weight load
+/// (see the AVX-512 kernel). Four pixels of two registers each: 8 sums and 2 weights of
+/// the 16 registers.
+const P: usize = 4;
+
 /// One output row into `dst`.
 ///
 /// # Safety
@@ -17,66 +23,105 @@ const L: usize = 8;
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
     let c = rows.conv.c;
-    let (x, w, bias) = (
-        rows.x.data.as_ptr(),
-        rows.conv.weight.as_ptr(),
-        rows.conv.bias.as_ptr(),
-    );
-    rows.for_each_pixel(|taps, ox| {
-        // SAFETY (whole closure): channel blocks stay within `c`; the offsets come from
-        // `for_each_pixel`, inside the input and the weight.
+    let k = Kernel {
+        x: rows.x.data.as_ptr(),
+        w: rows.conv.weight.as_ptr(),
+        bias: rows.conv.bias.as_ptr(),
+        c,
+        act,
+    };
+    let step = rows.step();
+    rows.for_each_run::<P>(|taps, ox, run| {
+        // SAFETY (both arms): the pixels' taps are inside the input (a run's as
+        // `for_each_run` gives them) and their outputs inside the row.
         unsafe {
-            let out = dst.add(ox * c);
-            let mut c0 = 0;
-            while c0 + 4 * L <= c {
-                block::<4>(taps, x, w, bias, out, c0, act);
-                c0 += 4 * L;
-            }
-            while c0 + L <= c {
-                block::<1>(taps, x, w, bias, out, c0, act);
-                c0 += L;
-            }
-            for ch in c0..c {
-                let mut acc = *bias.add(ch);
-                for &(t, off) in taps {
-                    acc = (*x.add(off + ch)).mul_add(*w.add(t + ch), acc);
-                }
-                *out.add(ch) = math::activate(act, acc);
+            if run {
+                k.pixels::<P>(taps, step, dst.add(ox * c));
+            } else {
+                k.pixels::<1>(taps, step, dst.add(ox * c));
             }
         }
     });
 }
 
-/// Channels `c0..c0 + 8V` of one pixel.
-///
-/// # Safety
-/// As [`row`], for these channels.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block<const V: usize>(
-    taps: &[(usize, usize)],
+/// What every block of the row reads.
+struct Kernel {
     x: *const f32,
     w: *const f32,
     bias: *const f32,
-    out: *mut f32,
-    c0: usize,
+    c: usize,
     act: Activation,
-) {
-    // SAFETY (whole body): the caller keeps `c0 + 8V` within the channels.
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); V];
-        for (v, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_loadu_ps(bias.add(c0 + v * L));
-        }
-        for &(t, off) in taps {
-            for (v, a) in acc.iter_mut().enumerate() {
-                let px = _mm256_loadu_ps(x.add(off + c0 + v * L));
-                let k = _mm256_loadu_ps(w.add(t + c0 + v * L));
-                *a = _mm256_fmadd_ps(px, k, *a);
+}
+
+impl Kernel {
+    /// All channels of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
+    /// those of `taps` plus `p * step`.
+    ///
+    /// # Safety
+    /// As [`row`], for these pixels.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pixels<const R: usize>(&self, taps: &[(usize, usize)], step: usize, out: *mut f32) {
+        let c = self.c;
+        let mut c0 = 0;
+        // SAFETY (all calls): channel blocks stay within `c`.
+        unsafe {
+            while c0 + 2 * L <= c {
+                self.block::<R, 2>(taps, step, out, c0);
+                c0 += 2 * L;
+            }
+            while c0 + L <= c {
+                self.block::<R, 1>(taps, step, out, c0);
+                c0 += L;
+            }
+            for p in 0..R {
+                for ch in c0..c {
+                    let mut acc = *self.bias.add(ch);
+                    for &(t, off) in taps {
+                        acc = (*self.x.add(off + p * step + ch)).mul_add(*self.w.add(t + ch), acc);
+                    }
+                    *out.add(p * c + ch) = math::activate(self.act, acc);
+                }
             }
         }
-        for (v, a) in acc.into_iter().enumerate() {
-            _mm256_storeu_ps(out.add(c0 + v * L), registers::avx2(a, act));
+    }
+
+    /// Channels `c0..c0 + 8V` of `R` adjacent pixels, each pixel's sum in the same order
+    /// (bias, then tap by tap) as alone.
+    ///
+    /// # Safety
+    /// As [`Kernel::pixels`], for these channels.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const R: usize, const V: usize>(
+        &self,
+        taps: &[(usize, usize)],
+        step: usize,
+        out: *mut f32,
+        c0: usize,
+    ) {
+        // SAFETY (whole body): the caller keeps `c0 + 8V` within the channels and the
+        // pixels' taps inside the input.
+        unsafe {
+            let bias: [__m256; V] =
+                std::array::from_fn(|v| _mm256_loadu_ps(self.bias.add(c0 + v * L)));
+            let mut acc = [bias; R];
+            for &(t, off) in taps {
+                let w: [__m256; V] =
+                    std::array::from_fn(|v| _mm256_loadu_ps(self.w.add(t + c0 + v * L)));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let x = self.x.add(off + p * step + c0);
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(v * L)), w[v], *a);
+                    }
+                }
+            }
+            for (p, acc) in acc.into_iter().enumerate() {
+                for (v, a) in acc.into_iter().enumerate() {
+                    let a = registers::avx2(a, self.act);
+                    _mm256_storeu_ps(out.add(p * self.c + c0 + v * L), a);
+                }
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Rows, MAX_TAPS};
+use super::Rows;
 use crate::model::kernels::math::registers;
 use crate::model::kernels::Activation;
 
@@ -29,24 +29,18 @@ pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
         c,
         act,
     };
-    let (inner, step) = (rows.interior(), rows.step());
-    let mut taps = [(0usize, 0usize); MAX_TAPS];
-    let mut ox = 0;
-    while ox < rows.ow {
-        let n = rows.taps(ox, &mut taps);
-        let taps = &taps[..n];
-        // SAFETY (both arms): the taps of pixels `ox..ox + run` are inside the input (the
-        // interior's are those of `ox`, `step` further per pixel), and their outputs are
-        // inside the row.
-        let run = if inner.contains(&ox) && ox + P <= inner.end {
-            unsafe { k.pixels::<P>(taps, step, dst.add(ox * c)) };
-            P
-        } else {
-            unsafe { k.pixels::<1>(taps, step, dst.add(ox * c)) };
-            1
-        };
-        ox += run;
-    }
+    let step = rows.step();
+    rows.for_each_run::<P>(|taps, ox, run| {
+        // SAFETY (both arms): the pixels' taps are inside the input (a run's as
+        // `for_each_run` gives them) and their outputs inside the row.
+        unsafe {
+            if run {
+                k.pixels::<P>(taps, step, dst.add(ox * c));
+            } else {
+                k.pixels::<1>(taps, step, dst.add(ox * c));
+            }
+        }
+    });
 }
 
 /// What every block of the row reads.

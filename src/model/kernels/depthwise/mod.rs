@@ -144,6 +144,23 @@ impl Rows<'_> {
         }
     }
 
+    /// `f(taps, ox, run)` for every output pixel of the row, `R` adjacent pixels at a time
+    /// (`run` true) where all `R` lie in the [`Rows::interior`] and one at a time (`run`
+    /// false) elsewhere; `taps` are those of pixel `ox`, and pixel `ox + p` of a run has the
+    /// same taps at input offsets `p * step()` further.
+    #[inline(always)]
+    fn for_each_run<const R: usize>(&self, mut f: impl FnMut(&[(usize, usize)], usize, bool)) {
+        let inner = self.interior();
+        let mut taps = [(0usize, 0usize); MAX_TAPS];
+        let mut ox = 0;
+        while ox < self.ow {
+            let n = self.taps(ox, &mut taps);
+            let run = inner.contains(&ox) && ox + R <= inner.end;
+            f(&taps[..n], ox, run);
+            ox += if run { R } else { 1 };
+        }
+    }
+
     /// The taps of output pixel `ox` inside the input (as [`Rows::for_each_pixel`] gives
     /// them) into `taps`; returns how many.
     #[inline(always)]
