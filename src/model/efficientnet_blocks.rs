@@ -515,11 +515,12 @@ pub struct MobileNet {
     stem: Stage,
     blocks: Vec<Block>,
     /// The stem and this many blocks (those whose output is at most 8x smaller than the
-    /// input) run one image at a time on the CPU kernels, the rest on the whole batch, as
-    /// ResNet's and DenseNet's first two stages do. Their expanded activations (96
+    /// input) run one image at a time on the CPU kernels, the rest on the whole chunk of
+    /// [`BATCH_CHUNK`] images that `forward` gives, as ResNet's and DenseNet's first two
+    /// stages do. Their expanded activations (96
     /// channels at 112x112 in EfficientNet-Lite0: 4.8 MB an image, 77 MB at batch 16)
     /// then stay in the cache. tf_efficientnet_lite0 at batch 16, `classify bench -n 8`,
-    /// 5 interleaved rounds on an AMD EPYC Zen 4 (2 cores, AVX-512), medians: whole batch
+    /// 5 interleaved rounds on an AMD EPYC Zen 4 (2 cores, AVX-512), medians: whole chunks
     /// 157.1 img/s; per image the first 3 blocks 171.3, 5 (to stride 8) 170.6, 8 174.1,
     /// all 16 160.3.
     per_image_blocks: usize,

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Rows;
+use super::{Operands, Rows};
 use crate::model::kernels::math::registers;
 use crate::model::kernels::Activation;
 
@@ -21,109 +21,94 @@ const P: usize = 4;
 /// input must hold every pixel the taps name.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
-    let c = rows.conv.c;
-    let k = Kernel {
-        x: rows.x.data.as_ptr(),
-        w: rows.conv.weight.as_ptr(),
-        bias: rows.conv.bias.as_ptr(),
-        c,
-        act,
-    };
-    let step = rows.step();
+    let (k, step) = (rows.operands(act), rows.step());
+    let c = k.c;
     rows.for_each_run::<P>(|taps, ox, run| {
         // SAFETY (both arms): the pixels' taps are inside the input (a run's as
         // `for_each_run` gives them) and their outputs inside the row.
         unsafe {
             if run {
-                k.pixels::<P>(taps, step, dst.add(ox * c));
+                pixels::<P>(&k, taps, step, dst.add(ox * c));
             } else {
-                k.pixels::<1>(taps, step, dst.add(ox * c));
+                pixels::<1>(&k, taps, step, dst.add(ox * c));
             }
         }
     });
 }
 
-/// What every block of the row reads.
-struct Kernel {
-    x: *const f32,
-    w: *const f32,
-    bias: *const f32,
-    c: usize,
-    act: Activation,
-}
-
-impl Kernel {
-    /// All channels of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
-    /// those of `taps` plus `p * step`.
-    ///
-    /// # Safety
-    /// As [`row`], for these pixels.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pixels<const R: usize>(&self, taps: &[(usize, usize)], step: usize, out: *mut f32) {
-        let c = self.c;
-        let mut c0 = 0;
-        // SAFETY (all calls): channel blocks stay within `c`, masked past it.
-        unsafe {
-            while c0 + 4 * L <= c {
-                self.block::<R, 4>(taps, step, out, c0);
-                c0 += 4 * L;
-            }
-            while c0 + L <= c {
-                self.block::<R, 1>(taps, step, out, c0);
-                c0 += L;
-            }
-            if c0 < c {
-                let mask: __mmask16 = (1u16 << (c - c0)) - 1;
-                for p in 0..R {
-                    let mut acc = _mm512_maskz_loadu_ps(mask, self.bias.add(c0));
-                    for &(t, off) in taps {
-                        let v = _mm512_maskz_loadu_ps(mask, self.x.add(off + p * step + c0));
-                        let k = _mm512_maskz_loadu_ps(mask, self.w.add(t + c0));
-                        acc = _mm512_fmadd_ps(v, k, acc);
-                    }
-                    let acc = registers::avx512(acc, self.act);
-                    _mm512_mask_storeu_ps(out.add(p * c + c0), mask, acc);
+/// All channels of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
+/// those of `taps` plus `p * step`.
+///
+/// # Safety
+/// As [`row`], for these pixels.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pixels<const R: usize>(
+    k: &Operands,
+    taps: &[(usize, usize)],
+    step: usize,
+    out: *mut f32,
+) {
+    let c = k.c;
+    let mut c0 = 0;
+    // SAFETY (all calls): channel blocks stay within `c`, masked past it.
+    unsafe {
+        while c0 + 4 * L <= c {
+            block::<R, 4>(k, taps, step, out, c0);
+            c0 += 4 * L;
+        }
+        while c0 + L <= c {
+            block::<R, 1>(k, taps, step, out, c0);
+            c0 += L;
+        }
+        if c0 < c {
+            let mask: __mmask16 = (1u16 << (c - c0)) - 1;
+            for p in 0..R {
+                let mut acc = _mm512_maskz_loadu_ps(mask, k.bias.add(c0));
+                for &(t, off) in taps {
+                    let v = _mm512_maskz_loadu_ps(mask, k.x.add(off + p * step + c0));
+                    let wv = _mm512_maskz_loadu_ps(mask, k.w.add(t + c0));
+                    acc = _mm512_fmadd_ps(v, wv, acc);
                 }
+                let acc = registers::avx512(acc, k.act);
+                _mm512_mask_storeu_ps(out.add(p * c + c0), mask, acc);
             }
         }
     }
+}
 
-    /// Channels `c0..c0 + 16V` of `R` adjacent pixels: each pixel's sum in the same order
-    /// (bias, then tap by tap) as alone, so a pixel's value does not depend on its block.
-    ///
-    /// # Safety
-    /// As [`Kernel::pixels`], for these channels.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn block<const R: usize, const V: usize>(
-        &self,
-        taps: &[(usize, usize)],
-        step: usize,
-        out: *mut f32,
-        c0: usize,
-    ) {
-        // SAFETY (whole body): the caller keeps `c0 + 16V` within the channels and the
-        // pixels' taps inside the input.
-        unsafe {
-            let bias: [__m512; V] =
-                std::array::from_fn(|v| _mm512_loadu_ps(self.bias.add(c0 + v * L)));
-            let mut acc = [bias; R];
-            for &(t, off) in taps {
-                let w: [__m512; V] =
-                    std::array::from_fn(|v| _mm512_loadu_ps(self.w.add(t + c0 + v * L)));
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    let x = self.x.add(off + p * step + c0);
-                    for (v, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(v * L)), w[v], *a);
-                    }
+/// Channels `c0..c0 + 16V` of `R` adjacent pixels: each pixel's sum in the same order
+/// (bias, then tap by tap) as alone, so a pixel's value does not depend on its block.
+///
+/// # Safety
+/// As [`pixels`], for these channels.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn block<const R: usize, const V: usize>(
+    k: &Operands,
+    taps: &[(usize, usize)],
+    step: usize,
+    out: *mut f32,
+    c0: usize,
+) {
+    // SAFETY (whole body): the caller keeps `c0 + 16V` within the channels and the
+    // pixels' taps inside the input.
+    unsafe {
+        let bias: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(k.bias.add(c0 + v * L)));
+        let mut acc = [bias; R];
+        for &(t, off) in taps {
+            let w: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(k.w.add(t + c0 + v * L)));
+            for (p, acc) in acc.iter_mut().enumerate() {
+                let x = k.x.add(off + p * step + c0);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(v * L)), w[v], *a);
                 }
             }
-            for (p, acc) in acc.into_iter().enumerate() {
-                for (v, a) in acc.into_iter().enumerate() {
-                    let a = registers::avx512(a, self.act);
-                    _mm512_storeu_ps(out.add(p * self.c + c0 + v * L), a);
-                }
+        }
+        for (p, acc) in acc.into_iter().enumerate() {
+            for (v, a) in acc.into_iter().enumerate() {
+                let a = registers::avx512(a, k.act);
+                _mm512_storeu_ps(out.add(p * k.c + c0 + v * L), a);
             }
         }
     }

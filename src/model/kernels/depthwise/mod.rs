@@ -122,6 +122,18 @@ impl DepthwiseConv {
     }
 }
 
+/// What the vector kernels read, as pointers: input, packed weight, bias, the channel
+/// count and the activation applied in registers. Each kernel file implements its
+/// `pixels` and `block` on it.
+#[cfg(target_arch = "x86_64")]
+struct Operands {
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    c: usize,
+    act: Activation,
+}
+
 /// One output row of a depthwise convolution: what every kernel copy needs.
 struct Rows<'a> {
     conv: &'a DepthwiseConv,
@@ -193,6 +205,18 @@ impl Rows<'_> {
         // ox * s + k - 1 - left < w
         let end = (self.x.w + left + 1).saturating_sub(k).div_ceil(s);
         first.min(self.ow)..end.clamp(first.min(self.ow), self.ow)
+    }
+
+    /// The operands of the vector kernels, `act` applied in registers.
+    #[cfg(target_arch = "x86_64")]
+    fn operands(&self, act: Activation) -> Operands {
+        Operands {
+            x: self.x.data.as_ptr(),
+            w: self.conv.weight.as_ptr(),
+            bias: self.conv.bias.as_ptr(),
+            c: self.conv.c,
+            act,
+        }
     }
 
     /// Input offset from one output pixel's taps to the next one's (inside the interior).
