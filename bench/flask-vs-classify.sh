@@ -50,6 +50,11 @@ for url in "http://127.0.0.1:$flask_port/predict" "http://127.0.0.1:$classify_po
   for _ in $(seq 5); do ready "$url" >/dev/null; done
 done
 
+# A decoder without its SIMD code would understate classify (README, Install).
+if grep -q "JPEG decoding runs without its SIMD" "$work/classify.log"; then
+  echo "flask-vs-classify: warning: classify was built without NASM; its JPEG decoding is 2-3x slower" >&2
+fi
+
 rss() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status"; }
 for round in $(seq "$rounds"); do
   for c in $levels; do

@@ -790,6 +790,12 @@ fn real_binary_with_curl_and_graceful_shutdown() {
     let log = lines.join().unwrap().join("\n");
     assert!(status.success(), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+    // The binary warns of a JPEG decoder without its SIMD code exactly when it has none.
+    assert_eq!(
+        log.contains(classify::preprocess::NO_JPEG_SIMD),
+        !classify::preprocess::jpeg_simd(),
+        "{log}"
+    );
 }
 
 /// The PyTorch Flask recipe with its `imagenet_class_index.json`: `class_name` is the file's

@@ -150,6 +150,11 @@ unsafe extern "C" {
     fn jsimd_can_idct_islow() -> std::ffi::c_int;
 }
 
+/// What `classify serve` warns of at startup when [`jpeg_simd`] is false: decoding is a
+/// server's second cost after the network.
+pub const NO_JPEG_SIMD: &str = "JPEG decoding runs without its SIMD code, 2-3x slower \
+    (this binary was built without NASM on x86-64; see the README's Install section)";
+
 /// Whether JPEG decoding runs libjpeg-turbo's SIMD code (the same pixels, faster; see the
 /// README's decoding figures). Cargo feature `jpeg-simd` (default) plus NASM at build time.
 pub fn jpeg_simd() -> bool {

@@ -381,6 +381,9 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
         })?;
     let addr = listener.local_addr()?;
     eprintln!("classify: listening on http://{addr}");
+    if !crate::preprocess::jpeg_simd() {
+        eprintln!("classify: warning: {}", crate::preprocess::NO_JPEG_SIMD);
+    }
     let grpc_listener = match settings.grpc_port {
         Some(port) => {
             let listener = tokio::net::TcpListener::bind(SocketAddr::new(settings.host, port))
