@@ -1,6 +1,6 @@
-//! The AVX2+FMA depthwise kernel: up to 16 channels (two registers) of up to four adjacent
-//! pixels accumulated over all taps; the last channels that do not fill a register take a
-//! scalar loop.
+//! The AVX2+FMA depthwise kernel: 16 channels (two registers) of four adjacent pixels, or
+//! 32 of a lone pixel, accumulated over all taps; the last channels that do not fill a
+//! register take a scalar loop.
 
 use std::arch::x86_64::*;
 
@@ -15,7 +15,24 @@ const L: usize = 8;
 /// the 16 registers.
 const P: usize = 4;
 
-/// One output row into `dst`.
+/// Taps x channels (a pixel's weights, and as many inputs) from which a row runs each
+/// block of channels over several pixels: 8192 values are 32 KiB, an L1 data cache. One
+/// thread on an AMD Zen 3, EfficientNet-Lite0's 5x5 layers at 14x14x672 and 7x7x1152
+/// went 12% and 33% faster that way, while its 3x3 ones (up to 9 x 480) went 10-27%
+/// slower, being cheap to run a pixel at a time and short of work per call.
+const GROUPED_FROM: usize = 8192;
+
+/// What runs for each gathered call: its taps, its first output pixel, whether a run.
+type PerCall<'a> = dyn FnMut(&[(usize, usize)], *mut f32, bool) + 'a;
+
+/// The number of kernel positions.
+fn taps_len(rows: &Rows) -> usize {
+    rows.conv.k * rows.conv.k
+}
+
+/// One output row into `dst`: a pixel (or run) at a time over all its channels, or where a
+/// pixel's weights and inputs outgrow L1 ([`GROUPED_FROM`]), a few pixels at a time
+/// ([`Rows::for_each_calls`]), each block of channels over all of them before the next.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `dst` must be valid for the row's `ow * c` values, and
@@ -24,14 +41,65 @@ const P: usize = 4;
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
     let (k, step) = (rows.operands(act), rows.step());
     let c = k.c;
-    rows.for_each_run::<P>(|taps, ox, run| {
-        // SAFETY (both arms): the pixels' taps are inside the input (a run's as
-        // `for_each_run` gives them) and their outputs inside the row.
+    if taps_len(rows) * c < GROUPED_FROM {
+        rows.for_each_run::<P>(|taps, ox, run| {
+            // SAFETY (both arms): the pixels' taps are inside the input (a run's as
+            // `for_each_run` gives them) and their outputs inside the row.
+            unsafe {
+                if run {
+                    pixels::<P>(&k, taps, step, dst.add(ox * c));
+                } else {
+                    pixels::<1>(&k, taps, step, dst.add(ox * c));
+                }
+            }
+        });
+        return;
+    }
+    rows.for_each_calls::<P>(|calls| {
+        let each = |f: &mut PerCall| {
+            for i in 0..calls.n {
+                let (taps, ox, run) = calls.get(i);
+                // SAFETY: pixel `ox` (and the run after it) is inside the row.
+                f(taps, unsafe { dst.add(ox * c) }, run);
+            }
+        };
+        let mut c0 = 0;
+        // SAFETY (every block): the pixels' taps are inside the input (a run's as
+        // `for_each_run` gives them), their outputs inside the row and channel blocks
+        // within `c`.
         unsafe {
-            if run {
-                pixels::<P>(&k, taps, step, dst.add(ox * c));
-            } else {
-                pixels::<1>(&k, taps, step, dst.add(ox * c));
+            // A lone pixel's sums are chains of dependent FMAs, one per tap: four registers
+            // of its channels keep enough of them in flight to hide the latency.
+            while c0 + 4 * L <= c {
+                each(&mut |taps, out, run| {
+                    if run {
+                        block::<P, 2>(&k, taps, step, out, c0);
+                        block::<P, 2>(&k, taps, step, out, c0 + 2 * L);
+                    } else {
+                        block::<1, 4>(&k, taps, step, out, c0);
+                    }
+                });
+                c0 += 4 * L;
+            }
+            while c0 + 2 * L <= c {
+                each(&mut |taps, out, run| match run {
+                    true => block::<P, 2>(&k, taps, step, out, c0),
+                    false => block::<1, 2>(&k, taps, step, out, c0),
+                });
+                c0 += 2 * L;
+            }
+            if c0 + L <= c {
+                each(&mut |taps, out, run| match run {
+                    true => block::<P, 1>(&k, taps, step, out, c0),
+                    false => block::<1, 1>(&k, taps, step, out, c0),
+                });
+                c0 += L;
+            }
+            if c0 < c {
+                each(&mut |taps, out, run| match run {
+                    true => tail::<P>(&k, taps, step, out, c0),
+                    false => tail::<1>(&k, taps, step, out, c0),
+                });
             }
         }
     });
@@ -54,6 +122,14 @@ unsafe fn pixels<const R: usize>(
     let mut c0 = 0;
     // SAFETY (all calls): channel blocks stay within `c`.
     unsafe {
+        if R == 1 {
+            // A lone pixel's sums are chains of dependent FMAs, one per tap: four
+            // registers of channels keep enough of them in flight to hide the latency.
+            while c0 + 4 * L <= c {
+                block::<1, 4>(k, taps, step, out, c0);
+                c0 += 4 * L;
+            }
+        }
         while c0 + 2 * L <= c {
             block::<R, 2>(k, taps, step, out, c0);
             c0 += 2 * L;
@@ -62,13 +138,33 @@ unsafe fn pixels<const R: usize>(
             block::<R, 1>(k, taps, step, out, c0);
             c0 += L;
         }
+        tail::<R>(k, taps, step, out, c0);
+    }
+}
+
+/// Channels `c0..c` (fewer than 8) of `R` adjacent pixels, one at a time.
+///
+/// # Safety
+/// As [`block`], for these channels.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tail<const R: usize>(
+    k: &Operands,
+    taps: &[(usize, usize)],
+    step: usize,
+    out: *mut f32,
+    c0: usize,
+) {
+    // SAFETY (whole body): the caller keeps the pixels' taps inside the input and their
+    // outputs inside the row.
+    unsafe {
         for p in 0..R {
-            for ch in c0..c {
+            for ch in c0..k.c {
                 let mut acc = *k.bias.add(ch);
                 for &(t, off) in taps {
                     acc = (*k.x.add(off + p * step + ch)).mul_add(*k.w.add(t + ch), acc);
                 }
-                *out.add(p * c + ch) = math::activate(k.act, acc);
+                *out.add(p * k.c + ch) = math::activate(k.act, acc);
             }
         }
     }
