@@ -7,6 +7,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod allocator;
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -106,6 +106,10 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Large blocks on cache-line boundaries, for the kernels' vector loads.
+#[global_allocator]
+static ALLOCATOR: classify::allocator::CacheAligned = classify::allocator::CacheAligned;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Some(Command::Serve(_))) {
