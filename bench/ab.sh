@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Compare classify binaries on one case, interleaved so that the machine's drift hits them
-# alike: ROUNDS rounds, each timing every binary once (`classify bench -n 8 --no-stock`, in
+# alike: ROUNDS rounds, each timing every binary once (`classify bench --no-stock`, in
 # its own process), then the median and the best images/s per binary.
 #
 #   bench/ab.sh MODEL BATCH ROUNDS BINARY...
 #   e.g. bench/ab.sh resnet50 16 5 /tmp/classify-before target/release/classify
 #
-# THREADS (default 2) sets --threads.
+# THREADS (default 2) sets --threads, ITERATIONS (default 8) -n: at batch 1 a small network
+# wants more (Lite0: -n 8 is 80 ms, too short to outlast a shared machine's jitter).
 set -euo pipefail
 if [ $# -lt 4 ]; then
     sed -n '2,9p' "$0" >&2
@@ -16,7 +17,7 @@ model=$1 batch=$2 rounds=$3
 shift 3
 for _ in $(seq "$rounds"); do
     for bin in "$@"; do
-        "$bin" bench --model "$model" -b "$batch" -n 8 --threads "${THREADS:-2}" --device cpu \
+        "$bin" bench --model "$model" -b "$batch" -n "${ITERATIONS:-8}" --threads "${THREADS:-2}" --device cpu \
             --no-stock --json |
             python3 -c 'import json, sys; print(sys.argv[1], json.load(sys.stdin)["images_per_sec"])' "$bin"
     done
