@@ -422,23 +422,24 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
         }
     });
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let failure = tokio::spawn(async move {
-        let failure = failed_rx.await.ok();
-        if failure.is_some() {
-            let _ = stop_tx.send(());
-        }
-        failure
-    });
-    // Both listeners stop together: on a signal, or when a model cannot load.
+    // Both listeners stop together: on a signal, or when a model cannot load. The error
+    // is kept by the future that stops the accept loop, so it is there once the loop has
+    // returned (a task of its own could still be finishing then, and the failure read as a
+    // clean exit).
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown_signal() => {},
-            // An Err means the loader succeeded and dropped the sender: keep serving.
-            Ok(()) = stop_rx => {},
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
+    let stop = {
+        let failure = failure.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {},
+                // An Err means the loader succeeded and dropped the sender: keep serving.
+                Ok(e) = failed_rx => {
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            }
+            let _ = stopping_tx.send(true);
         }
-        let _ = stopping_tx.send(true);
     };
     let grpc = grpc_listener.map(|listener| {
         let mut stopping = stopping.clone();
@@ -461,10 +462,9 @@ pub async fn serve(settings: ServeSettings, hub: HubOptions) -> anyhow::Result<(
             _ => {}
         }
     }
-    if failure.is_finished() {
-        if let Ok(Some(e)) = failure.await {
-            return Err(e);
-        }
+    let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
