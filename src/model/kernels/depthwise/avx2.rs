@@ -3,6 +3,7 @@
 //! register take a scalar loop.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::{Operands, Rows};
 use crate::model::kernels::math::{self, registers};
@@ -22,14 +23,6 @@ const P: usize = 4;
 /// slower, being cheap to run a pixel at a time and short of work per call.
 const GROUPED_FROM: usize = 8192;
 
-/// What runs for each gathered call: its taps, its first output pixel, whether a run.
-type PerCall<'a> = dyn FnMut(&[(usize, usize)], *mut f32, bool) + 'a;
-
-/// The number of kernel positions.
-fn taps_len(rows: &Rows) -> usize {
-    rows.conv.k * rows.conv.k
-}
-
 /// One output row into `dst`: a pixel (or run) at a time over all its channels, or where a
 /// pixel's weights and inputs outgrow L1 ([`GROUPED_FROM`]), a few pixels at a time
 /// ([`Rows::for_each_calls`]), each block of channels over all of them before the next.
@@ -41,75 +34,34 @@ fn taps_len(rows: &Rows) -> usize {
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
     let (k, step) = (rows.operands(act), rows.step());
     let c = k.c;
-    if taps_len(rows) * c < GROUPED_FROM {
-        rows.for_each_run::<P>(|taps, ox, run| {
-            // SAFETY (both arms): the pixels' taps are inside the input (a run's as
-            // `for_each_run` gives them) and their outputs inside the row.
-            unsafe {
-                if run {
-                    pixels::<P>(&k, taps, step, dst.add(ox * c));
-                } else {
-                    pixels::<1>(&k, taps, step, dst.add(ox * c));
-                }
-            }
-        });
+    // SAFETY (both arms): the pixels' taps are inside the input (a run's as `for_each_run`
+    // gives them), their outputs inside the row and the channels within `c`.
+    let call = |taps: &[(usize, usize)], ox: usize, run: bool, chans: Range<usize>| unsafe {
+        if run {
+            pixels::<P>(&k, taps, step, dst.add(ox * c), chans);
+        } else {
+            pixels::<1>(&k, taps, step, dst.add(ox * c), chans);
+        }
+    };
+    if rows.conv.k * rows.conv.k * c < GROUPED_FROM {
+        rows.for_each_run::<P>(|taps, ox, run| call(taps, ox, run, 0..c));
         return;
     }
     rows.for_each_calls::<P>(|calls| {
-        let each = |f: &mut PerCall| {
+        for c0 in (0..c).step_by(4 * L) {
             for i in 0..calls.n {
                 let (taps, ox, run) = calls.get(i);
-                // SAFETY: pixel `ox` (and the run after it) is inside the row.
-                f(taps, unsafe { dst.add(ox * c) }, run);
-            }
-        };
-        let mut c0 = 0;
-        // SAFETY (every block): the pixels' taps are inside the input (a run's as
-        // `for_each_run` gives them), their outputs inside the row and channel blocks
-        // within `c`.
-        unsafe {
-            // A lone pixel's sums are chains of dependent FMAs, one per tap: four registers
-            // of its channels keep enough of them in flight to hide the latency.
-            while c0 + 4 * L <= c {
-                each(&mut |taps, out, run| {
-                    if run {
-                        block::<P, 2>(&k, taps, step, out, c0);
-                        block::<P, 2>(&k, taps, step, out, c0 + 2 * L);
-                    } else {
-                        block::<1, 4>(&k, taps, step, out, c0);
-                    }
-                });
-                c0 += 4 * L;
-            }
-            while c0 + 2 * L <= c {
-                each(&mut |taps, out, run| match run {
-                    true => block::<P, 2>(&k, taps, step, out, c0),
-                    false => block::<1, 2>(&k, taps, step, out, c0),
-                });
-                c0 += 2 * L;
-            }
-            if c0 + L <= c {
-                each(&mut |taps, out, run| match run {
-                    true => block::<P, 1>(&k, taps, step, out, c0),
-                    false => block::<1, 1>(&k, taps, step, out, c0),
-                });
-                c0 += L;
-            }
-            if c0 < c {
-                each(&mut |taps, out, run| match run {
-                    true => tail::<P>(&k, taps, step, out, c0),
-                    false => tail::<1>(&k, taps, step, out, c0),
-                });
+                call(taps, ox, run, c0..c.min(c0 + 4 * L));
             }
         }
     });
 }
 
-/// All channels of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
+/// Channels `chans` of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
 /// those of `taps` plus `p * step`.
 ///
 /// # Safety
-/// As [`row`], for these pixels.
+/// As [`row`], for these pixels; `chans` within the channels.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pixels<const R: usize>(
@@ -117,9 +69,9 @@ unsafe fn pixels<const R: usize>(
     taps: &[(usize, usize)],
     step: usize,
     out: *mut f32,
+    chans: Range<usize>,
 ) {
-    let c = k.c;
-    let mut c0 = 0;
+    let (mut c0, c) = (chans.start, chans.end);
     // SAFETY (all calls): channel blocks stay within `c`.
     unsafe {
         if R == 1 {
@@ -138,11 +90,11 @@ unsafe fn pixels<const R: usize>(
             block::<R, 1>(k, taps, step, out, c0);
             c0 += L;
         }
-        tail::<R>(k, taps, step, out, c0);
+        tail::<R>(k, taps, step, out, c0..c);
     }
 }
 
-/// Channels `c0..c` (fewer than 8) of `R` adjacent pixels, one at a time.
+/// Channels `chans` (fewer than 8) of `R` adjacent pixels, one at a time.
 ///
 /// # Safety
 /// As [`block`], for these channels.
@@ -153,13 +105,13 @@ unsafe fn tail<const R: usize>(
     taps: &[(usize, usize)],
     step: usize,
     out: *mut f32,
-    c0: usize,
+    chans: Range<usize>,
 ) {
     // SAFETY (whole body): the caller keeps the pixels' taps inside the input and their
     // outputs inside the row.
     unsafe {
         for p in 0..R {
-            for ch in c0..k.c {
+            for ch in chans.clone() {
                 let mut acc = *k.bias.add(ch);
                 for &(t, off) in taps {
                     acc = (*k.x.add(off + p * step + ch)).mul_add(*k.w.add(t + ch), acc);
