@@ -63,33 +63,35 @@ unsafe fn system_block(ptr: *mut u8) -> *mut u8 {
     unsafe { ptr.sub(ptr.cast::<usize>().sub(1).read()) }
 }
 
+/// A block of `layout` from `system` (the system's `alloc` or `alloc_zeroed`): a small one
+/// as it is, a large one handed out of a system block of `LINE` more bytes.
+///
+/// # Safety
+/// As [`GlobalAlloc::alloc`]; `system` must allocate from [`System`] for the layout given.
+unsafe fn allocate(layout: Layout, system: impl FnOnce(Layout) -> *mut u8) -> *mut u8 {
+    if !is_large(layout) {
+        return system(layout);
+    }
+    match system_layout(layout.size()) {
+        // SAFETY: a fresh system block of `LINE` more bytes (or null).
+        Some(l) => unsafe { hand_out(system(l)) },
+        None => std::ptr::null_mut(),
+    }
+}
+
 // SAFETY: small blocks are the system's own; a large one is a system block of `LINE` more
 // bytes, handed out at most `LINE` bytes in, so the caller's `size` bytes lie inside it at
 // a line boundary (which satisfies any alignment up to 16, all `is_large` admits), and it
 // is freed through the distance stored before it.
 unsafe impl GlobalAlloc for CacheAligned {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !is_large(layout) {
-            // SAFETY: the caller's contract.
-            return unsafe { System.alloc(layout) };
-        }
-        match system_layout(layout.size()) {
-            // SAFETY: a fresh system block of `LINE` more bytes.
-            Some(l) => unsafe { hand_out(System.alloc(l)) },
-            None => std::ptr::null_mut(),
-        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { allocate(layout, |l| System.alloc(l)) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if !is_large(layout) {
-            // SAFETY: the caller's contract.
-            return unsafe { System.alloc_zeroed(layout) };
-        }
-        match system_layout(layout.size()) {
-            // SAFETY: as `alloc`.
-            Some(l) => unsafe { hand_out(System.alloc_zeroed(l)) },
-            None => std::ptr::null_mut(),
-        }
+        // SAFETY: as `alloc`.
+        unsafe { allocate(layout, |l| System.alloc_zeroed(l)) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
