@@ -32,10 +32,11 @@ struct Fixture {
 }
 
 fn fixture(case: &str) -> Fixture {
-    let path = format!(
-        "{}/tests/fixtures/parity/{case}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    // `cargo test` sets CARGO_MANIFEST_DIR when it runs the test too; scripts/gpu-run sets it
+    // for a test binary built on another machine, whose compile-time path is not there.
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let path = format!("{root}/tests/fixtures/parity/{case}.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
@@ -115,10 +116,12 @@ fn check(case: &str, also_unfolded: bool) {
     assert_eq!(batch.len(), fx.logits.len());
     assert_eq!(batch[0].len(), fx.num_classes);
     let err = relative_error(&batch, &fx.logits);
-    eprintln!(
-        "{case}: {} kernels, relative error vs PyTorch {err:.2e}",
-        Isa::best()
-    );
+    // On a GPU the network runs candle's operations there, whatever the CPU has.
+    let path = match on_gpu {
+        true => format!("{:?}, candle's operations", dev.location()),
+        false => format!("{} kernels", Isa::best()),
+    };
+    eprintln!("{case}: {path}, relative error vs PyTorch {err:.2e}");
     assert!(
         err <= REL_TOL,
         "{case}: relative error {err:e} > {REL_TOL:e}"
