@@ -16,7 +16,8 @@
 # Environment: MODELS (architecture names; torchvision's for resnet/densenet as listed in
 # reference.py, timm's otherwise), FRAMEWORKS (default "pytorch onnxruntime openvino"),
 # STOCK=0 / AVX2=0 to skip those columns. The references run at the input size classify
-# benched (the architecture's own, e.g. 260 for tf_efficientnet_lite2).
+# benched (the architecture's own, e.g. 260 for tf_efficientnet_lite2). CLASSIFY_BIN: a
+# classify binary built elsewhere (a machine without cargo); default: build target/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:?usage: bench/run.sh PYTHON [THREADS] [ITERATIONS] [ROUNDS]}
@@ -29,12 +30,16 @@ frameworks=${FRAMEWORKS:-pytorch onnxruntime openvino}
 stock=${STOCK:-1}
 avx2=${AVX2:-1}
 out=$(mktemp)
-cargo build --release --locked --bin classify >&2
+bin=${CLASSIFY_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --locked --bin classify >&2
+  bin=target/release/classify
+fi
 classify() {
-  target/release/classify bench --model "$1" --batch-size "$2" --iterations "$iters" \
+  "$bin" bench --model "$1" --batch-size "$2" --iterations "$iters" \
     --threads "$threads" --device cpu --json "${@:3}"
 }
-isa=$(target/release/classify bench --model resnet18 --batch-size 1 --iterations 1 --warmup 0 \
+isa=$("$bin" bench --model resnet18 --batch-size 1 --iterations 1 --warmup 0 \
   --threads "$threads" --device cpu --json --no-stock | "$py" -c 'import json,sys; print(json.load(sys.stdin)["isa"])')
 for round in $(seq "$rounds"); do
   for model in $models; do
