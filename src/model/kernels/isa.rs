@@ -102,35 +102,53 @@ fn detect() -> Isa {
     Isa::Scalar
 }
 
-/// Run `f` compiled for `isa`: the portable loops of a kernel (transforms, pooling,
-/// epilogues) get the instruction set's vector width and FMA, while the binary itself
-/// targets baseline x86-64. The closure is inlined into a copy of this function that has
-/// the level's target features (one call site, so the compiler always inlines it).
-#[inline(always)]
-pub fn compiled_for<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
-    match isa {
-        // SAFETY: every `Isa` in use is a level this CPU has (from `Isa::best`, capped).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512(f) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2(f) },
-        _ => f(),
-    }
+/// Run the closure `$f` compiled for the level `$isa`: the portable loops of a kernel
+/// (transforms, pooling, epilogues) get the instruction set's vector width and FMA, while
+/// the binary itself targets baseline x86-64.
+///
+/// A macro, not a function, so that each level gets its own copy of the closure, called
+/// once, from that level's target-feature function, where the compiler inlines it. A
+/// function taking the closure calls one closure from three places, and LLVM kept the
+/// larger ones out of line, compiled for baseline x86-64: the Winograd transforms, the
+/// pooling and the convolution epilogues ran SSE2 code whatever the level.
+macro_rules! compiled_for {
+    ($isa:expr, $f:expr) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            $crate::model::kernels::Isa::Avx512 => {
+                let f = $f;
+                // SAFETY: every `Isa` in use is a level this CPU has (`Isa::best`, capped).
+                unsafe { $crate::model::kernels::isa::with_avx512(f) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::model::kernels::Isa::Avx2 => {
+                let f = $f;
+                // SAFETY: as above.
+                unsafe { $crate::model::kernels::isa::with_avx2(f) }
+            }
+            _ => ($f)(),
+        }
+    };
 }
+pub(crate) use compiled_for;
 
+/// `f()` with AVX-512 enabled ([`compiled_for`]).
+///
 /// # Safety
 /// The CPU must have AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `f()` with AVX2 and FMA enabled ([`compiled_for`]).
+///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 

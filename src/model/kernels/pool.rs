@@ -16,7 +16,7 @@ pub fn max_pool_3x3_s2(x: &Act, isa: Isa) -> Result<Act> {
     data.par_chunks_mut(ow * c)
         .enumerate()
         .for_each(|(row, dst)| {
-            compiled_for(isa, || {
+            compiled_for!(isa, || {
                 let (img, oy) = (row / oh, row % oh);
                 for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
                     out.fill(f32::NEG_INFINITY);
@@ -58,7 +58,7 @@ pub fn avg_pool_2x2(x: &Act, pro: Option<Prologue>, isa: Isa) -> Result<Act> {
     data.par_chunks_mut(ow * c)
         .enumerate()
         .for_each(|(row, dst)| {
-            compiled_for(isa, || {
+            compiled_for!(isa, || {
                 let (img, oy) = (row / oh, row % oh);
                 let mut taps = vec![0f32; 4 * c];
                 for (ox, out) in dst.chunks_exact_mut(c).enumerate() {

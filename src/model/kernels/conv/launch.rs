@@ -311,7 +311,7 @@ impl Launch<'_> {
             // SAFETY: as the panel call above.
             unsafe { general_gemm(len, n, lhs.k, x, x_rs, w, w_rs, base, out_stride, threads) };
         }
-        compiled_for(conv.isa, || {
+        compiled_for!(conv.isa, || {
             for r in 0..len {
                 // SAFETY: row `r` of this call's output block, written above.
                 let row = unsafe {

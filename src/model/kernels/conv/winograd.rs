@@ -310,7 +310,7 @@ impl Launch<'_> {
         let (x, c) = (self.x, self.x.c);
         let isa = self.conv.isa;
         with_tile_scratch((2 * P * P + 1) * c, |buf| {
-            compiled_for(isa, || {
+            compiled_for!(isa, || {
                 let (zeros, buf) = buf.split_at_mut(c);
                 zeros.fill(0.0);
                 let zeros = &*zeros;
@@ -410,7 +410,7 @@ impl Launch<'_> {
         let cout = self.conv.cout;
         let isa = self.conv.isa;
         with_tile_scratch((F::M + 1) * P * cout, |buf| {
-            compiled_for(isa, || {
+            compiled_for!(isa, || {
                 // `A^T M` (row `a`, column `j` at `a * P + j`), and where the outputs of a row
                 // go when they fall past the edge.
                 let (cols, overhang) = buf.split_at_mut(F::M * P * cout);
