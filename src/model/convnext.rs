@@ -207,7 +207,7 @@ impl ConvNeXt {
             stem,
             stages,
             head_norm: LayerNorm::load(head.pp("norm"), d[3], EPS, opts)?,
-            fc: Classifier::load(head.pp("fc"), d[3], num_classes)?,
+            fc: Classifier::load(head.pp("fc"), d[3], num_classes, opts)?,
         })
     }
 

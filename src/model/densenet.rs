@@ -266,7 +266,7 @@ impl DenseNet {
             }
         }
         let norm5 = Norm::load(features.pp("norm5"), channels, BN_EPS, opts)?;
-        let classifier = Classifier::load(vb.pp("classifier"), channels, num_classes)?;
+        let classifier = Classifier::load(vb.pp("classifier"), channels, num_classes, opts)?;
         Ok(Self {
             isa: opts.isa,
             stem,

@@ -579,7 +579,7 @@ impl MobileNet {
                 cfg.act,
             ),
         };
-        let classifier = Classifier::load(vb.pp("classifier"), head_ch, num_classes)?;
+        let classifier = Classifier::load(vb.pp("classifier"), head_ch, num_classes, opts)?;
         Ok(Self {
             stem,
             blocks,

@@ -671,28 +671,49 @@ impl Module for ConvBn {
 }
 
 /// A fully connected classifier head (`nn.Linear`), with its class count taken from the
-/// checkpoint.
+/// checkpoint. On the CPU it runs on [`kernels::Linear`] (packed at load, like a
+/// convolution), elsewhere on candle's matmul.
 #[derive(Debug, Clone)]
 pub struct Classifier {
     weight: Tensor,
     bias: Tensor,
+    packed: Option<kernels::Linear>,
 }
 
 impl Classifier {
-    pub fn load(vb: VarBuilder, in_features: usize, num_classes: usize) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        in_features: usize,
+        num_classes: usize,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let weight = vb.get((num_classes, in_features), "weight")?;
+        let bias = vb.get(num_classes, "bias")?;
+        let cpu_f32 = matches!(weight.device(), Device::Cpu) && weight.dtype() == DType::F32;
+        let packed = if opts.stock || !cpu_f32 {
+            None
+        } else {
+            Some(kernels::Linear::pack(&weight, &bias, opts.isa)?)
+        };
         Ok(Self {
-            weight: vb.get((num_classes, in_features), "weight")?,
-            bias: vb.get(num_classes, "bias")?,
+            weight,
+            bias,
+            packed,
         })
     }
 }
 
 impl Module for Classifier {
-    /// One image at a time: a matrix product picks its blocking (and so its order of
-    /// summation) from the batch size, and an image's scores must not depend on which other
-    /// images share its batch (a resumed run would not reproduce an uninterrupted one).
-    /// The head is a small part of the work (1-2 MFLOP per image).
+    /// One image at a time on candle's matmul: a matrix product picks its blocking (and so
+    /// its order of summation) from the batch size, and an image's scores must not depend
+    /// on which other images share its batch (a resumed run would not reproduce an
+    /// uninterrupted one). The CPU kernel has that property by construction.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(linear), true) = (&self.packed, kernels::fast_path_for(x)) {
+            let n = x.dim(0)?;
+            let scores = linear.forward(&x.flatten_all()?.to_vec1::<f32>()?, n)?;
+            return Tensor::from_vec(scores, (n, linear.outputs()), x.device());
+        }
         let w = self.weight.t()?;
         let rows = (0..x.dim(0)?)
             .map(|i| x.narrow(0, i, 1)?.matmul(&w))

@@ -221,7 +221,7 @@ impl RegNet {
         Ok(Self {
             stem,
             blocks,
-            fc: Classifier::load(vb.pp("head.fc"), cfg.num_features(), num_classes)?,
+            fc: Classifier::load(vb.pp("head.fc"), cfg.num_features(), num_classes, opts)?,
         })
     }
 }

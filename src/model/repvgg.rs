@@ -208,7 +208,7 @@ impl RepVgg {
         }
         Ok(Self {
             blocks,
-            fc: Classifier::load(vb.pp("head.fc"), cin, num_classes)?,
+            fc: Classifier::load(vb.pp("head.fc"), cin, num_classes, opts)?,
         })
     }
 }

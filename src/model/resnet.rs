@@ -219,7 +219,7 @@ impl ResNet {
                 in_ch = planes * cfg.block.expansion();
             }
         }
-        let fc = Classifier::load(vb.pp("fc"), cfg.num_features(), num_classes)?;
+        let fc = Classifier::load(vb.pp("fc"), cfg.num_features(), num_classes, opts)?;
         let per_image_blocks = match cfg.block {
             BlockKind::Basic => 0,
             BlockKind::Bottleneck => cfg.layers[0] + cfg.layers[1],

@@ -178,7 +178,7 @@ impl VisionTransformer {
             host,
             blocks,
             norm: LayerNorm::load(vb.pp("norm"), d, EPS, opts)?,
-            head: Classifier::load(vb.pp("head"), d, num_classes)?,
+            head: Classifier::load(vb.pp("head"), d, num_classes, opts)?,
             dim: d,
         })
     }

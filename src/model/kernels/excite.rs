@@ -75,7 +75,7 @@ impl SqueezeExcite {
                 .zip(self.reduce_w.chunks_exact(x.c))
                 .zip(&self.reduce_b)
             {
-                *h = b + dot(w, mean);
+                *h = b + math::dots(mean, [w])[0];
             }
             self.act.apply(&mut hidden, self.isa);
             for ((o, w), &b) in out
@@ -83,7 +83,7 @@ impl SqueezeExcite {
                 .zip(self.expand_w.chunks_exact(self.reduced))
                 .zip(&self.expand_b)
             {
-                *o = b + dot(w, &hidden);
+                *o = b + math::dots(&hidden, [w])[0];
             }
             math::gate(self.gate, out, self.isa);
         }
@@ -96,21 +96,6 @@ impl SqueezeExcite {
         scale_channels(x, &factors);
         Ok(())
     }
-}
-
-/// `sum a[i] * b[i]` in four interleaved partial sums (so it vectorises without reordering
-/// anything a compiler may not reorder).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Multiply every pixel of image `i` by `factors[i * c..(i + 1) * c]`, in parallel over rows.

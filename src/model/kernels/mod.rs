@@ -11,6 +11,7 @@
 //! - [`attention`]: multi-head self-attention over token rows (ViT).
 //! - [`depthwise`]: depthwise convolutions, vectorised over the channels of a pixel.
 //! - [`excite`]: squeeze-excite (channel means, two small layers, a gate, a scaling pass).
+//! - [`linear`]: the classifier head (`nn.Linear`), batch-independent dot products.
 //! - [`math`]: the element-wise activations (SiLU, GELU, hard-swish) and gates, per ISA.
 //! - [`norm`]: LayerNorm over each pixel's channels, ConvNeXt V2's response norm.
 //! - [`pool`]: max, average and global average pooling.
@@ -29,6 +30,7 @@ pub mod depthwise;
 pub mod excite;
 pub mod gemm;
 pub mod isa;
+pub mod linear;
 pub mod math;
 pub mod norm;
 mod par;
@@ -44,6 +46,7 @@ pub use act::{Act, Activation, Pad2d, Prologue, View};
 pub use conv::GemmConv;
 pub use depthwise::DepthwiseConv;
 pub use isa::Isa;
+pub use linear::Linear;
 pub use par::with_workers_awake;
 pub use pool::{avg_pool_2x2, max_pool_3x3_s2};
 pub use reference::conv2d_reference;
