@@ -64,7 +64,13 @@ impl Linear {
                 x.len()
             )
         }
-        let block = (BLOCK_BYTES / (inputs.max(1) * 4)).next_multiple_of(GROUP);
+        if n == 0 || outputs == 0 {
+            return Ok(Vec::new());
+        }
+        // At least one group of classes, however wide the features.
+        let block = (BLOCK_BYTES / (inputs.max(1) * 4))
+            .next_multiple_of(GROUP)
+            .max(GROUP);
         // Class-major (`out * n`), each task writing its own classes; transposed at the end.
         let mut scores = vec![0f32; outputs * n];
         scores
@@ -104,12 +110,19 @@ mod tests {
     use candle_core::{DType, Device};
 
     /// Against candle's matmul in f64, at every instruction set this CPU runs, at sizes that
-    /// leave partial groups, partial blocks and a tail of features; and each image alone
-    /// gives the same bits as in its batch.
+    /// leave partial groups, partial blocks, a tail of features and features too wide for
+    /// one block ([`BLOCK_BYTES`]); and each image alone gives the same bits as in its batch.
     #[test]
     fn matches_reference_and_does_not_depend_on_batch() -> Result<()> {
         let dev = Device::Cpu;
-        for &(inputs, outputs, n) in &[(1280, 1000, 3), (77, 13, 5), (2048, 21, 1), (5, 9, 2)] {
+        let shapes = [
+            (1280, 1000, 3),
+            (77, 13, 5),
+            (2048, 21, 1),
+            (5, 9, 2),
+            (20000, 10, 2),
+        ];
+        for &(inputs, outputs, n) in &shapes {
             let w = Tensor::randn(0f32, 1.0, (outputs, inputs), &dev)?;
             let b = Tensor::randn(0f32, 1.0, outputs, &dev)?;
             let x = Tensor::randn(0f32, 1.0, (n, inputs), &dev)?;
@@ -141,12 +154,13 @@ mod tests {
     }
 
     #[test]
-    fn refuses_inputs_that_do_not_fit() -> Result<()> {
+    fn refuses_inputs_that_do_not_fit_and_takes_an_empty_batch() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::zeros((4, 3), DType::F32, &dev)?;
         let b = Tensor::zeros(4, DType::F32, &dev)?;
         let linear = Linear::pack(&w, &b, Isa::Scalar)?;
         assert!(linear.forward(&[0.0; 5], 2).is_err());
+        assert!(linear.forward(&[], 0)?.is_empty());
         assert!(Linear::pack(&w, &Tensor::zeros(3, DType::F32, &dev)?, Isa::Scalar).is_err());
         Ok(())
     }
