@@ -7,7 +7,7 @@
 //! form is kept (selected by [`LoadOptions::fold_batchnorm`]) so tests can check that folding
 //! changes nothing but rounding.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::kernels::math::Gate;
@@ -226,9 +226,7 @@ impl Conv2d {
     /// Pack the final weights once for the NHWC CPU kernels of `opts.isa` (CPU f32 weights
     /// only, and not when `opts.stock` asks for candle's operations).
     fn packed(mut self, opts: LoadOptions) -> Result<Self> {
-        let cpu_f32 =
-            matches!(self.weight.device(), Device::Cpu) && self.weight.dtype() == DType::F32;
-        if opts.stock || !cpu_f32 {
+        if opts.stock || !kernels::fast_path_for(&self.weight) {
             return Ok(self);
         }
         let isa = opts.isa;
@@ -689,8 +687,7 @@ impl Classifier {
     ) -> Result<Self> {
         let weight = vb.get((num_classes, in_features), "weight")?;
         let bias = vb.get(num_classes, "bias")?;
-        let cpu_f32 = matches!(weight.device(), Device::Cpu) && weight.dtype() == DType::F32;
-        let packed = if opts.stock || !cpu_f32 {
+        let packed = if opts.stock || !kernels::fast_path_for(&weight) {
             None
         } else {
             Some(kernels::Linear::pack(&weight, &bias, opts.isa)?)
