@@ -23,17 +23,19 @@ const P: usize = 4;
 /// slower, being cheap to run a pixel at a time and short of work per call.
 const GROUPED_FROM: usize = 8192;
 
-/// One output row into `dst`: a pixel (or run) at a time over all its channels, or where a
-/// pixel's weights and inputs outgrow L1 ([`GROUPED_FROM`]), a few pixels at a time
-/// ([`Rows::for_each_calls`]), each block of channels over all of them before the next.
+/// Channels `chans` of one output row into `dst`: a pixel (or run) at a time over all
+/// those channels, or where a pixel's weights and inputs outgrow L1 ([`GROUPED_FROM`]), a
+/// few pixels at a time ([`Rows::for_each_calls`]), each block of channels over all of them
+/// before the next.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `dst` must be valid for the row's `ow * c` values, and
-/// the input must hold every pixel the taps name.
+/// The CPU must have AVX2 and FMA; `dst` must be valid for the row's `ow * c` values,
+/// `chans` within the channels, and the input must hold every pixel the taps name.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
+pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32, chans: Range<usize>) {
     let (k, step) = (rows.operands(act), rows.step());
     let c = k.c;
+    let (first, end) = (chans.start, chans.end);
     // SAFETY (both arms): the pixels' taps are inside the input (a run's as `for_each_run`
     // gives them), their outputs inside the row and the channels within `c`.
     let call = |taps: &[(usize, usize)], ox: usize, run: bool, chans: Range<usize>| unsafe {
@@ -43,15 +45,15 @@ pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
             pixels::<1>(&k, taps, step, dst.add(ox * c), chans);
         }
     };
-    if rows.conv.k * rows.conv.k * c < GROUPED_FROM {
-        rows.for_each_run::<P>(|taps, ox, run| call(taps, ox, run, 0..c));
+    if rows.conv.k * rows.conv.k * chans.len() < GROUPED_FROM {
+        rows.for_each_run::<P>(|taps, ox, run| call(taps, ox, run, first..end));
         return;
     }
     rows.for_each_calls::<P>(|calls| {
-        for c0 in (0..c).step_by(4 * L) {
+        for c0 in (first..end).step_by(4 * L) {
             for i in 0..calls.n {
                 let (taps, ox, run) = calls.get(i);
-                call(taps, ox, run, c0..c.min(c0 + 4 * L));
+                call(taps, ox, run, c0..end.min(c0 + 4 * L));
             }
         }
     });

@@ -11,13 +11,23 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
+use std::ops::Range;
+
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
+use super::par::SendPtr;
 use super::{bias_to_host, to_host, Act, Activation, Isa, Pad2d, View};
 
 /// The vector kernels gather a pixel's taps on the stack: k up to 7.
 const MAX_TAPS: usize = 49;
+
+/// Output pixels per thread from which threads split the rows rather than the channels
+/// (the GEMMs' threshold, `conv::launch`).
+const SPLIT_ROWS_FROM: usize = 128;
+
+/// Channel parts start on a multiple of this (an AVX2 register).
+const CHANNEL_ALIGN: usize = 8;
 
 /// A depthwise convolution (one k x k filter per channel) with bias.
 #[derive(Debug, Clone)]
@@ -59,6 +69,19 @@ impl DepthwiseConv {
         })
     }
 
+    /// How many parts the channels are split into between threads, for an output of
+    /// `pixels` pixels: one per thread where the image is small (the rule by which the
+    /// GEMMs split their output channels, see `conv::launch`), so that each thread reads
+    /// the channels its own core's GEMM wrote and keeps in its L2; else one, and threads
+    /// take rows. The AVX-512 kernel runs whole rows.
+    fn channel_parts(&self, pixels: usize) -> usize {
+        let threads = rayon::current_num_threads();
+        if self.isa == Isa::Avx512 || pixels >= SPLIT_ROWS_FROM * threads {
+            return 1;
+        }
+        threads.clamp(1, (self.c / (2 * CHANNEL_ALIGN)).max(1))
+    }
+
     pub fn forward(&self, x: View, pad: Pad2d, act: Activation) -> Result<Act> {
         if x.c != self.c || x.stride != x.c {
             candle_core::bail!(
@@ -79,39 +102,55 @@ impl DepthwiseConv {
         } else {
             Activation::Identity
         };
-        let mut data = Vec::with_capacity(len);
-        data.spare_capacity_mut()[..len]
-            .par_chunks_mut(ow * self.c)
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let (img, oy) = (row / oh, row % oh);
-                let dst = dst.as_mut_ptr().cast::<f32>();
-                let rows = Rows {
-                    conv: self,
-                    x,
-                    img,
-                    oy,
-                    ow,
-                    pad,
-                };
-                // SAFETY: `dst` is this row's `ow * c` values; `isa` was a level this CPU
-                // supports when packed; the input was checked to hold every pixel.
-                unsafe {
-                    match self.isa {
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 => avx2::row(&rows, in_registers, dst),
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => avx512::row(&rows, in_registers, dst),
-                        _ => rows.scalar(in_registers, dst),
-                    }
+        let parts = self.channel_parts(x.n * oh * ow);
+        let width = self.c.div_ceil(parts).next_multiple_of(CHANNEL_ALIGN);
+        let out_rows = x.n * oh;
+        let mut data: Vec<f32> = Vec::with_capacity(len);
+        let out = SendPtr(data.as_mut_ptr());
+        // Part-major: the first half of the tasks, which the thread that starts the section
+        // runs, is the first part's channels, as in the GEMM that made the input.
+        (0..parts * out_rows).into_par_iter().for_each(|task| {
+            let (part, row) = (task / out_rows, task % out_rows);
+            let chans = (part * width).min(self.c)..((part + 1) * width).min(self.c);
+            if chans.is_empty() {
+                return;
+            }
+            let (img, oy) = (row / oh, row % oh);
+            // SAFETY: row `row` of the output is `ow * c` values at `row * ow * c`.
+            let dst = unsafe { out.get().add(row * ow * self.c) };
+            let rows = Rows {
+                conv: self,
+                x,
+                img,
+                oy,
+                ow,
+                pad,
+            };
+            // SAFETY: tasks write disjoint (row, channels) parts of the output; `isa` was a
+            // level this CPU supports when packed; the input was checked to hold every pixel.
+            unsafe {
+                match self.isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => avx2::row(&rows, in_registers, dst, chans.clone()),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => avx512::row(&rows, in_registers, dst),
+                    _ => rows.scalar(in_registers, dst, chans.clone()),
                 }
-                if !act.in_registers() {
-                    // SAFETY: the kernel above wrote all `ow * c` values of the row.
-                    let row = unsafe { std::slice::from_raw_parts_mut(dst, ow * self.c) };
-                    act.apply(row, self.isa);
+            }
+            if !act.in_registers() {
+                for px in 0..ow {
+                    // SAFETY: the kernel above wrote these channels of every pixel of the row.
+                    let values = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dst.add(px * self.c + chans.start),
+                            chans.len(),
+                        )
+                    };
+                    act.apply(values, self.isa);
                 }
-            });
-        // SAFETY: the rows cover all `len` values, each written by its row's kernel.
+            }
+        });
+        // SAFETY: the tasks cover every (row, channel) of the `len` values.
         unsafe { data.set_len(len) };
         Ok(Act {
             n: x.n,
@@ -290,22 +329,23 @@ impl Rows<'_> {
         self.conv.stride * self.x.stride
     }
 
-    /// The portable kernel: per pixel, bias, then tap by tap over the channels.
+    /// The portable kernel: per pixel, bias, then tap by tap over the channels `chans`.
     ///
     /// # Safety
-    /// `dst` must be valid for writes of the row's `ow * c` values.
-    unsafe fn scalar(&self, act: Activation, dst: *mut f32) {
-        let c = self.conv.c;
+    /// `dst` must be valid for writes of the row's `ow * c` values, `chans` within them.
+    unsafe fn scalar(&self, act: Activation, dst: *mut f32, chans: Range<usize>) {
+        let (c, n) = (self.conv.c, chans.len());
         if self.conv.k * self.conv.k > MAX_TAPS {
             // SAFETY: the same contract as this function's.
-            return unsafe { self.scalar_any_k(act, dst) };
+            return unsafe { self.scalar_any_k(act, dst, chans) };
         }
         self.for_each_pixel(|taps, ox| {
             // SAFETY: pixel `ox` of the row is `c` values at `ox * c`.
-            let acc = unsafe { std::slice::from_raw_parts_mut(dst.add(ox * c), c) };
-            acc.copy_from_slice(&self.conv.bias);
+            let acc = unsafe { std::slice::from_raw_parts_mut(dst.add(ox * c + chans.start), n) };
+            acc.copy_from_slice(&self.conv.bias[chans.clone()]);
             for &(t, off) in taps {
-                let (px, w) = (&self.x.data[off..off + c], &self.conv.weight[t..t + c]);
+                let (t, off) = (t + chans.start, off + chans.start);
+                let (px, w) = (&self.x.data[off..off + n], &self.conv.weight[t..t + n]);
                 for ((a, &v), &t) in acc.iter_mut().zip(px).zip(w) {
                     *a += v * t;
                 }
@@ -318,12 +358,14 @@ impl Rows<'_> {
     ///
     /// # Safety
     /// As [`Rows::scalar`].
-    unsafe fn scalar_any_k(&self, act: Activation, dst: *mut f32) {
+    unsafe fn scalar_any_k(&self, act: Activation, dst: *mut f32, chans: Range<usize>) {
         let (k, s, c, x) = (self.conv.k, self.conv.stride, self.conv.c, self.x);
         for ox in 0..self.ow {
             // SAFETY: pixel `ox` of the row is `c` values at `ox * c`.
-            let acc = unsafe { std::slice::from_raw_parts_mut(dst.add(ox * c), c) };
-            acc.copy_from_slice(&self.conv.bias);
+            let acc = unsafe {
+                std::slice::from_raw_parts_mut(dst.add(ox * c + chans.start), chans.len())
+            };
+            acc.copy_from_slice(&self.conv.bias[chans.clone()]);
             for ky in 0..k {
                 let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
                 for kx in 0..k {
@@ -331,8 +373,8 @@ impl Rows<'_> {
                     if iy < 0 || iy >= x.h as isize || ix < 0 || ix >= x.w as isize {
                         continue;
                     }
-                    let px = x.pixel(self.img, iy as usize, ix as usize);
-                    let w = &self.conv.weight[(ky * k + kx) * c..][..c];
+                    let px = &x.pixel(self.img, iy as usize, ix as usize)[chans.clone()];
+                    let w = &self.conv.weight[(ky * k + kx) * c + chans.start..][..chans.len()];
                     for ((a, &v), &t) in acc.iter_mut().zip(px).zip(w) {
                         *a += v * t;
                     }
@@ -353,6 +395,13 @@ mod tests {
     #[test]
     fn depthwise_matches_candle_grouped_conv() {
         let dev = Device::Cpu;
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let (one, three) = (pool(1), pool(3));
         for (c, h, w, k, s, pad) in [
             (5, 9, 7, 3, 1, p(1, 1, 1, 1)),
             (4, 10, 10, 3, 2, p(0, 1, 0, 1)),
@@ -376,18 +425,25 @@ mod tests {
             let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
             let reference = conv2d_reference(&x, &wt, s, pad, c).unwrap();
             let xa = Act::from_nchw(&x).unwrap();
-            // Every copy of the kernel this CPU runs, with each activation.
+            // Every copy of the kernel this CPU runs, with each activation, on one thread
+            // and with the channels split three ways (an uneven last part).
             for act in ACTIVATIONS {
                 let expected = reference_epilogue(reference.clone(), &b, None, act);
                 for isa in levels() {
-                    let conv = DepthwiseConv::pack(&wt, Some(&b), s, isa).unwrap();
-                    let ours = conv
-                        .forward(xa.view(), pad, act)
-                        .unwrap()
-                        .to_nchw(&dev)
-                        .unwrap();
-                    let diff = max_abs_diff(&ours, &expected);
-                    assert!(diff < 1e-5, "{c} {h}x{w} k{k} s{s} {isa} {act:?}: {diff}");
+                    for pool in [&one, &three] {
+                        let conv = DepthwiseConv::pack(&wt, Some(&b), s, isa).unwrap();
+                        let ours = pool
+                            .install(|| conv.forward(xa.view(), pad, act))
+                            .unwrap()
+                            .to_nchw(&dev)
+                            .unwrap();
+                        let diff = max_abs_diff(&ours, &expected);
+                        let threads = pool.current_num_threads();
+                        assert!(
+                            diff < 1e-5,
+                            "{c} {h}x{w} k{k} s{s} {isa} {act:?} {threads} threads: {diff}"
+                        );
+                    }
                 }
             }
         }
