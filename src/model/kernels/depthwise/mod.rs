@@ -419,6 +419,11 @@ mod tests {
             (917, 5, 9, 3, 1, p(1, 1, 1, 1)),
             (347, 7, 7, 5, 1, p(2, 2, 2, 2)),
             (330, 9, 11, 5, 2, p(1, 2, 1, 2)),
+            // 7x7 (ConvNeXt's), and rows of several tiles with a partial last one.
+            (24, 9, 10, 7, 1, p(3, 3, 3, 3)),
+            (19, 11, 13, 7, 2, p(2, 3, 2, 3)),
+            (8, 4, 21, 3, 1, p(1, 1, 1, 1)),
+            (16, 4, 37, 5, 2, p(1, 2, 1, 2)),
         ] {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
