@@ -138,14 +138,16 @@ impl DepthwiseConv {
                 }
             }
             if !act.in_registers() {
-                for px in 0..ow {
+                // The whole row in one pass where the task has every channel, else each
+                // pixel's part.
+                let (span, apart) = if chans.len() == self.c {
+                    (ow * self.c, ow * self.c)
+                } else {
+                    (chans.len(), self.c)
+                };
+                for start in (chans.start..ow * self.c).step_by(apart) {
                     // SAFETY: the kernel above wrote these channels of every pixel of the row.
-                    let values = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            dst.add(px * self.c + chans.start),
-                            chans.len(),
-                        )
-                    };
+                    let values = unsafe { std::slice::from_raw_parts_mut(dst.add(start), span) };
                     act.apply(values, self.isa);
                 }
             }
