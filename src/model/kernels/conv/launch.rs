@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::winograd::{F2, F4};
 use super::{Algorithm, GemmConv, ROW_BLOCK};
-use crate::model::kernels::gemm::{general_gemm, Finish};
+use crate::model::kernels::gemm::{general_gemm, Finish, Kernel};
 use crate::model::kernels::isa::compiled_for;
 use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
 use crate::model::kernels::scratch::with_scratch;
@@ -15,6 +15,10 @@ use crate::model::kernels::{Activation, Pad2d, Prologue, View};
 /// A weight this small is read whole by every thread rather than split between them when
 /// that saves a parallel section (L2 is 1-2 MiB per core on the CPUs measured).
 pub(super) const SMALL_WEIGHT_BYTES: usize = 512 * 1024;
+
+/// Output channels below which the panel kernel adds a residual in registers rather than
+/// in a pass of its own over each block (MobileNet and EfficientNet projections: 16-192).
+const RESIDUAL_IN_REGISTERS_BELOW: usize = 256;
 
 /// F(4x4, 3x3) tiles per image from which a 3x3 stride-1 convolution takes F(4x4) rather
 /// than F(2x2) (16: a 14x14 output).
@@ -274,26 +278,33 @@ impl Launch<'_> {
             // Channel `chans.start` begins a panel of the packed weight.
             let w = weight.as_ptr();
             let (n, k) = (chans.len(), lhs.k);
-            // Bias and activation in registers, so the output is written once; but a residual
-            // (cold, from an earlier layer) streams better in its own pass over the block
-            // than in the kernel's row-by-row finish, and then the pass does all three. An
+            // Bias, residual and activation in registers, so the output is written once. But
+            // a wide residual (cold, from an earlier layer, rows of thousands of bytes) streams
+            // better in its own pass over the block than in the kernel's row-by-row finish,
+            // and then that pass does all three; so does the AVX-512 kernel's caller. An
             // activation with `exp` or `erf` inside gets a pass over the block just stored.
+            let fused_residual =
+                conv.cout < RESIDUAL_IN_REGISTERS_BELOW && kernel != Kernel::Avx512;
             let finish = match self.residual {
-                None if self.act.in_registers() => Finish {
+                Some(_) if !fused_residual => Finish::NONE,
+                residual => Finish {
                     bias: Some(conv.bias[chans.start..].as_ptr()),
-                    act: self.act,
+                    // Row `r0`, column `chans.start` of the residual.
+                    residual: residual
+                        .map(|res| (res[r0 * conv.cout + chans.start..].as_ptr(), conv.cout)),
+                    act: if self.act.in_registers() {
+                        self.act
+                    } else {
+                        Activation::Identity
+                    },
                 },
-                None => Finish {
-                    bias: Some(conv.bias[chans.start..].as_ptr()),
-                    act: Activation::Identity,
-                },
-                Some(_) => Finish::NONE,
             };
             let (x, x_rs) = (lhs.ptr.0, lhs.row_stride);
             // SAFETY: the kernel was chosen from a level this CPU has; `lhs` holds `len` rows
-            // and the caller gives these output rows' channels to this call alone.
+            // and the caller gives these output rows' channels to this call alone; the
+            // residual holds every output row (checked in `run`).
             unsafe { kernel.gemm(len, n, k, x, x_rs, w, base, out_stride, finish) };
-            if self.residual.is_none() {
+            if self.residual.is_none() || fused_residual {
                 if !self.act.in_registers() {
                     for r in 0..len {
                         // SAFETY: row `r` of this call's output block, written above.

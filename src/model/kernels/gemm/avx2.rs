@@ -59,11 +59,11 @@ unsafe fn rows<const V: usize>(
     let mut r = 0;
     // SAFETY (all calls): rows `r..r + R` are within the `m` rows the caller covers.
     while r + ROWS <= m {
-        let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
+        let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
         unsafe { block::<ROWS, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) };
         r += ROWS;
     }
-    let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
+    let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
     match m - r {
         1 => unsafe { block::<1, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
         2 => unsafe { block::<2, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
@@ -116,6 +116,10 @@ unsafe fn block<const R: usize, const V: usize>(
             if let Some(bias) = finish.bias {
                 // SAFETY: the bias covers every column of the block.
                 a = _mm256_add_ps(a, unsafe { _mm256_loadu_ps(bias.add(W * v)) });
+            }
+            if let Some((res, rs)) = finish.residual {
+                // SAFETY: the residual covers every row and column of the block.
+                a = _mm256_add_ps(a, unsafe { _mm256_loadu_ps(res.add(r * rs + W * v)) });
             }
             a = registers::avx2(a, finish.act);
             // SAFETY: row `r`, columns `8v..8v + 8` of the block are the caller's to write.

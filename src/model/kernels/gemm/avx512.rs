@@ -28,6 +28,10 @@ pub(super) unsafe fn gemm(
     finish: Finish,
 ) {
     debug_assert!(n.is_multiple_of(W));
+    debug_assert!(
+        finish.residual.is_none(),
+        "the AVX-512 kernel takes no residual"
+    );
     let mut j = 0;
     // SAFETY (all calls): column block `j` lies inside the `n` columns the caller covers.
     while j + 2 * W <= n {

@@ -122,13 +122,17 @@ impl Kernel {
     }
 }
 
-/// What happens to each block of outputs in registers before it is stored: the bias and
-/// activation of a convolution's epilogue, so that the output is written once and never
-/// read back.
+/// What happens to each block of outputs in registers before it is stored: the bias,
+/// residual and activation of a convolution's epilogue, so that the output is written once
+/// and never read back. The order is `act((sum + bias) + residual)`, as the epilogue pass
+/// after a plain product computes it, so either gives the same bits.
 #[derive(Clone, Copy)]
 pub(super) struct Finish {
     /// The bias of column 0 on.
     pub bias: Option<*const f32>,
+    /// The residual of row 0, column 0 on, and its row stride (values). Only the AVX2 and
+    /// portable kernels take one; the AVX-512 kernel is given `None`.
+    pub residual: Option<(*const f32, usize)>,
     pub act: Activation,
 }
 
@@ -136,18 +140,32 @@ impl Finish {
     /// Store the plain product.
     pub const NONE: Self = Self {
         bias: None,
+        residual: None,
         act: Activation::Identity,
     };
 
     /// The same finish from column `j` on.
     ///
     /// # Safety
-    /// The bias must extend that far.
+    /// The bias and the residual rows must extend that far.
     unsafe fn skip_columns(self, j: usize) -> Self {
         Self {
-            // SAFETY: the caller guarantees the bias extends past column `j`.
+            // SAFETY: the caller guarantees the bias and residual extend past column `j`.
             bias: self.bias.map(|b| unsafe { b.add(j) }),
+            residual: self.residual.map(|(r, rs)| (unsafe { r.add(j) }, rs)),
             act: self.act,
+        }
+    }
+
+    /// The same finish from row `r` on.
+    ///
+    /// # Safety
+    /// The residual must hold that many rows.
+    unsafe fn skip_rows(self, r: usize) -> Self {
+        Self {
+            // SAFETY: the caller guarantees the residual holds row `r`.
+            residual: self.residual.map(|(p, rs)| (unsafe { p.add(r * rs) }, rs)),
+            ..self
         }
     }
 }
@@ -202,10 +220,15 @@ mod tests {
                     Finish::NONE,
                 )
             };
-            // The same product finished: + bias, then ReLU6.
+            // The same product finished: + bias, + a residual (rows `res_rs` apart; not
+            // taken by the AVX-512 kernel), then ReLU6.
             let bias: Vec<f32> = (0..n).map(|j| value(j + 3)).collect();
+            let res_rs = n + 3;
+            let residual: Option<Vec<f32>> = (kernel != Kernel::Avx512)
+                .then(|| (0..m * res_rs).map(|i| value(i + 5) * 0.5).collect());
             let finish = Finish {
                 bias: Some(bias.as_ptr()),
+                residual: residual.as_ref().map(|res| (res.as_ptr(), res_rs)),
                 act: Activation::Relu6,
             };
             let mut finished = vec![f32::NAN; m * n];
@@ -240,7 +263,9 @@ mod tests {
                 );
                 for j in 0..n {
                     let plain = dst[r * dst_rs + j];
-                    let expect = (plain + bias[j]).clamp(0.0, 6.0);
+                    let res = residual.as_ref().map_or(0.0, |res| res[r * res_rs + j]);
+                    // `+ 0.0` leaves every value as it is: the same bits without a residual.
+                    let expect = ((plain + bias[j]) + res).clamp(0.0, 6.0);
                     assert_eq!(finished[r * n + j], expect, "finished [{r}][{j}]");
                 }
             }

@@ -44,12 +44,12 @@ pub(super) unsafe fn gemm(
                     w,
                     dst.add(r * dst_rs),
                     dst_rs,
-                    f,
+                    f.skip_rows(r),
                 )
             };
             r += ROWS;
         }
-        let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
+        let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
         match m - r {
             1 => unsafe { block::<1>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
             2 => unsafe { block::<2>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
@@ -102,6 +102,10 @@ unsafe fn block<const R: usize>(
         for (j, &a) in acc.iter().enumerate() {
             // SAFETY: the bias covers every column of the panel.
             let v = finish.bias.map_or(a, |b| a + unsafe { *b.add(j) });
+            // SAFETY: the residual covers every row and column of the block.
+            let v = finish
+                .residual
+                .map_or(v, |(res, rs)| v + unsafe { *res.add(r * rs + j) });
             // SAFETY: row `r`, column `j` of the block is the caller's to write.
             unsafe { *dst.add(r * dst_rs + j) = math::activate(finish.act, v) };
         }
