@@ -31,12 +31,48 @@ pub(super) unsafe fn gemm(
     // SAFETY (all calls): column block `j` lies inside the `n` columns the caller covers.
     while j + 2 * W <= n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        unsafe { rows::<2>(m, k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        // The next column block's weight (`k` rows of its panels, contiguous), fetched while
+        // this one runs.
+        let next_panels = ((n - j - 2 * W) / W).min(2);
+        let ahead = Ahead {
+            at: w.wrapping_add(2 * W * k),
+            lines: next_panels * k * W / LINE,
+        };
+        unsafe { rows::<2>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
         j += 2 * W;
     }
     if j < n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        unsafe { rows::<1>(m, k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        unsafe { rows::<1>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, Ahead::NONE) };
+    }
+}
+
+/// Values in a cache line.
+const LINE: usize = 16;
+
+/// Cache lines of weight to fetch into L2 ahead of their use, spread over the steps of `k`.
+/// At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
+/// memory: fetched as it is needed, the first block of rows of every column block waits for
+/// it; fetched during the previous column block, it is waiting in L2.
+#[derive(Clone, Copy)]
+struct Ahead {
+    at: *const f32,
+    lines: usize,
+}
+
+impl Ahead {
+    const NONE: Self = Self {
+        at: std::ptr::null(),
+        lines: 0,
+    };
+
+    /// Part `i` of `parts`.
+    fn part(self, i: usize, parts: usize) -> Self {
+        let (a, b) = (self.lines * i / parts, self.lines * (i + 1) / parts);
+        Self {
+            at: self.at.wrapping_add(a * LINE),
+            lines: b - a,
+        }
     }
 }
 
@@ -55,21 +91,25 @@ unsafe fn rows<const V: usize>(
     dst: *mut f32,
     dst_rs: usize,
     f: Finish,
+    ahead: Ahead,
 ) {
     let mut r = 0;
+    let blocks = m.div_ceil(ROWS);
     // SAFETY (all calls): rows `r..r + R` are within the `m` rows the caller covers.
     while r + ROWS <= m {
         let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
-        unsafe { block::<ROWS, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        let a = ahead.part(r / ROWS, blocks);
+        unsafe { block::<ROWS, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
         r += ROWS;
     }
     let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
+    let a = ahead.part(r / ROWS, blocks);
     match m - r {
-        1 => unsafe { block::<1, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
-        2 => unsafe { block::<2, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
-        3 => unsafe { block::<3, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
-        4 => unsafe { block::<4, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
-        5 => unsafe { block::<5, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        1 => unsafe { block::<1, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        2 => unsafe { block::<2, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        3 => unsafe { block::<3, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        4 => unsafe { block::<4, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        5 => unsafe { block::<5, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
         _ => {}
     }
 }
@@ -79,6 +119,7 @@ unsafe fn rows<const V: usize>(
 /// # Safety
 /// As [`gemm`], for these rows and panels.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block<const R: usize, const V: usize>(
     k: usize,
@@ -88,6 +129,34 @@ unsafe fn block<const R: usize, const V: usize>(
     dst: *mut f32,
     dst_rs: usize,
     finish: Finish,
+    ahead: Ahead,
+) {
+    // SAFETY: as this function's.
+    unsafe {
+        if ahead.lines > 0 {
+            steps::<R, V, true>(k, lhs, lhs_rs, w, dst, dst_rs, finish, ahead)
+        } else {
+            steps::<R, V, false>(k, lhs, lhs_rs, w, dst, dst_rs, finish, ahead)
+        }
+    }
+}
+
+/// [`block`], fetching `ahead` if `FETCH`.
+///
+/// # Safety
+/// As [`block`].
+#[inline]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn steps<const R: usize, const V: usize, const FETCH: bool>(
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_rs: usize,
+    finish: Finish,
+    ahead: Ahead,
 ) {
     // The weight rows of step `kk` for the `V` panels.
     let weights = |kk: usize| -> [__m256; V] {
@@ -101,7 +170,20 @@ unsafe fn block<const R: usize, const V: usize>(
     let w0 = weights(0);
     let mut acc: [[__m256; V]; R] =
         std::array::from_fn(|r| std::array::from_fn(|v| _mm256_mul_ps(input(r, 0), w0[v])));
+    // One line every `every` steps.
+    let every = if FETCH {
+        ((k - 1) / ahead.lines).max(1)
+    } else {
+        usize::MAX
+    };
+    let (mut due, mut line) = (1, 0);
     for kk in 1..k {
+        if FETCH && kk == due && line < ahead.lines {
+            // A hint: never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_T1>(ahead.at.wrapping_add(line * LINE).cast());
+            line += 1;
+            due += every;
+        }
         let wv = weights(kk);
         for (r, acc) in acc.iter_mut().enumerate() {
             let x = input(r, kk);
