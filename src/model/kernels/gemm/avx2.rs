@@ -38,12 +38,16 @@ pub(super) unsafe fn gemm(
             at: w.wrapping_add(2 * W * k),
             lines: next_panels * k * W / LINE,
         };
-        unsafe { rows::<2>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
+        if next_panels > 0 {
+            unsafe { rows::<2, true>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
+        } else {
+            unsafe { rows::<2, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
+        }
         j += 2 * W;
     }
     if j < n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        unsafe { rows::<1>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, Ahead::NONE) };
+        unsafe { rows::<1, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, Ahead::NONE) };
     }
 }
 
@@ -82,7 +86,7 @@ impl Ahead {
 /// As [`gemm`], for this column block.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows<const V: usize>(
+unsafe fn rows<const V: usize, const FETCH: bool>(
     m: usize,
     k: usize,
     lhs: *const f32,
@@ -99,56 +103,30 @@ unsafe fn rows<const V: usize>(
     while r + ROWS <= m {
         let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
         let a = ahead.part(r / ROWS, blocks);
-        unsafe { block::<ROWS, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
+        unsafe { block::<ROWS, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
         r += ROWS;
     }
     let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
     let a = ahead.part(r / ROWS, blocks);
     match m - r {
-        1 => unsafe { block::<1, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
-        2 => unsafe { block::<2, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
-        3 => unsafe { block::<3, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
-        4 => unsafe { block::<4, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
-        5 => unsafe { block::<5, V>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        1 => unsafe { block::<1, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        2 => unsafe { block::<2, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        3 => unsafe { block::<3, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        4 => unsafe { block::<4, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
+        5 => unsafe { block::<5, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },
         _ => {}
     }
 }
 
-/// `R` rows x `V` panels, accumulated in registers over all of `k`, then finished and stored.
+/// `R` rows x `V` panels, accumulated in registers over all of `k`, then finished and stored;
+/// `ahead` fetched on the way if `FETCH`.
 ///
 /// # Safety
 /// As [`gemm`], for these rows and panels.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block<const R: usize, const V: usize>(
-    k: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    w: *const f32,
-    dst: *mut f32,
-    dst_rs: usize,
-    finish: Finish,
-    ahead: Ahead,
-) {
-    // SAFETY: as this function's.
-    unsafe {
-        if ahead.lines > 0 {
-            steps::<R, V, true>(k, lhs, lhs_rs, w, dst, dst_rs, finish, ahead)
-        } else {
-            steps::<R, V, false>(k, lhs, lhs_rs, w, dst, dst_rs, finish, ahead)
-        }
-    }
-}
-
-/// [`block`], fetching `ahead` if `FETCH`.
-///
-/// # Safety
-/// As [`block`].
-#[inline]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn steps<const R: usize, const V: usize, const FETCH: bool>(
+unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
     k: usize,
     lhs: *const f32,
     lhs_rs: usize,
@@ -172,7 +150,7 @@ unsafe fn steps<const R: usize, const V: usize, const FETCH: bool>(
         std::array::from_fn(|r| std::array::from_fn(|v| _mm256_mul_ps(input(r, 0), w0[v])));
     // One line every `every` steps.
     let every = if FETCH {
-        ((k - 1) / ahead.lines).max(1)
+        ((k - 1) / ahead.lines.max(1)).max(1)
     } else {
         usize::MAX
     };
