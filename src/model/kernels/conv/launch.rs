@@ -216,6 +216,8 @@ impl Launch<'_> {
         let (oh, ow) = (self.oh, self.ow);
         let all = c == x.c;
         let field = k * k * c;
+        // Each kernel row's k taps are k*C contiguous values of the input where it lies inside.
+        let contiguous = all && self.pro.is_none() && x.stride == c;
         // Runs of rows in one output row of one image (no divisions per row): for each
         // kernel row, its input row is checked once and every field of the run filled.
         let (mut r, end) = (r0, r0 + len);
@@ -235,13 +237,7 @@ impl Launch<'_> {
                 let iy = iy as usize;
                 for (ox, span) in (ox0..).zip(spans) {
                     let ix0 = (ox * s) as isize - self.pad.left as isize;
-                    if all
-                        && self.pro.is_none()
-                        && x.stride == c
-                        && ix0 >= 0
-                        && ix0 as usize + k <= x.w
-                    {
-                        // The k taps of a row are k*C contiguous values of the input.
+                    if contiguous && ix0 >= 0 && ix0 as usize + k <= x.w {
                         let start = ((img * x.h + iy) * x.w + ix0 as usize) * c;
                         copy_short(span, &x.data[start..start + k * c]);
                         continue;
@@ -370,9 +366,8 @@ impl Launch<'_> {
 }
 
 /// `dst.copy_from_slice(src)` for the short spans of a stem's gather (a 3x3 kernel over 3
-/// channels: 9 values, a `memcpy` call per span, 37 thousand a 224x224 image, measured at a
-/// third of the stem's time): fixed-size moves of 8 and 4 values, which compile to vector
-/// loads and stores, then single values.
+/// channels: 9 values; as a `memcpy` call each, 37 thousand calls a 224x224 image): moves of
+/// 8 values at a time, which compile to vector loads and stores, then single values.
 #[inline]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
     if src.len() > 32 {
