@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::winograd::{F2, F4};
 use super::{Algorithm, GemmConv, ROW_BLOCK};
-use crate::model::kernels::gemm::{general_gemm, Finish, Kernel};
+use crate::model::kernels::gemm::{general_gemm, Finish};
 use crate::model::kernels::isa::compiled_for;
 use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
 use crate::model::kernels::scratch::with_scratch;
@@ -291,10 +291,9 @@ impl Launch<'_> {
             // Bias, residual and activation in registers, so the output is written once. But
             // a wide residual (cold, from an earlier layer, rows of thousands of bytes) streams
             // better in its own pass over the block than in the kernel's row-by-row finish,
-            // and then that pass does all three; so does the AVX-512 kernel's caller. An
-            // activation with `exp` or `erf` inside gets a pass over the block just stored.
-            let fused_residual =
-                conv.cout < RESIDUAL_IN_REGISTERS_BELOW && kernel != Kernel::Avx512;
+            // and then that pass does all three. An activation with `exp` or `erf` inside
+            // gets a pass over the block just stored.
+            let fused_residual = conv.cout < RESIDUAL_IN_REGISTERS_BELOW;
             let finish = match self.residual {
                 Some(_) if !fused_residual => Finish::NONE,
                 residual => Finish {

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Finish, WIDTH_AVX2 as W};
+use super::{Ahead, Finish, LINE, WIDTH_AVX2 as W};
 use crate::model::kernels::math::registers;
 
 /// Rows per register block.
@@ -31,14 +31,9 @@ pub(super) unsafe fn gemm(
     // SAFETY (all calls): column block `j` lies inside the `n` columns the caller covers.
     while j + 2 * W <= n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        // The next column block's weight (`k` rows of its panels, contiguous), fetched while
-        // this one runs.
-        let next_panels = ((n - j - 2 * W) / W).min(2);
-        let ahead = Ahead {
-            at: w.wrapping_add(2 * W * k),
-            lines: next_panels * k * W / LINE,
-        };
-        if next_panels > 0 {
+        // The next column block's weight, fetched while this one runs.
+        let ahead = Ahead::next_block(w, j, n, k, W);
+        if ahead.lines > 0 {
             unsafe { rows::<2, true>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
         } else {
             unsafe { rows::<2, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
@@ -48,35 +43,6 @@ pub(super) unsafe fn gemm(
     if j < n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
         unsafe { rows::<1, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, Ahead::NONE) };
-    }
-}
-
-/// Values in a cache line.
-const LINE: usize = 16;
-
-/// Cache lines of weight to fetch into L2 ahead of their use, spread over the steps of `k`.
-/// At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
-/// memory: fetched as it is needed, the first block of rows of every column block waits for
-/// it; fetched during the previous column block, it is waiting in L2.
-#[derive(Clone, Copy)]
-struct Ahead {
-    at: *const f32,
-    lines: usize,
-}
-
-impl Ahead {
-    const NONE: Self = Self {
-        at: std::ptr::null(),
-        lines: 0,
-    };
-
-    /// Part `i` of `parts`.
-    fn part(self, i: usize, parts: usize) -> Self {
-        let (a, b) = (self.lines * i / parts, self.lines * (i + 1) / parts);
-        Self {
-            at: self.at.wrapping_add(a * LINE),
-            lines: b - a,
-        }
     }
 }
 

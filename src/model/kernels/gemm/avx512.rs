@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Finish, WIDTH_AVX512 as W};
+use super::{Ahead, Finish, LINE, WIDTH_AVX512 as W};
 use crate::model::kernels::math::registers;
 
 /// Rows per register block.
@@ -28,20 +28,22 @@ pub(super) unsafe fn gemm(
     finish: Finish,
 ) {
     debug_assert!(n.is_multiple_of(W));
-    debug_assert!(
-        finish.residual.is_none(),
-        "the AVX-512 kernel takes no residual"
-    );
     let mut j = 0;
     // SAFETY (all calls): column block `j` lies inside the `n` columns the caller covers.
     while j + 2 * W <= n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        unsafe { rows::<2>(m, k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        // The next column block's weight, fetched while this one runs.
+        let ahead = Ahead::next_block(w, j, n, k, W);
+        if ahead.lines > 0 {
+            unsafe { rows::<2, true>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
+        } else {
+            unsafe { rows::<2, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
+        }
         j += 2 * W;
     }
     if j < n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        unsafe { rows::<1>(m, k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        unsafe { rows::<1, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, Ahead::NONE) };
     }
 }
 
@@ -51,7 +53,7 @@ pub(super) unsafe fn gemm(
 /// As [`gemm`], for this column block.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn rows<const V: usize>(
+unsafe fn rows<const V: usize, const FETCH: bool>(
     m: usize,
     k: usize,
     lhs: *const f32,
@@ -60,19 +62,23 @@ unsafe fn rows<const V: usize>(
     dst: *mut f32,
     dst_rs: usize,
     f: Finish,
+    ahead: Ahead,
 ) {
     let mut r = 0;
+    let blocks = m.div_ceil(ROWS);
     // SAFETY (all calls): rows `r..r + R` are within the `m` rows the caller covers.
     while r + ROWS <= m {
-        let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
-        unsafe { block::<ROWS, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
+        let a = ahead.part(r / ROWS, blocks);
+        unsafe { block::<ROWS, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
         r += ROWS;
     }
-    let (lhs, dst) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs)) };
+    let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
+    let a = ahead.part(r / ROWS, blocks);
     macro_rules! tail {
         ($($r:literal)*) => {
             match m - r {
-                $($r => unsafe { block::<$r, V>(k, lhs, lhs_rs, w, dst, dst_rs, f) },)*
+                $($r => unsafe { block::<$r, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },)*
                 _ => {}
             }
         };
@@ -80,13 +86,15 @@ unsafe fn rows<const V: usize>(
     tail!(1 2 3 4 5 6 7 8 9 10 11);
 }
 
-/// `R` rows x `V` panels, accumulated in registers over all of `k`, then finished and stored.
+/// `R` rows x `V` panels, accumulated in registers over all of `k`, then finished and stored;
+/// `ahead` fetched on the way if `FETCH`.
 ///
 /// # Safety
 /// As [`gemm`], for these rows and panels.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn block<const R: usize, const V: usize>(
+unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
     k: usize,
     lhs: *const f32,
     lhs_rs: usize,
@@ -94,6 +102,7 @@ unsafe fn block<const R: usize, const V: usize>(
     dst: *mut f32,
     dst_rs: usize,
     finish: Finish,
+    ahead: Ahead,
 ) {
     // The weight rows of step `kk` for the `V` panels.
     let weights = |kk: usize| -> [__m512; V] {
@@ -107,7 +116,20 @@ unsafe fn block<const R: usize, const V: usize>(
     let w0 = weights(0);
     let mut acc: [[__m512; V]; R] =
         std::array::from_fn(|r| std::array::from_fn(|v| _mm512_mul_ps(input(r, 0), w0[v])));
+    // One line every `every` steps.
+    let every = if FETCH {
+        ((k - 1) / ahead.lines.max(1)).max(1)
+    } else {
+        usize::MAX
+    };
+    let (mut due, mut line) = (1, 0);
     for kk in 1..k {
+        if FETCH && kk == due && line < ahead.lines {
+            // A hint: never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_T1>(ahead.at.wrapping_add(line * LINE).cast());
+            line += 1;
+            due += every;
+        }
         let wv = weights(kk);
         for (r, acc) in acc.iter_mut().enumerate() {
             let x = input(r, kk);
@@ -122,6 +144,10 @@ unsafe fn block<const R: usize, const V: usize>(
             if let Some(bias) = finish.bias {
                 // SAFETY: the bias covers every column of the block.
                 a = _mm512_add_ps(a, unsafe { _mm512_loadu_ps(bias.add(W * v)) });
+            }
+            if let Some((res, rs)) = finish.residual {
+                // SAFETY: the residual covers every row and column of the block.
+                a = _mm512_add_ps(a, unsafe { _mm512_loadu_ps(res.add(r * rs + W * v)) });
             }
             a = registers::avx512(a, finish.act);
             // SAFETY: row `r`, columns `16v..16v + 16` of the block are the caller's to write.

@@ -122,6 +122,45 @@ impl Kernel {
     }
 }
 
+/// Values in a cache line.
+pub(super) const LINE: usize = 16;
+
+/// Cache lines of weight to fetch into L2 ahead of their use, spread over the steps of `k`.
+/// At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
+/// memory: fetched as it is needed, the first block of rows of every column block waits for
+/// it; fetched during the previous column block, it is waiting in L2.
+#[derive(Clone, Copy)]
+pub(super) struct Ahead {
+    pub at: *const f32,
+    pub lines: usize,
+}
+
+impl Ahead {
+    pub const NONE: Self = Self {
+        at: std::ptr::null(),
+        lines: 0,
+    };
+
+    /// The weight of the column block after the `2 * width`-channel block at `w` (column
+    /// `j` of `n`): its `k` rows of up to two panels, contiguous in the packed weight.
+    pub fn next_block(w: *const f32, j: usize, n: usize, k: usize, width: usize) -> Self {
+        let panels = ((n - j - 2 * width) / width).min(2);
+        Self {
+            at: w.wrapping_add(2 * width * k),
+            lines: panels * k * width / LINE,
+        }
+    }
+
+    /// Part `i` of `parts`.
+    pub fn part(self, i: usize, parts: usize) -> Self {
+        let (a, b) = (self.lines * i / parts, self.lines * (i + 1) / parts);
+        Self {
+            at: self.at.wrapping_add(a * LINE),
+            lines: b - a,
+        }
+    }
+}
+
 /// What happens to each block of outputs in registers before it is stored: the bias,
 /// residual and activation of a convolution's epilogue, so that the output is written once
 /// and never read back. The order is `act((sum + bias) + residual)`, as the epilogue pass
@@ -130,8 +169,7 @@ impl Kernel {
 pub(super) struct Finish {
     /// The bias of column 0 on.
     pub bias: Option<*const f32>,
-    /// The residual of row 0, column 0 on, and its row stride (values). Only the AVX2 and
-    /// portable kernels take one; the AVX-512 kernel is given `None`.
+    /// The residual of row 0, column 0 on, and its row stride (values).
     pub residual: Option<(*const f32, usize)>,
     pub act: Activation,
 }
@@ -220,15 +258,14 @@ mod tests {
                     Finish::NONE,
                 )
             };
-            // The same product finished: + bias, + a residual (rows `res_rs` apart; not
-            // taken by the AVX-512 kernel), then ReLU6.
+            // The same product finished: + bias, + a residual (rows `res_rs` apart), then
+            // ReLU6.
             let bias: Vec<f32> = (0..n).map(|j| value(j + 3)).collect();
             let res_rs = n + 3;
-            let residual: Option<Vec<f32>> = (kernel != Kernel::Avx512)
-                .then(|| (0..m * res_rs).map(|i| value(i + 5) * 0.5).collect());
+            let residual: Vec<f32> = (0..m * res_rs).map(|i| value(i + 5) * 0.5).collect();
             let finish = Finish {
                 bias: Some(bias.as_ptr()),
-                residual: residual.as_ref().map(|res| (res.as_ptr(), res_rs)),
+                residual: Some((residual.as_ptr(), res_rs)),
                 act: Activation::Relu6,
             };
             let mut finished = vec![f32::NAN; m * n];
@@ -263,9 +300,7 @@ mod tests {
                 );
                 for j in 0..n {
                     let plain = dst[r * dst_rs + j];
-                    let res = residual.as_ref().map_or(0.0, |res| res[r * res_rs + j]);
-                    // `+ 0.0` leaves every value as it is: the same bits without a residual.
-                    let expect = ((plain + bias[j]) + res).clamp(0.0, 6.0);
+                    let expect = ((plain + bias[j]) + residual[r * res_rs + j]).clamp(0.0, 6.0);
                     assert_eq!(finished[r * n + j], expect, "finished [{r}][{j}]");
                 }
             }
