@@ -2,8 +2,9 @@
 //! pixels accumulated over all taps, the last few channels under a mask.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
-use super::{Operands, Rows};
+use super::{Operands, Rows, GROUPED_FROM};
 use crate::model::kernels::math::registers;
 use crate::model::kernels::Activation;
 
@@ -14,33 +15,47 @@ const L: usize = 16;
 /// well as of its input, and loads, not FMAs, bound the kernel).
 const P: usize = 4;
 
-/// One output row into `dst`.
+/// Channels `chans` of one output row into `dst`: a pixel (or run) at a time over all those
+/// channels, or where a pixel's weights and inputs outgrow L1 ([`GROUPED_FROM`]), a few
+/// pixels at a time ([`Rows::for_each_calls`]), each block of channels over all of them
+/// before the next.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F; `dst` must be valid for the row's `ow * c` values, and the
-/// input must hold every pixel the taps name.
+/// The CPU must have AVX-512 F; `dst` must be valid for the row's `ow * c` values, `chans`
+/// within the channels, and the input must hold every pixel the taps name.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32) {
+pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32, chans: Range<usize>) {
     let (k, step) = (rows.operands(act), rows.step());
     let c = k.c;
-    rows.for_each_run::<P>(|taps, ox, run| {
-        // SAFETY (both arms): the pixels' taps are inside the input (a run's as
-        // `for_each_run` gives them) and their outputs inside the row.
-        unsafe {
-            if run {
-                pixels::<P>(&k, taps, step, dst.add(ox * c));
-            } else {
-                pixels::<1>(&k, taps, step, dst.add(ox * c));
+    let (first, end) = (chans.start, chans.end);
+    // SAFETY (both arms): the pixels' taps are inside the input (a run's as `for_each_run`
+    // gives them), their outputs inside the row and the channels within `c`.
+    let call = |taps: &[(usize, usize)], ox: usize, run: bool, chans: Range<usize>| unsafe {
+        if run {
+            pixels::<P>(&k, taps, step, dst.add(ox * c), chans);
+        } else {
+            pixels::<1>(&k, taps, step, dst.add(ox * c), chans);
+        }
+    };
+    if rows.conv.k * rows.conv.k * chans.len() < GROUPED_FROM {
+        rows.for_each_run::<P>(|taps, ox, run| call(taps, ox, run, first..end));
+        return;
+    }
+    rows.for_each_calls::<P>(|calls| {
+        for c0 in (first..end).step_by(4 * L) {
+            for i in 0..calls.n {
+                let (taps, ox, run) = calls.get(i);
+                call(taps, ox, run, c0..end.min(c0 + 4 * L));
             }
         }
     });
 }
 
-/// All channels of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
+/// Channels `chans` of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
 /// those of `taps` plus `p * step`.
 ///
 /// # Safety
-/// As [`row`], for these pixels.
+/// As [`row`], for these pixels; `chans` within the channels.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn pixels<const R: usize>(
@@ -48,9 +63,9 @@ unsafe fn pixels<const R: usize>(
     taps: &[(usize, usize)],
     step: usize,
     out: *mut f32,
+    chans: Range<usize>,
 ) {
-    let c = k.c;
-    let mut c0 = 0;
+    let (mut c0, c) = (chans.start, chans.end);
     // SAFETY (all calls): channel blocks stay within `c`, masked past it.
     unsafe {
         while c0 + 4 * L <= c {
@@ -71,7 +86,7 @@ unsafe fn pixels<const R: usize>(
                     acc = _mm512_fmadd_ps(v, wv, acc);
                 }
                 let acc = registers::avx512(acc, k.act);
-                _mm512_mask_storeu_ps(out.add(p * c + c0), mask, acc);
+                _mm512_mask_storeu_ps(out.add(p * k.c + c0), mask, acc);
             }
         }
     }
