@@ -102,6 +102,28 @@ fn detect() -> Isa {
     Isa::Scalar
 }
 
+/// Whether this CPU runs each 512-bit vector operation as two 256-bit halves: AMD's Zen 4
+/// (family 19h, the only AMD family with AVX-512 that does). Its AVX-512 peak is then its
+/// AVX2 peak, and some kernels choose by measurement there (see `gemm::Kernel`).
+pub fn halves_512() -> bool {
+    static HALVES: OnceLock<bool> = OnceLock::new();
+    *HALVES.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            // Leaves 0 (the vendor) and 1 (the family) exist on every x86-64 CPU.
+            let (vendor, version) = (__cpuid(0), __cpuid(1));
+            let amd =
+                (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+            // Base family 0xf plus the extended family: 0x19 for Zen 3 and Zen 4.
+            let family = ((version.eax >> 8) & 0xf) + ((version.eax >> 20) & 0xff);
+            amd && family == 0x19 && Isa::best() >= Isa::Avx512
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// Run the closure `$f` compiled for the level `$isa`: the portable loops of a kernel
 /// (transforms, pooling, epilogues) get the instruction set's vector width and FMA, while
 /// the binary itself targets baseline x86-64.
@@ -181,5 +203,26 @@ mod tests {
         }
         let err = "sse9".parse::<Isa>().unwrap_err().to_string();
         assert!(err.contains("not an instruction set"), "{err}");
+    }
+
+    /// CPUID's vendor and family against what Linux reports in /proc/cpuinfo.
+    #[test]
+    fn halved_512_bit_operations_are_zen_4s() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            eprintln!("no /proc/cpuinfo: the CPUID reading was not checked");
+            return;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let zen4 = field("vendor_id") == "AuthenticAMD"
+            && field("cpu family") == "25"
+            && field("flags").split_whitespace().any(|f| f == "avx512f");
+        assert_eq!(halves_512(), zen4, "CPUID against /proc/cpuinfo");
+        eprintln!("this CPU halves 512-bit operations: {zen4}");
     }
 }

@@ -22,11 +22,21 @@ mod portable;
 
 pub(super) use general::general_gemm;
 
-use super::isa::Isa;
+use super::isa::{self, Isa};
 use super::Activation;
 
 const WIDTH_AVX2: usize = 8;
 const WIDTH_AVX512: usize = 16;
+
+/// Products shorter than this (`k`, values per output) run on the AVX2 kernel at AVX-512 on a
+/// CPU that [halves 512-bit operations](isa::halves_512). There each block's fixed costs (its
+/// first step, bias, activation and stores) are a larger share of a short product at 24
+/// vectors of 512 bits than at 12 of 256: one thread of an AMD EPYC Zen 4, the AVX2 kernel
+/// against the AVX-512 one, 7 interleaved rounds each, GMAC/s: m256 n96 k16 45.9 / 41.0,
+/// n144 k24 50.1 / 44.4, n240 k40 53.5 / 45.7, m196 n480 k80 50.7 / 42.5, m256 n256 k64
+/// 55.9 / 53.0; level from k = 192 (m49 n1152 53.7 / 51.8, m256 n64 k256 57.9 / 57.7),
+/// AVX-512 ahead at k = 576 (m256 n64: 45.3 / 54.9).
+const SHORT_K_HALVED_512: usize = 128;
 
 /// A panel micro-kernel, and so the panel width its weights are packed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +48,12 @@ pub(super) enum Kernel {
 }
 
 impl Kernel {
-    /// The kernel for products with `n` output channels at instruction set `isa`, if any:
-    /// the widest whose panel width divides `n`.
-    pub fn for_channels(n: usize, isa: Isa) -> Option<Kernel> {
-        if isa >= Isa::Avx512 && n.is_multiple_of(WIDTH_AVX512) {
+    /// The kernel for products of depth `k` into `n` output channels at instruction set
+    /// `isa`, if any: the widest whose panel width divides `n`, but AVX2's for short
+    /// products on a CPU that halves 512-bit operations ([`SHORT_K_HALVED_512`]).
+    pub fn for_product(n: usize, k: usize, isa: Isa) -> Option<Kernel> {
+        let short = k < SHORT_K_HALVED_512 && isa::halves_512();
+        if isa >= Isa::Avx512 && n.is_multiple_of(WIDTH_AVX512) && !short {
             Some(Kernel::Avx512)
         } else if isa >= Isa::Avx2 && n.is_multiple_of(WIDTH_AVX2) {
             Some(Kernel::Avx2)
@@ -92,7 +104,7 @@ impl Kernel {
     ///
     /// # Safety
     /// The CPU must have this kernel's instruction set (it was chosen by
-    /// [`Kernel::for_channels`] from a supported [`Isa`]); the pointers must be valid for
+    /// [`Kernel::for_product`] from a supported [`Isa`]); the pointers must be valid for
     /// those rows and panels, and `dst` not overlap the inputs.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(
@@ -217,7 +229,8 @@ mod tests {
         for isa in Isa::ALL.into_iter().filter(|&i| i > Isa::best()) {
             eprintln!("panel kernel at {isa}: not run, this CPU lacks it");
         }
-        for kernel in Isa::supported().filter_map(|isa| Kernel::for_channels(16, isa)) {
+        // A long product, so that every level's own kernel is the one chosen.
+        for kernel in Isa::supported().filter_map(|isa| Kernel::for_product(16, 1024, isa)) {
             check_kernel(kernel);
         }
     }
