@@ -26,14 +26,6 @@ const MAX_TAPS: usize = 49;
 /// (the GEMMs' threshold, `conv::launch`).
 const SPLIT_ROWS_FROM: usize = 128;
 
-/// Taps x channels (a pixel's weights, and as many inputs) from which a row runs each
-/// block of channels over several pixels: 8192 values are 32 KiB, an L1 data cache. One
-/// thread on an AMD Zen 3, EfficientNet-Lite0's 5x5 layers at 14x14x672 and 7x7x1152
-/// went 12% and 33% faster that way, while its 3x3 ones (up to 9 x 480) went 10-27%
-/// slower, being cheap to run a pixel at a time and short of work per call.
-#[cfg(target_arch = "x86_64")]
-const GROUPED_FROM: usize = 8192;
-
 /// Channel parts start on a multiple of this (an AVX2 register).
 const CHANNEL_ALIGN: usize = 8;
 
@@ -424,7 +416,7 @@ mod tests {
             (24, 5, 14, 5, 2, p(1, 2, 1, 2)),
             (40, 3, 13, 3, 2, p(0, 1, 0, 1)),
             (16, 3, 4, 5, 1, p(2, 2, 2, 2)),
-            // Past the vector kernels' `GROUPED_FROM` (k * k * c >= 8192): channel blocks
+            // Past both vector kernels' `GROUPED_FROM` (k * k * c >= 8192): channel blocks
             // over several pixels, every block width and the scalar tail.
             (917, 5, 9, 3, 1, p(1, 1, 1, 1)),
             (347, 7, 7, 5, 1, p(2, 2, 2, 2)),
@@ -433,6 +425,8 @@ mod tests {
             (24, 9, 10, 7, 1, p(3, 3, 3, 3)),
             (19, 11, 13, 7, 2, p(2, 3, 2, 3)),
             (8, 4, 21, 3, 1, p(1, 1, 1, 1)),
+            // 5x5 at stride 1 with runs of pixels (8 interior ones a row).
+            (70, 4, 12, 5, 1, p(2, 2, 2, 2)),
             (16, 4, 37, 5, 2, p(1, 2, 1, 2)),
         ] {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
