@@ -81,8 +81,8 @@ impl GemmConv {
         }
         let cout_g = cout / groups;
         let w = to_host(weight)?;
+        let panels = Kernel::for_channels(cout_g, isa);
         let kk = k * k * cin_g;
-        let panels = Kernel::for_product(cout_g, kk, isa);
         let mut packed = Vec::with_capacity(kk * cout);
         for g in 0..groups {
             let mut group = vec![0f32; kk * cout_g];

@@ -28,16 +28,6 @@ use super::Activation;
 const WIDTH_AVX2: usize = 8;
 const WIDTH_AVX512: usize = 16;
 
-/// Products shorter than this (`k`, values per output) run on the AVX2 kernel at AVX-512 on a
-/// CPU that [halves 512-bit operations](isa::halves_512). There each block's fixed costs (its
-/// first step, bias, activation and stores) are a larger share of a short product at 24
-/// vectors of 512 bits than at 12 of 256: one thread of an AMD EPYC Zen 4, the AVX2 kernel
-/// against the AVX-512 one, 7 interleaved rounds each, GMAC/s: m256 n96 k16 45.9 / 41.0,
-/// n144 k24 50.1 / 44.4, n240 k40 53.5 / 45.7, m196 n480 k80 50.7 / 42.5, m256 n256 k64
-/// 55.9 / 53.0; level from k = 192 (m49 n1152 53.7 / 51.8, m256 n64 k256 57.9 / 57.7),
-/// AVX-512 ahead at k = 576 (m256 n64: 45.3 / 54.9).
-const SHORT_K_HALVED_512: usize = 128;
-
 /// A panel micro-kernel, and so the panel width its weights are packed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kernel {
@@ -48,12 +38,17 @@ pub(super) enum Kernel {
 }
 
 impl Kernel {
-    /// The kernel for products of depth `k` into `n` output channels at instruction set
-    /// `isa`, if any: the widest whose panel width divides `n`, but AVX2's for short
-    /// products on a CPU that halves 512-bit operations ([`SHORT_K_HALVED_512`]).
-    pub fn for_product(n: usize, k: usize, isa: Isa) -> Option<Kernel> {
-        let short = k < SHORT_K_HALVED_512 && isa::halves_512();
-        if isa >= Isa::Avx512 && n.is_multiple_of(WIDTH_AVX512) && !short {
+    /// The kernel for products with `n` output channels at instruction set `isa`, if any:
+    /// the widest whose panel width divides `n`, but never AVX-512's on a CPU that
+    /// [halves 512-bit operations](isa::halves_512). There (AMD Zen 4) the AVX-512 peak is
+    /// the AVX2 peak, and the AVX2 kernel measured faster: one thread, 7 interleaved rounds,
+    /// GMAC/s AVX2 / AVX-512, m256 n96 k16 45.9 / 41.0, n144 k24 50.1 / 44.4, n240 k40
+    /// 53.5 / 45.7, m196 n480 k80 50.7 / 42.5, level from k = 192 with the weight warm; in
+    /// whole networks, with weights arriving cold, AVX2's everywhere against AVX-512's from
+    /// k = 128: ResNet-50 batch 1 25.5 -> 26.7 images/s, ResNet-18 77.2 -> 80.3, DenseNet-121
+    /// 41.7 -> 42.7, Lite0 level (2 threads, `bench/ab.sh` medians of 4 interleaved rounds).
+    pub fn for_channels(n: usize, isa: Isa) -> Option<Kernel> {
+        if isa >= Isa::Avx512 && n.is_multiple_of(WIDTH_AVX512) && !isa::halves_512() {
             Some(Kernel::Avx512)
         } else if isa >= Isa::Avx2 && n.is_multiple_of(WIDTH_AVX2) {
             Some(Kernel::Avx2)
@@ -61,6 +56,15 @@ impl Kernel {
             Some(Kernel::Portable)
         } else {
             None
+        }
+    }
+
+    /// The instruction set the kernel needs.
+    pub fn isa(self) -> Isa {
+        match self {
+            Kernel::Portable => Isa::Scalar,
+            Kernel::Avx2 => Isa::Avx2,
+            Kernel::Avx512 => Isa::Avx512,
         }
     }
 
@@ -104,7 +108,7 @@ impl Kernel {
     ///
     /// # Safety
     /// The CPU must have this kernel's instruction set (it was chosen by
-    /// [`Kernel::for_product`] from a supported [`Isa`]); the pointers must be valid for
+    /// [`Kernel::for_channels`] from a supported [`Isa`]); the pointers must be valid for
     /// those rows and panels, and `dst` not overlap the inputs.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(
@@ -119,6 +123,7 @@ impl Kernel {
         dst_rs: usize,
         finish: Finish,
     ) {
+        debug_assert!(self.isa() <= Isa::best(), "{self:?} on a CPU without it");
         // SAFETY: the caller guarantees the instruction set and the pointers.
         unsafe {
             match self {
@@ -229,8 +234,9 @@ mod tests {
         for isa in Isa::ALL.into_iter().filter(|&i| i > Isa::best()) {
             eprintln!("panel kernel at {isa}: not run, this CPU lacks it");
         }
-        // A long product, so that every level's own kernel is the one chosen.
-        for kernel in Isa::supported().filter_map(|isa| Kernel::for_product(16, 1024, isa)) {
+        // Every kernel the CPU can run, chosen for convolutions here or not.
+        let kernels = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512];
+        for kernel in kernels.into_iter().filter(|k| k.isa() <= Isa::best()) {
             check_kernel(kernel);
         }
     }
