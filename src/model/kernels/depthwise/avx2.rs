@@ -35,7 +35,6 @@ const GROUPED_FROM: usize = 8192;
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32, chans: Range<usize>) {
     let (k, step) = (rows.operands(act), rows.step());
     let c = k.c;
-    let (first, end) = (chans.start, chans.end);
     // SAFETY (both arms): the pixels' taps are inside the input (a run's as `for_each_run`
     // gives them), their outputs inside the row and the channels within `c`.
     let call = |taps: &[(usize, usize)], ox: usize, run: bool, chans: Range<usize>| unsafe {
@@ -45,18 +44,7 @@ pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32, chans: Ran
             pixels::<1>(&k, taps, step, dst.add(ox * c), chans);
         }
     };
-    if rows.conv.k * rows.conv.k * chans.len() < GROUPED_FROM {
-        rows.for_each_run::<P>(|taps, ox, run| call(taps, ox, run, first..end));
-        return;
-    }
-    rows.for_each_calls::<P>(|calls| {
-        for c0 in (first..end).step_by(4 * L) {
-            for i in 0..calls.n {
-                let (taps, ox, run) = calls.get(i);
-                call(taps, ox, run, c0..end.min(c0 + 4 * L));
-            }
-        }
-    });
+    rows.schedule::<P>(chans, GROUPED_FROM, 4 * L, call);
 }
 
 /// Channels `chans` of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets

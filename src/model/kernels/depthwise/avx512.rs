@@ -34,7 +34,6 @@ const GROUPED_FROM: usize = 4096;
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32, chans: Range<usize>) {
     let (k, step) = (rows.operands(act), rows.step());
     let c = k.c;
-    let (first, end) = (chans.start, chans.end);
     // At stride 1 a run's taps are whole kernel rows, one pixel apart.
     let slide = if rows.conv.stride == 1 {
         rows.conv.k
@@ -50,18 +49,7 @@ pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32, chans: Ran
             pixels::<1>(&k, taps, step, dst.add(ox * c), chans, 0);
         }
     };
-    if rows.conv.k * rows.conv.k * chans.len() < GROUPED_FROM {
-        rows.for_each_run::<P>(|taps, ox, run| call(taps, ox, run, first..end));
-        return;
-    }
-    rows.for_each_calls::<P>(|calls| {
-        for c0 in (first..end).step_by(4 * L) {
-            for i in 0..calls.n {
-                let (taps, ox, run) = calls.get(i);
-                call(taps, ox, run, c0..end.min(c0 + 4 * L));
-            }
-        }
-    });
+    rows.schedule::<P>(chans, GROUPED_FROM, 4 * L, call);
 }
 
 /// Channels `chans` of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets

@@ -251,6 +251,35 @@ impl Rows<'_> {
         }
     }
 
+    /// The order a vector kernel runs a row in: `call(taps, ox, run, chans)` for each call
+    /// of [`Rows::for_each_run`] over all of `chans`; or where a pixel's taps x channels
+    /// reach `grouped_from` (its weights and inputs outgrow L1), [`Rows::for_each_calls`]'s
+    /// calls a few at a time, each block of `block` channels over all of them before the
+    /// next.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn schedule<const R: usize>(
+        &self,
+        chans: Range<usize>,
+        grouped_from: usize,
+        block: usize,
+        mut call: impl FnMut(&[(usize, usize)], usize, bool, Range<usize>),
+    ) {
+        let (first, end) = (chans.start, chans.end);
+        if self.conv.k * self.conv.k * chans.len() < grouped_from {
+            self.for_each_run::<R>(|taps, ox, run| call(taps, ox, run, first..end));
+            return;
+        }
+        self.for_each_calls::<R>(|calls| {
+            for c0 in (first..end).step_by(block) {
+                for i in 0..calls.n {
+                    let (taps, ox, run) = calls.get(i);
+                    call(taps, ox, run, c0..end.min(c0 + block));
+                }
+            }
+        });
+    }
+
     /// [`Rows::for_each_run`]'s calls, up to [`CALLS`] at a time, each call's taps kept, so
     /// that a kernel can run each block of channels over all of them before the next block:
     /// the block's weights (`k * k` rows of it) then stay in L1 across the pixels, where a
