@@ -178,13 +178,16 @@ pub(crate) unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, name)| name.trim().to_string())
-        })
+        .and_then(|info| cpuinfo_field(&info, "model name").map(str::to_string))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The value of the first `name : value` line of a /proc/cpuinfo text.
+fn cpuinfo_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(key, _)| key.trim() == name)
+        .map(|(_, value)| value.trim())
 }
 
 #[cfg(test)]
@@ -212,13 +215,7 @@ mod tests {
             eprintln!("no /proc/cpuinfo: the CPUID reading was not checked");
             return;
         };
-        let field = |name: &str| {
-            info.lines()
-                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-                .unwrap_or_default()
-        };
+        let field = |name: &str| cpuinfo_field(&info, name).unwrap_or_default();
         let zen4 = field("vendor_id") == "AuthenticAMD"
             && field("cpu family") == "25"
             && field("flags").split_whitespace().any(|f| f == "avx512f");
