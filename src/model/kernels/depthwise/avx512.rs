@@ -71,7 +71,8 @@ unsafe fn pixels<const R: usize>(
     let (mut c0, c) = (chans.start, chans.end);
     // SAFETY (all calls): channel blocks stay within `c`, masked past it.
     unsafe {
-        macro_rules! slide {
+        // Whole 32- then 16-channel blocks by `slide`, for each kernel width it runs.
+        macro_rules! slide_widths {
             ($($kw:literal)*) => {
                 match slide {
                     $($kw => {
@@ -89,7 +90,7 @@ unsafe fn pixels<const R: usize>(
             };
         }
         if R > 1 {
-            slide!(3 5 7);
+            slide_widths!(3 5 7);
         }
         while c0 + 4 * L <= c {
             block::<R, 4>(k, taps, step, out, c0);
