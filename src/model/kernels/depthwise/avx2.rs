@@ -12,8 +12,9 @@ use crate::model::kernels::Activation;
 const L: usize = 8;
 
 /// Output pixels computed together along the interior of a row, sharing each weight load
-/// (see the AVX-512 kernel). Four pixels of two registers each: 8 sums and 2 weights of
-/// the 16 registers.
+/// (a pixel at a time, every FMA needs a load of its weight as well as of its input, and
+/// loads, not FMAs, bound the kernel). Four pixels of two registers each: 8 sums and 2
+/// weights of the 16 registers.
 const P: usize = 4;
 
 /// Taps x channels (a pixel's weights, and as many inputs) from which a row runs each

@@ -1,204 +1,219 @@
-//! The AVX-512 depthwise kernel: up to 64 channels (four registers) of up to four adjacent
-//! pixels accumulated over all taps, the last few channels under a mask.
+//! The AVX-512 depthwise kernel: tiles of [`T`] adjacent output pixels x 16 or 32 channels
+//! (the last few under a mask) summed in registers over all taps. Each kernel row's weights
+//! are loaded once per tile and each input vector once for all the tile's pixels that read
+//! it: with a pixel at a time every FMA needs a load of its input and one of its weight,
+//! and loads, not FMAs, bound the kernel. A tile also covers the row's edges, skipping the
+//! input columns outside the image, so a 7x7 map is one tile a row.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{Operands, Rows};
+use super::{Operands, Rows, MAX_K};
 use crate::model::kernels::math::registers;
 use crate::model::kernels::Activation;
 
 const L: usize = 16;
 
-/// Output pixels computed together along the interior of a row: each weight vector is
-/// loaded once for all of them (a pixel at a time, every FMA needs a load of its weight as
-/// well as of its input, and loads, not FMAs, bound the kernel).
-const P: usize = 4;
+/// Output pixels of a tile: 7 divides the widths of EfficientNet's and MobileNet's maps
+/// at 224 (112 to 7), and 7 x 2 registers of sums leave room for 5 x 2 weights.
+const T: usize = 7;
 
-/// Taps x channels from which a row runs each block of channels over several pixels (see
-/// the AVX2 kernel's `GROUPED_FROM`). Lower than AVX2's 8192: EfficientNet-Lite0 at batch
-/// 1, per-layer medians (min over 4 interleaved runs), AMD EPYC Zen 4, 2 threads: its 5x5
-/// layers at 28x28x240 and 14x14x480 (6000 per thread) 75.9 -> 66.0 and 59.2 -> 51.5 us
-/// from 8192 to 4096; below 2048 its 3x3 layer at 56x56x144 (1296) went 64 -> 75 us.
+/// Whether the kernel runs `k x k` filters at `stride` (others take the AVX2 kernel).
+pub(super) fn covers(k: usize, stride: usize) -> bool {
+    matches!(k, 3 | 5 | 7) && matches!(stride, 1 | 2)
+}
+
+/// Taps x channels from which a row runs each block of channels over all its tiles before
+/// the next block (the block's weights then stay in L1 across the tiles); below it, each
+/// tile over all its channels before the next tile, which reads the input's pixels whole,
+/// in order. 4096 values are 16 KiB, half an L1 data cache.
 const GROUPED_FROM: usize = 4096;
 
-/// Channels `chans` of one output row into `dst`: a pixel (or run) at a time over all those
-/// channels, or where a pixel's weights and inputs outgrow L1 ([`GROUPED_FROM`]), a few
-/// pixels at a time ([`Rows::for_each_calls`]), each block of channels over all of them
-/// before the next.
+/// Channels `chans` of one output row into `dst`, tile by tile ([`GROUPED_FROM`] says in
+/// which order).
 ///
 /// # Safety
 /// The CPU must have AVX-512 F; `dst` must be valid for the row's `ow * c` values, `chans`
-/// within the channels, and the input must hold every pixel the taps name.
+/// within the channels, the input must hold every pixel the taps name, and
+/// [`covers`] must hold for the convolution.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn row(rows: &Rows, act: Activation, dst: *mut f32, chans: Range<usize>) {
-    let (k, step) = (rows.operands(act), rows.step());
-    let c = k.c;
-    // At stride 1 a run's taps are whole kernel rows, one pixel apart.
-    let slide = if rows.conv.stride == 1 {
-        rows.conv.k
-    } else {
-        0
-    };
-    // SAFETY (both arms): the pixels' taps are inside the input (a run's as `for_each_run`
-    // gives them), their outputs inside the row and the channels within `c`.
-    let call = |taps: &[(usize, usize)], ox: usize, run: bool, chans: Range<usize>| unsafe {
-        if run {
-            pixels::<P>(&k, taps, step, dst.add(ox * c), chans, slide);
-        } else {
-            pixels::<1>(&k, taps, step, dst.add(ox * c), chans, 0);
-        }
-    };
-    rows.schedule::<P>(chans, GROUPED_FROM, 4 * L, call);
+    let k = rows.operands(act);
+    macro_rules! shapes {
+        ($(($kw:literal, $s:literal))*) => {
+            match (rows.conv.k, rows.conv.stride) {
+                // SAFETY: this function's contract.
+                $(($kw, $s) => unsafe { tiles::<$kw, $s>(rows, &k, dst, chans) },)*
+                (kw, s) => unreachable!("AVX-512 depthwise packed for {kw}x{kw} stride {s}"),
+            }
+        };
+    }
+    shapes!((3, 1)(3, 2)(5, 1)(5, 2)(7, 1)(7, 2));
 }
 
-/// Channels `chans` of `R` adjacent output pixels from `out` on, pixel `p`'s input offsets
-/// those of `taps` plus `p * step`. `slide`, where not 0: the taps are whole kernel rows of
-/// `slide` taps, each one pixel (`step`) after the one before ([`slide`]).
+/// A block of channels a tile runs: 32 from `c0`, 16, or the last fewer than 16.
+#[derive(Clone, Copy)]
+enum Block {
+    Two(usize),
+    One(usize),
+    Masked(usize, __mmask16),
+}
+
+/// [`row`] for `KW x KW` filters at stride `S`.
 ///
 /// # Safety
-/// As [`row`], for these pixels; `chans` within the channels.
+/// As [`row`].
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn pixels<const R: usize>(
+unsafe fn tiles<const KW: usize, const S: usize>(
+    rows: &Rows,
     k: &Operands,
-    taps: &[(usize, usize)],
-    step: usize,
-    out: *mut f32,
+    dst: *mut f32,
     chans: Range<usize>,
-    slide: usize,
 ) {
-    let (mut c0, c) = (chans.start, chans.end);
-    // SAFETY (all calls): channel blocks stay within `c`, masked past it.
-    unsafe {
-        // Whole 32- then 16-channel blocks by `slide`, for each kernel width it runs.
-        macro_rules! slide_widths {
-            ($($kw:literal)*) => {
-                match slide {
-                    $($kw => {
-                        while c0 + 2 * L <= c {
-                            self::slide::<R, 2, $kw>(k, taps, step, out, c0);
-                            c0 += 2 * L;
-                        }
-                        while c0 + L <= c {
-                            self::slide::<R, 1, $kw>(k, taps, step, out, c0);
-                            c0 += L;
-                        }
-                    })*
-                    _ => {}
-                }
-            };
+    let mut kernel_rows = [(0, 0); MAX_K];
+    let n = rows.kernel_rows(&mut kernel_rows);
+    let tile = Tile {
+        rows: &kernel_rows[..n],
+        w: rows.x.w as isize,
+        pixel: rows.x.stride,
+    };
+    // Two registers of channels where the weights leave room: 7 x 2 sums, KW x 2 weights
+    // and 2 inputs of the 32 registers.
+    let two = if KW <= 5 { 2 * L } else { usize::MAX };
+    let blocks = std::iter::successors(Some(chans.start), |&c0| {
+        Some(
+            c0 + if chans.end.saturating_sub(c0) >= two {
+                2 * L
+            } else {
+                L
+            },
+        )
+    })
+    .take_while(|&c0| c0 < chans.end)
+    .map(|c0| match chans.end - c0 {
+        left if left >= two => Block::Two(c0),
+        left if left >= L => Block::One(c0),
+        left => Block::Masked(c0, (1u16 << left) - 1),
+    });
+    // The tiles of the row: the first input column each reads (left of the image at the
+    // edge), its output and how many of its pixels lie in the row.
+    let tiles = (0..rows.ow).step_by(T).map(|ox| {
+        let ix = (ox * S) as isize - rows.pad.left as isize;
+        // SAFETY: pixel `ox` of the row is `c` values at `ox * c`.
+        (ix, unsafe { dst.add(ox * k.c) }, (rows.ow - ox).min(T))
+    });
+    let span = ((T - 1) * S + KW) as isize;
+    // SAFETY: the blocks stay within the channels, masked past them; the tiles within the
+    // row; a tile that reads only columns inside the image runs without the edge checks.
+    let run = |block, (ix, out, n): (isize, *mut f32, usize)| unsafe {
+        let inside = ix >= 0 && ix + span <= tile.w;
+        match (block, inside) {
+            (Block::Two(c0), true) => tile.run::<2, KW, S, false, false>(k, ix, out, n, c0, !0),
+            (Block::Two(c0), false) => tile.run::<2, KW, S, false, true>(k, ix, out, n, c0, !0),
+            (Block::One(c0), true) => tile.run::<1, KW, S, false, false>(k, ix, out, n, c0, !0),
+            (Block::One(c0), false) => tile.run::<1, KW, S, false, true>(k, ix, out, n, c0, !0),
+            (Block::Masked(c0, m), true) => tile.run::<1, KW, S, true, false>(k, ix, out, n, c0, m),
+            (Block::Masked(c0, m), false) => tile.run::<1, KW, S, true, true>(k, ix, out, n, c0, m),
         }
-        if R > 1 {
-            slide_widths!(3 5 7);
+    };
+    if KW * KW * chans.len() < GROUPED_FROM {
+        for t in tiles {
+            blocks.clone().for_each(|b| run(b, t));
         }
-        while c0 + 4 * L <= c {
-            block::<R, 4>(k, taps, step, out, c0);
-            c0 += 4 * L;
-        }
-        while c0 + L <= c {
-            block::<R, 1>(k, taps, step, out, c0);
-            c0 += L;
-        }
-        if c0 < c {
-            let mask: __mmask16 = (1u16 << (c - c0)) - 1;
-            for p in 0..R {
-                let mut acc = _mm512_maskz_loadu_ps(mask, k.bias.add(c0));
-                for &(t, off) in taps {
-                    let v = _mm512_maskz_loadu_ps(mask, k.x.add(off + p * step + c0));
-                    let wv = _mm512_maskz_loadu_ps(mask, k.w.add(t + c0));
-                    acc = _mm512_fmadd_ps(v, wv, acc);
-                }
-                let acc = registers::avx512(acc, k.act);
-                _mm512_mask_storeu_ps(out.add(p * k.c + c0), mask, acc);
-            }
+    } else {
+        for b in blocks {
+            tiles.clone().for_each(|t| run(b, t));
         }
     }
 }
 
-/// Channels `c0..c0 + 16V` of `R` adjacent pixels at stride 1, `taps` whole kernel rows of
-/// `KW` (pixel `p`, tap `kx` of a row reads the input `p + kx` pixels into it): each input
-/// vector of a row is loaded once for all the pixels that use it, `R + KW - 1` loads where
-/// [`block`] makes `R * KW`, and the row's weights once. Loads, not FMAs, bound the kernel
-/// (see [`P`]). Each pixel's sum is taken in [`block`]'s order: bias, then tap by tap.
-///
-/// # Safety
-/// As [`pixels`], for these channels.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn slide<const R: usize, const V: usize, const KW: usize>(
-    k: &Operands,
-    taps: &[(usize, usize)],
-    step: usize,
-    out: *mut f32,
-    c0: usize,
-) {
-    debug_assert!(taps.len().is_multiple_of(KW));
-    // SAFETY (whole body): the caller keeps `c0 + 16V` within the channels and the
-    // pixels' taps inside the input; tap `kx` of a row is its first plus `kx` pixels.
-    unsafe {
-        let bias: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(k.bias.add(c0 + v * L)));
-        let mut acc = [bias; R];
-        for row in taps.chunks_exact(KW) {
-            let (t0, off0) = row[0];
-            debug_assert!((0..KW).all(|kx| row[kx] == (t0 + kx * k.c, off0 + kx * step)));
-            let w: [[__m512; V]; KW] = std::array::from_fn(|kx| {
-                std::array::from_fn(|v| _mm512_loadu_ps(k.w.add(t0 + kx * k.c + c0 + v * L)))
-            });
-            for i in 0..R + KW - 1 {
-                let x = k.x.add(off0 + i * step + c0);
-                let x: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(x.add(v * L)));
-                // The pixels that read input `i` of the row, as their tap `i - p`.
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    if p <= i && i - p < KW {
-                        for (v, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(x[v], w[i - p][v], *a);
+/// What every tile of a row shares: the kernel rows inside the input, as `(weight offset
+/// of the row's first tap, input offset of the input row's first pixel)`, the input's
+/// width and its pixel stride.
+struct Tile<'a> {
+    rows: &'a [(usize, usize)],
+    w: isize,
+    pixel: usize,
+}
+
+impl Tile<'_> {
+    /// Channels `c0..c0 + 16V` (under `mask` if `MASKED`) of the [`T`] output pixels from
+    /// `out` on, whose first reads input column `ix` (negative at the left edge); only the
+    /// first `n` are stored. Pixel `p` reads input column `ix + p * S + kx` with tap `kx`,
+    /// and takes its sum in the order of the portable kernel: bias, then the taps inside
+    /// the image in (ky, kx) order. Without `EDGE`, every column the tile reads must lie
+    /// inside the image.
+    ///
+    /// # Safety
+    /// As [`row`], for these pixels and channels; `n <= T`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<
+        const V: usize,
+        const KW: usize,
+        const S: usize,
+        const MASKED: bool,
+        const EDGE: bool,
+    >(
+        &self,
+        k: &Operands,
+        ix: isize,
+        out: *mut f32,
+        n: usize,
+        c0: usize,
+        mask: __mmask16,
+    ) {
+        // SAFETY (whole body): the caller keeps `c0 + 16V` within the channels (masked past
+        // them); every input column read is inside the image, on a kernel row inside it.
+        unsafe {
+            macro_rules! load {
+                ($p:expr) => {
+                    if MASKED {
+                        _mm512_maskz_loadu_ps(mask, $p)
+                    } else {
+                        _mm512_loadu_ps($p)
+                    }
+                };
+            }
+            let bias: [__m512; V] = std::array::from_fn(|v| load!(k.bias.add(c0 + v * L)));
+            let mut acc = [bias; T];
+            for &(t, off) in self.rows {
+                let w: [[__m512; V]; KW] = std::array::from_fn(|kx| {
+                    std::array::from_fn(|v| load!(k.w.add(t + kx * k.c + c0 + v * L)))
+                });
+                // Column by column, written out (a loop over them is too large for LLVM to
+                // unroll, and rolled, the sums leave the registers).
+                macro_rules! columns {
+                    ($($i:literal)*) => {$(
+                        let col = ix + $i;
+                        if $i < (T - 1) * S + KW && !(EDGE && (col < 0 || col >= self.w)) {
+                            let x = k.x.add(off + col as usize * self.pixel + c0);
+                            let x: [__m512; V] = std::array::from_fn(|v| load!(x.add(v * L)));
+                            // The pixels that read this column, as their tap `i - p * S`.
+                            for (p, acc) in acc.iter_mut().enumerate() {
+                                if $i >= p * S && $i - p * S < KW {
+                                    for (v, a) in acc.iter_mut().enumerate() {
+                                        *a = _mm512_fmadd_ps(x[v], w[$i - p * S][v], *a);
+                                    }
+                                }
+                            }
                         }
+                    )*};
+                }
+                const _: () = assert!((T - 1) * 2 + MAX_K <= 19);
+                columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
+            }
+            for (p, acc) in acc.into_iter().enumerate().take(n) {
+                for (v, a) in acc.into_iter().enumerate() {
+                    let a = registers::avx512(a, k.act);
+                    let dst = out.add(p * k.c + c0 + v * L);
+                    if MASKED {
+                        _mm512_mask_storeu_ps(dst, mask, a);
+                    } else {
+                        _mm512_storeu_ps(dst, a);
                     }
                 }
-            }
-        }
-        for (p, acc) in acc.into_iter().enumerate() {
-            for (v, a) in acc.into_iter().enumerate() {
-                let a = registers::avx512(a, k.act);
-                _mm512_storeu_ps(out.add(p * k.c + c0 + v * L), a);
-            }
-        }
-    }
-}
-
-/// Channels `c0..c0 + 16V` of `R` adjacent pixels: each pixel's sum in the same order
-/// (bias, then tap by tap) as alone, so a pixel's value does not depend on its block.
-///
-/// # Safety
-/// As [`pixels`], for these channels.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn block<const R: usize, const V: usize>(
-    k: &Operands,
-    taps: &[(usize, usize)],
-    step: usize,
-    out: *mut f32,
-    c0: usize,
-) {
-    // SAFETY (whole body): the caller keeps `c0 + 16V` within the channels and the
-    // pixels' taps inside the input.
-    unsafe {
-        let bias: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(k.bias.add(c0 + v * L)));
-        let mut acc = [bias; R];
-        for &(t, off) in taps {
-            let w: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(k.w.add(t + c0 + v * L)));
-            for (p, acc) in acc.iter_mut().enumerate() {
-                let x = k.x.add(off + p * step + c0);
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(v * L)), w[v], *a);
-                }
-            }
-        }
-        for (p, acc) in acc.into_iter().enumerate() {
-            for (v, a) in acc.into_iter().enumerate() {
-                let a = registers::avx512(a, k.act);
-                _mm512_storeu_ps(out.add(p * k.c + c0 + v * L), a);
             }
         }
     }

@@ -2,8 +2,9 @@
 //! NHWC activations: each output pixel's channels start from the bias, take every tap that
 //! lies inside the input, and are activated and stored once. The channels of a pixel are
 //! contiguous in NHWC, so the kernels vectorise over them: one file per instruction set
-//! ([`avx2`], [`avx512`]) keeps a block of channels in registers across all taps; the
-//! portable loop here is the scalar level and the reference they are tested against.
+//! ([`avx2`], [`avx512`]) keeps a block of channels of a few adjacent pixels in registers
+//! across all taps; the portable loop here is the scalar level and the reference they are
+//! tested against.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -20,7 +21,8 @@ use super::par::SendPtr;
 use super::{bias_to_host, to_host, Act, Activation, Isa, Pad2d, View};
 
 /// The vector kernels gather a pixel's taps on the stack: k up to 7.
-const MAX_TAPS: usize = 49;
+const MAX_K: usize = 7;
+const MAX_TAPS: usize = MAX_K * MAX_K;
 
 /// Output pixels per thread from which threads split the rows rather than the channels
 /// (the GEMMs' threshold, `conv::launch`).
@@ -65,8 +67,20 @@ impl DepthwiseConv {
             stride,
             weight: packed,
             bias: bias_to_host(bias, c)?,
-            isa: if k * k <= MAX_TAPS { isa } else { Isa::Scalar },
+            isa: Self::kernel(isa, k, stride),
         })
+    }
+
+    /// The copy of the kernel that runs `k x k` filters at `stride` on a CPU of level
+    /// `isa`: the scalar one where k is too large for the vector ones, AVX2's where the
+    /// AVX-512 one has no tile for the shape.
+    fn kernel(isa: Isa, k: usize, stride: usize) -> Isa {
+        match isa {
+            _ if k > MAX_K => Isa::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if !avx512::covers(k, stride) => Isa::Avx2,
+            _ => isa,
+        }
     }
 
     /// How many parts the channels are split into between threads, for an output of
@@ -333,6 +347,26 @@ impl Rows<'_> {
         n
     }
 
+    /// The kernel rows of this output row that lie inside the input, into `rows` as
+    /// `(weight offset of the row's first tap, input offset of the input row's first
+    /// pixel)`, in ky order; returns how many.
+    #[cfg(target_arch = "x86_64")]
+    fn kernel_rows(&self, rows: &mut [(usize, usize); MAX_K]) -> usize {
+        let (k, s, x) = (self.conv.k, self.conv.stride, self.x);
+        let mut n = 0;
+        for ky in 0..k {
+            let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
+            if iy >= 0 && iy < x.h as isize {
+                rows[n] = (
+                    ky * k * self.conv.c,
+                    (self.img * x.h + iy as usize) * x.w * x.stride,
+                );
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The output pixels whose every tap lies inside the input horizontally: along them
     /// the taps are the same, the input offsets one [`Rows::step`] further per pixel.
     fn interior(&self) -> std::ops::Range<usize> {
@@ -445,8 +479,9 @@ mod tests {
             (24, 5, 14, 5, 2, p(1, 2, 1, 2)),
             (40, 3, 13, 3, 2, p(0, 1, 0, 1)),
             (16, 3, 4, 5, 1, p(2, 2, 2, 2)),
-            // Past both vector kernels' `GROUPED_FROM` (k * k * c >= 8192): channel blocks
-            // over several pixels, every block width and the scalar tail.
+            // Past both vector kernels' `GROUPED_FROM` (k * k * c >= 8192) on one thread:
+            // channel blocks over several pixels (AVX-512: over the row's tiles), every
+            // block width and the tail.
             (917, 5, 9, 3, 1, p(1, 1, 1, 1)),
             (347, 7, 7, 5, 1, p(2, 2, 2, 2)),
             (330, 9, 11, 5, 2, p(1, 2, 1, 2)),
@@ -457,6 +492,9 @@ mod tests {
             // 5x5 at stride 1 with runs of pixels (8 interior ones a row).
             (70, 4, 12, 5, 1, p(2, 2, 2, 2)),
             (16, 4, 37, 5, 2, p(1, 2, 1, 2)),
+            // Shapes the AVX-512 kernel has no tile for, which take AVX2's there.
+            (21, 8, 11, 3, 3, p(1, 1, 1, 1)),
+            (35, 6, 9, 4, 1, p(1, 2, 1, 2)),
         ] {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
