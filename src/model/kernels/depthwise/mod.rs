@@ -12,6 +12,9 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
+#[cfg(target_arch = "x86_64")]
+mod tile;
+
 use std::ops::Range;
 
 use candle_core::{Result, Tensor};
@@ -72,13 +75,13 @@ impl DepthwiseConv {
     }
 
     /// The copy of the kernel that runs `k x k` filters at `stride` on a CPU of level
-    /// `isa`: the scalar one where k is too large for the vector ones, AVX2's where the
-    /// AVX-512 one has no tile for the shape.
+    /// `isa`: the scalar one where k is too large for the vector ones, AVX2's (which runs
+    /// a pixel at a time where it has no tiles) where there are no tiles for the shape.
     fn kernel(isa: Isa, k: usize, stride: usize) -> Isa {
         match isa {
             _ if k > MAX_K => Isa::Scalar,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if !avx512::covers(k, stride) => Isa::Avx2,
+            Isa::Avx512 if !tile::covers(k, stride) => Isa::Avx2,
             _ => isa,
         }
     }
@@ -491,10 +494,12 @@ mod tests {
             (8, 4, 21, 3, 1, p(1, 1, 1, 1)),
             // 5x5 at stride 1 with runs of pixels (8 interior ones a row).
             (70, 4, 12, 5, 1, p(2, 2, 2, 2)),
+            (20, 3, 19, 5, 1, p(2, 2, 2, 2)),
             (16, 4, 37, 5, 2, p(1, 2, 1, 2)),
             // Shapes the AVX-512 kernel has no tile for, which take AVX2's there.
             (21, 8, 11, 3, 3, p(1, 1, 1, 1)),
             (35, 6, 9, 4, 1, p(1, 2, 1, 2)),
+            (530, 5, 6, 4, 1, p(1, 2, 1, 2)),
         ] {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
