@@ -136,8 +136,11 @@ impl Launch<'_> {
         // do is split by rows down to 16 per thread: gather and product in one parallel
         // section instead of two (DenseNet's bottlenecks at batch 1).
         let small_weight = kk * conv.cout * std::mem::size_of::<f32>() <= SMALL_WEIGHT_BYTES;
+        let panels = threads.min(conv.cout / 16).max(1);
         if (rows >= 128 * threads && rows >= conv.cout)
-            || (!direct && small_weight && rows >= 16 * threads)
+            || (small_weight
+                && rows >= 16 * threads
+                && (!direct || self.rows_split_less(rows, panels)))
         {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
@@ -165,7 +168,6 @@ impl Launch<'_> {
         } else {
             // Gather once, then split the output channels between threads so each streams
             // its own part of the weight.
-            let panels = threads.min(conv.cout / 16).max(1);
             let multiply = |lhs: Lhs| {
                 if panels == 1 {
                     let par = Some(threads);
@@ -205,6 +207,22 @@ impl Launch<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether splitting `rows` between threads leaves the busiest thread fewer register
+    /// blocks to run than splitting the channels into `parts`: where a part's channels end
+    /// in a narrow block (112 channels in two parts of 56 are three blocks of 16 and one of
+    /// 8, which costs nearly a whole one), or the rows split evenly into whole blocks.
+    fn rows_split_less(&self, rows: usize, parts: usize) -> bool {
+        let (conv, threads) = (self.conv, rayon::current_num_threads());
+        let Some(kernel) = conv.panels else {
+            return false;
+        };
+        let (mr, nr) = kernel.block();
+        let by_rows = rows.div_ceil(threads).div_ceil(mr) * conv.cout.div_ceil(nr);
+        let part = conv.cout.div_ceil(parts).next_multiple_of(kernel.width());
+        let by_channels = rows.div_ceil(mr) * part.div_ceil(nr);
+        by_rows < by_channels
     }
 
     /// Fill `cols` (`len` rows of k*k*C, C the channels `chans` of the input) with the

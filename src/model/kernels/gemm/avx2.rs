@@ -7,7 +7,7 @@ use super::{Ahead, Finish, LINE, WIDTH_AVX2 as W};
 use crate::model::kernels::math::registers;
 
 /// Rows per register block.
-const ROWS: usize = 6;
+pub(super) const ROWS: usize = 6;
 
 /// [`super::gemm`] for 8-channel panels.
 ///

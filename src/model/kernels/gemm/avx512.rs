@@ -8,7 +8,7 @@ use super::{Ahead, Finish, LINE, WIDTH_AVX512 as W};
 use crate::model::kernels::math::registers;
 
 /// Rows per register block.
-const ROWS: usize = 12;
+pub(super) const ROWS: usize = 12;
 
 /// [`super::gemm`] for 16-channel panels.
 ///

@@ -12,7 +12,7 @@ use crate::model::kernels::math;
 pub(super) const W: usize = 8;
 
 /// Rows per register block.
-const ROWS: usize = 4;
+pub(super) const ROWS: usize = 4;
 
 /// [`super::Kernel::gemm`] for 8-channel panels.
 ///
