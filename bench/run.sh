@@ -18,6 +18,11 @@
 # STOCK=0 / AVX2=0 to skip those columns. The references run at the input size classify
 # benched (the architecture's own, e.g. 260 for tf_efficientnet_lite2). CLASSIFY_BIN: a
 # classify binary built elsewhere (a machine without cargo); default: build target/release.
+# PAUSE (seconds, default 5): idle time before every measurement. The 2-vCPU cloud VMs here
+# slow down under sustained load and recover when idle (Lite0 batch 1 back to back: 200,
+# 165, 158, 154, 147, 148 images/s; with 8 s idle before each: 182, 144, 213, 209, 202,
+# 173), and the references' imports and ONNX export gave them such a pause where classify,
+# timed straight after them, had none; the pause starts every engine alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:?usage: bench/run.sh PYTHON [THREADS] [ITERATIONS] [ROUNDS]}
@@ -35,7 +40,9 @@ if [ -z "$bin" ]; then
   cargo build --release --locked --bin classify >&2
   bin=target/release/classify
 fi
+pause=${PAUSE:-5}
 classify() {
+  sleep "$pause"
   "$bin" bench --model "$1" --batch-size "$2" --iterations "$iters" \
     --threads "$threads" --device cpu --json "${@:3}"
 }
@@ -53,6 +60,7 @@ for round in $(seq "$rounds"); do
           "$py" -c 'import json,sys; r=json.load(sys.stdin); r["framework"]="classify_avx2"; print(json.dumps(r))' >>"$out"
       fi
       for fw in $frameworks; do
+        sleep "$pause"
         "$py" bench/reference.py --one "$fw" "$model" "$batch" --threads "$threads" \
           --iterations "$iters" --input-size "$size" >>"$out"
       done
