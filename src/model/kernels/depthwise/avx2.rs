@@ -38,9 +38,10 @@ fn tiled(rows: &Rows) -> bool {
     <__m256 as Lanes>::tiles(rows.conv.k, rows.conv.stride) && rows.ow <= 14
 }
 
-/// Channels `chans` of one output row into `dst`: by [`tile::row`] where [`tiled`]; else a pixel (or run) at a time over all those channels, or where a pixel's weights and inputs outgrow L1 ([`GROUPED_FROM`]), a
-/// few pixels at a time ([`Rows::for_each_calls`]), each block of channels over all of them
-/// before the next.
+/// Channels `chans` of one output row into `dst`: by [`tile::row`] where [`tiled`]; else a
+/// pixel (or run) at a time over all those channels, or where a pixel's weights and inputs
+/// outgrow L1 ([`GROUPED_FROM`]), a few pixels at a time ([`Rows::for_each_calls`]), each
+/// block of channels over all of them before the next.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `dst` must be valid for the row's `ow * c` values,
