@@ -6,9 +6,11 @@ table. Run by hand (not in CI), pinned to the same thread count:
 
 Prints one JSON object per (framework, model, batch size): images_per_sec, latency
 percentiles and the process's peak RSS measured in a fresh subprocess per case.
+bench/run.sh (bench/interleave.py) drives it as a worker (`--worker`) instead, to time the
+engines in alternation.
 
-ONNX Runtime and OpenVINO run the same ONNX export (opset 17). OpenVINO gets a static
-input shape, the LATENCY hint, the thread count, and f32 inference precision: on CPUs with
+ONNX Runtime and OpenVINO run the same ONNX export (opset 17, static input shape).
+OpenVINO gets the LATENCY hint, the thread count, and f32 inference precision: on CPUs with
 bf16 or AMX it would otherwise drop to bf16 by default, and every engine here is compared in
 f32 (classify never changes precision).
 """
@@ -39,66 +41,80 @@ def build(name):
     return model.eval()
 
 
-def case(framework, name, batch, iterations, warmup, threads, size):
-    import numpy as np
+def engine(framework, name, batch, threads, size):
+    """One forward pass of `name` at `batch` in `framework`, as a function of no arguments."""
     import torch
     torch.set_num_threads(threads)
     model = build(name)
     x = torch.randn(batch, 3, size, size)
-    times = []
     if framework == "pytorch":
         model = model.to(memory_format=torch.channels_last)
         xc = x.to(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            for i in range(warmup + iterations):
-                t = time.perf_counter()
+
+        def run():
+            with torch.inference_mode():
                 model(xc)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t)
-    elif framework == "openvino":
+        return run
+    path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
+    # A static shape: with a dynamic batch axis ONNX Runtime runs Lite0 at about half speed
+    # (batch 1: 69 against 128 images/s on the Zen 4 VM; ResNet-50 is level), and OpenVINO
+    # needs it too. Every case is one fixed batch size, so this is each engine's best path.
+    torch.onnx.export(model, x, path, input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    xn = x.numpy()
+    if framework == "openvino":
         import openvino as ov
-        path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
-        torch.onnx.export(model, x, path, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False)
         core = ov.Core()
         net = core.read_model(path)
-        net.reshape([batch, 3, size, size])
         compiled = core.compile_model(net, "CPU", {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
             "INFERENCE_PRECISION_HINT": "f32",
         })
         request = compiled.create_infer_request()
-        xn = x.numpy()
-        for i in range(warmup + iterations):
-            t = time.perf_counter()
-            request.infer({0: xn})
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-    else:
-        import onnxruntime as ort
-        path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
-        torch.onnx.export(model, x, path, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        xn = x.numpy()
-        for i in range(warmup + iterations):
-            t = time.perf_counter()
-            sess.run(None, {"x": xn})
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
+        return lambda: request.infer({0: xn})
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"x": xn})
+
+
+def timed(run, iterations, batch):
+    """images/s, latency percentiles and this process's peak RSS over `iterations` calls."""
+    import numpy as np
+    times = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
     times.sort()
     pct = lambda p: times[min(len(times) - 1, max(0, int(np.ceil(len(times) * p)) - 1))] * 1000
     return {
-        "framework": framework, "model": name, "batch_size": batch, "threads": threads,
-        "input_size": size,
         "images_per_sec": batch * len(times) / sum(times),
         "latency_ms_p50": pct(0.5), "latency_ms_p90": pct(0.9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def case(framework, name, batch, iterations, warmup, threads, size):
+    run = engine(framework, name, batch, threads, size)
+    for _ in range(warmup):
+        run()
+    return {"framework": framework, "model": name, "batch_size": batch, "threads": threads,
+            "input_size": size, **timed(run, iterations, batch)}
+
+
+def worker(framework, name, batch, warmup, threads, size):
+    """Load once, warm up, print "ready"; then for every line N on stdin time N passes and
+    print one JSON line (bench/interleave.py drives this)."""
+    run = engine(framework, name, batch, threads, size)
+    for _ in range(warmup):
+        run()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(timed(run, int(line), batch)), flush=True)
 
 
 def main():
@@ -111,7 +127,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--input-size", type=int, default=224, help="side of the square input (classify bench uses the architecture's)")
     ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "BATCH"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.worker:
+        worker(a.worker[0], a.worker[1], int(a.worker[2]), a.warmup, a.threads, a.input_size)
+        return
     if a.one:
         print(json.dumps(case(a.one[0], a.one[1], int(a.one[2]), a.iterations, a.warmup, a.threads, a.input_size)))
         return

@@ -1,0 +1,166 @@
+"""Paired, interleaved benchmark of classify against PyTorch, ONNX Runtime and OpenVINO;
+bench/run.sh is the way in (it builds classify and passes the settings on).
+
+For each (model, batch) case every reference engine is loaded once, in its own worker
+process (`reference.py --worker`), and warmed up. Then ROUNDS rounds each time every engine
+for a burst of about BURST seconds, one engine after the other, PAUSE seconds idle before
+each burst, the order rotated from one round to the next. classify runs as
+`classify bench --no-stock` (a fresh process a burst; its load is not timed). The bursts of
+one round lie within a few seconds of each other, so a ratio taken within a round compares
+engines under the same machine state: the shared 2-vCPU VMs here switch between a fast and
+a slow state every few seconds to minutes (one ONNX Runtime process ran Lite0 batch 1 at 215
+images/s for 50 s and at 131 after; one classify process at 220 for 8 s and 145 after), and
+a ratio of two medians taken minutes apart measures that state as much as the engines.
+
+The table shows each engine's median images/s over the rounds, the largest peak RSS (each
+engine's own process), and for each reference the median of the per-round ratios with
+their quartiles. Every burst also goes to a JSON-lines file (its path is printed).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LABELS = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+SHORT = {"pytorch": "PyTorch", "onnxruntime": "ORT", "openvino": "OpenVINO"}
+
+
+class Classify:
+    """`classify bench` in a fresh process a burst; `isa` forces an instruction set."""
+
+    def __init__(self, a, model, batch, isa=None):
+        self.a, self.model, self.batch = a, model, batch
+        self.env = dict(os.environ, **({"CLASSIFY_CPU_ISA": isa} if isa else {}))
+
+    def burst(self, iterations, stock=False):
+        cmd = [self.a.bin, "bench", "--model", self.model, "--batch-size", str(self.batch),
+               "--iterations", str(iterations), "--warmup", str(self.a.warmup),
+               "--threads", str(self.a.threads), "--device", "cpu", "--json"]
+        out = subprocess.run(cmd + ([] if stock else ["--no-stock"]), env=self.env,
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    def close(self):
+        pass
+
+
+class Reference:
+    """A `reference.py --worker` process: loaded and warmed up once, timed on request."""
+
+    def __init__(self, a, framework, model, batch, size):
+        self.proc = subprocess.Popen(
+            [a.python, os.path.join(HERE, "reference.py"), "--worker", framework, model, str(batch),
+             "--threads", str(a.threads), "--warmup", str(a.warmup), "--input-size", str(size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"reference worker {framework} {model} batch {batch} failed to start")
+
+    def burst(self, iterations):
+        self.proc.stdin.write(f"{iterations}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def measure(a, model, batch, log):
+    """All rounds of one case; returns {engine: [burst results]}."""
+    first = Classify(a, model, batch).burst(3)
+    size = first["input_size"]
+    engines = {"classify": Classify(a, model, batch)}
+    if a.avx2:
+        engines["classify_avx2"] = Classify(a, model, batch, "avx2")
+    for fw in a.frameworks:
+        engines[fw] = Reference(a, fw, model, batch, size)
+    # Calibration: the iterations that make a burst last about BURST seconds, from one short
+    # burst of each engine (not recorded).
+    iters = {}
+    for name, e in engines.items():
+        r = e.burst(3)
+        iters[name] = max(3, round(a.burst * r["images_per_sec"] / batch))
+    runs = {name: [] for name in engines}
+    names = list(engines)
+    for rnd in range(a.rounds):
+        k = rnd % len(names)
+        for name in names[k:] + names[:k]:
+            time.sleep(a.pause)
+            r = engines[name].burst(iters[name])
+            r.update(engine=name, model=model, batch_size=batch, round=rnd, iterations=iters[name])
+            runs[name].append(r)
+            log.write(json.dumps(r) + "\n")
+            log.flush()
+        print(f"{model} batch {batch} round {rnd + 1}/{a.rounds}: " + ", ".join(
+            f"{n} {runs[n][-1]['images_per_sec']:.1f}" for n in names), file=sys.stderr)
+    for e in engines.values():
+        e.close()
+    if a.stock:
+        time.sleep(a.pause)
+        s = engines["classify"].burst(iters["classify"], stock=True)["stock"]
+        runs["stock"] = [s]
+    return runs
+
+
+def table(a, cases, isa):
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor())
+    print(f"{datetime.date.today()}, {cpu}, classify kernels: {isa}, {a.threads} threads, "
+          f"{a.rounds} interleaved rounds of about {a.burst:g} s an engine; images/s: median over the rounds "
+          f"(peak RSS MiB); ratios: median of the per-round ratios [quartiles]\n")
+    refs = list(a.frameworks)
+    head = [f"classify ({isa})", "classify, AVX2 forced", "stock candle ops"] + [LABELS[f] for f in refs]
+    head += [f"classify / {SHORT[f]}" for f in refs]
+    print("| model | batch | " + " | ".join(head) + " |")
+    print("|---|---|" + "---|" * len(head))
+    for (model, batch), runs in cases:
+        ips = lambda n: statistics.median(r["images_per_sec"] for r in runs[n]) if runs.get(n) else None
+        rss = lambda n: max(r.get("peak_rss_mb") or 0 for r in runs[n])
+        cell = lambda n: f"{ips(n):.1f} ({rss(n):.0f})" if runs.get(n) else "n/a"
+        plain = lambda n: f"{ips(n):.1f}" if runs.get(n) else "n/a"
+
+        def ratio(f):
+            per = [c["images_per_sec"] / r["images_per_sec"] for c, r in zip(runs["classify"], runs[f])]
+            q = statistics.quantiles(per, n=4) if len(per) > 1 else per * 3
+            return f"{statistics.median(per):.2f} [{q[0]:.2f}-{q[2]:.2f}]"
+        cells = [cell("classify"), plain("classify_avx2"), plain("stock")]
+        cells += [cell(f) for f in refs] + [ratio(f) for f in refs]
+        print(f"| {model} | {batch} | " + " | ".join(cells) + " |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--python", required=True, help="python with torch, timm, onnxruntime, openvino")
+    ap.add_argument("--bin", required=True, help="the classify binary")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--burst", type=float, default=2.0, help="seconds an engine runs in one round")
+    ap.add_argument("--pause", type=float, default=1.0, help="idle seconds before every burst")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "densenet121", "tf_efficientnet_lite0"])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--frameworks", nargs="+", default=list(LABELS), choices=list(LABELS))
+    ap.add_argument("--no-avx2", dest="avx2", action="store_false", help="skip classify with AVX2 forced")
+    ap.add_argument("--stock", action="store_true", help="also time candle's stock ops once a case")
+    ap.add_argument("--log", help="JSON-lines file for every burst (default: a temporary file)")
+    a = ap.parse_args()
+    isa = Classify(a, "resnet18", 1).burst(1)["isa"]
+    a.avx2 = a.avx2 and isa == "avx512"
+    log_path = a.log or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"classify-bench-{os.getpid()}.jsonl")
+    print(f"every burst: {log_path}", file=sys.stderr)
+    cases = []
+    with open(log_path, "w") as log:
+        for model in a.models:
+            for batch in a.batch_sizes:
+                cases.append(((model, batch), measure(a, model, batch, log)))
+    table(a, cases, isa)
+
+
+if __name__ == "__main__":
+    main()
