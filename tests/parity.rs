@@ -349,11 +349,13 @@ fn batches_split_into_chunks_give_each_image_its_own_logits() {
             },
         )
         .unwrap();
-        let n = 7;
+        // Chunks are 16 images: 18 is one whole chunk and a short one.
+        let n = 18;
         let x = Tensor::randn(0f32, 1.0, (n, 3, 224, 224), &dev).unwrap();
         let batch = rows(&net.forward(&x).unwrap());
         assert_eq!(batch.len(), n);
-        for (i, row) in batch.iter().enumerate() {
+        for i in [0, 9, 15, 16, 17] {
+            let row = &batch[i];
             let alone = rows(&net.forward(&x.narrow(0, i, 1).unwrap()).unwrap());
             assert!(
                 alone[0] == *row,

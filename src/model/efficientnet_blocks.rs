@@ -357,8 +357,8 @@ impl Stage {
     }
 }
 
-/// Images run through the NHWC kernels together (see `MobileNet::forward`).
-const BATCH_CHUNK: usize = 4;
+/// Images run through the NHWC kernels together, at most (see `MobileNet::forward`).
+const BATCH_CHUNK: usize = 16;
 
 /// Any block of the family: its stages in order, the squeeze-excite after `se_after`.
 #[derive(Debug, Clone)]
@@ -637,13 +637,16 @@ impl MobileNet {
 impl Module for MobileNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if kernels::fast_path_for(x) && self.has_nhwc_kernels() {
-            // A few images at a time: an expanded activation of one image is 3-5 MB at
-            // 112x112, so a whole batch of them streams through memory at every layer
-            // while a few stay in the caches, and these small weights gain little from
-            // more reuse. Each image's result does not depend on its batch, so this is
-            // exact. On the 2-vCPU Zen 4 machine of the README, batch 16, chunks of 0
-            // (whole batch) / 4: Lite0 98-100 / 132-139, MobileNetV3-L 173-175 / 206-225,
-            // EfficientNet-B0 83-90 / 98-109, MobileNetV4-S 356-365 / 351-375 images/s.
+            // At most BATCH_CHUNK images at a time. The early blocks run one image at a
+            // time anyway (`per_image_blocks`); the chunk is what the late blocks see, where
+            // the weights are large against the activations (14x14x672 is 527 KB an image)
+            // and more images a pass read them fewer times. A cap keeps a large batch's
+            // activations from outgrowing the caches. Each image's result does not depend on
+            // its batch, so this is exact. Batch 16, chunks of 4 against 16, `bench/ab.sh`,
+            // medians of 6-8 interleaved rounds, AMD EPYC Zen 4 (2 cores, AVX-512):
+            // tf_efficientnet_lite0 152.5 / 163.1 images/s (the VM's slow state; 240 / 242
+            // in its fast one), mobilenetv3_large_100 233.1 / 263.9, efficientnet_b0 145.0 /
+            // 155.8.
             let n = x.dim(0)?;
             if n <= BATCH_CHUNK {
                 return self.forward_nhwc(x);
