@@ -140,7 +140,7 @@ impl Launch<'_> {
         if (rows >= 128 * threads && rows >= conv.cout)
             || (small_weight
                 && rows >= 16 * threads
-                && (!direct || self.rows_split_less(rows, panels)))
+                && (!direct || self.rows_split_less(rows, threads, panels)))
         {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
@@ -209,12 +209,12 @@ impl Launch<'_> {
         Ok(())
     }
 
-    /// Whether splitting `rows` between threads leaves the busiest thread fewer register
+    /// Whether splitting `rows` between `threads` leaves the busiest thread fewer register
     /// blocks to run than splitting the channels into `parts`: where a part's channels end
     /// in a narrow block (112 channels in two parts of 56 are three blocks of 16 and one of
     /// 8, which costs nearly a whole one), or the rows split evenly into whole blocks.
-    fn rows_split_less(&self, rows: usize, parts: usize) -> bool {
-        let (conv, threads) = (self.conv, rayon::current_num_threads());
+    fn rows_split_less(&self, rows: usize, threads: usize, parts: usize) -> bool {
+        let conv = self.conv;
         let Some(kernel) = conv.panels else {
             return false;
         };

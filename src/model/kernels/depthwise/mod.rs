@@ -331,19 +331,16 @@ impl Rows<'_> {
     #[inline(always)]
     fn taps(&self, ox: usize, taps: &mut [(usize, usize); MAX_TAPS]) -> usize {
         let (k, s, x) = (self.conv.k, self.conv.stride, self.x);
+        let mut rows = [(0usize, 0usize); MAX_K];
+        let inside = self.kernel_rows(&mut rows);
         let mut n = 0;
-        for ky in 0..k {
-            let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
-            if iy < 0 || iy >= x.h as isize {
-                continue;
-            }
+        for &(weight, input) in &rows[..inside] {
             for kx in 0..k {
                 let ix = (ox * s + kx) as isize - self.pad.left as isize;
                 if ix < 0 || ix >= x.w as isize {
                     continue;
                 }
-                let pixel = (self.img * x.h + iy as usize) * x.w + ix as usize;
-                taps[n] = ((ky * k + kx) * self.conv.c, pixel * x.stride);
+                taps[n] = (weight + kx * self.conv.c, input + ix as usize * x.stride);
                 n += 1;
             }
         }
@@ -353,7 +350,7 @@ impl Rows<'_> {
     /// The kernel rows of this output row that lie inside the input, into `rows` as
     /// `(weight offset of the row's first tap, input offset of the input row's first
     /// pixel)`, in ky order; returns how many.
-    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     fn kernel_rows(&self, rows: &mut [(usize, usize); MAX_K]) -> usize {
         let (k, s, x) = (self.conv.k, self.conv.stride, self.x);
         let mut n = 0;
