@@ -14,7 +14,10 @@ a ratio of two medians taken minutes apart measures that state as much as the en
 
 The table shows each engine's median images/s over the rounds, the largest peak RSS (each
 engine's own process), and for each reference the median of the per-round ratios with
-their quartiles. Every burst also goes to a JSON-lines file (its path is printed).
+their quartiles. Every burst also goes to a JSON-lines file (its path is printed), with the
+round trip of a cache line between CPU 0 and CPU 1 measured just before it by
+bench/pingpong.c (`pingpong_ns`; where a C compiler is found): about 55 ns in the fast state
+of the Zen 4 VM, 330 in the slow one.
 """
 import argparse
 import datetime
@@ -22,8 +25,11 @@ import json
 import os
 import platform
 import statistics
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,6 +77,26 @@ class Reference:
         self.proc.wait()
 
 
+def pingpong_binary():
+    """bench/pingpong.c built into a temporary directory, or None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out = os.path.join(tempfile.mkdtemp(), "pingpong")
+    built = subprocess.run([cc, "-O2", "-pthread", os.path.join(HERE, "pingpong.c"), "-o", out],
+                           capture_output=True)
+    return out if built.returncode == 0 else None
+
+
+def pingpong_ns(binary):
+    """The cross-CPU round trip now, in ns (None if it cannot be measured)."""
+    if binary is None:
+        return None
+    out = subprocess.run([binary], capture_output=True, text=True).stdout
+    m = re.match(r"(\d+) ns", out)
+    return int(m.group(1)) if m else None
+
+
 def measure(a, model, batch, log):
     """All rounds of one case; returns {engine: [burst results]}."""
     first = Classify(a, model, batch).burst(3)
@@ -91,14 +117,18 @@ def measure(a, model, batch, log):
     for rnd in range(a.rounds):
         k = rnd % len(names)
         for name in names[k:] + names[:k]:
+            ns = pingpong_ns(a.pingpong)
             time.sleep(a.pause)
             r = engines[name].burst(iters[name])
-            r.update(engine=name, model=model, batch_size=batch, round=rnd, iterations=iters[name])
+            r.update(engine=name, model=model, batch_size=batch, round=rnd, iterations=iters[name],
+                     pingpong_ns=ns)
             runs[name].append(r)
             log.write(json.dumps(r) + "\n")
             log.flush()
         print(f"{model} batch {batch} round {rnd + 1}/{a.rounds}: " + ", ".join(
-            f"{n} {runs[n][-1]['images_per_sec']:.1f}" for n in names), file=sys.stderr)
+            f"{n} {runs[n][-1]['images_per_sec']:.1f}"
+            + (f" ({runs[n][-1]['pingpong_ns']} ns)" if runs[n][-1]["pingpong_ns"] else "")
+            for n in names), file=sys.stderr)
     for e in engines.values():
         e.close()
     if a.stock:
@@ -152,6 +182,7 @@ def main():
     a = ap.parse_args()
     isa = Classify(a, "resnet18", 1).burst(1)["isa"]
     a.avx2 = a.avx2 and isa == "avx512"
+    a.pingpong = pingpong_binary() if (os.cpu_count() or 1) >= 2 else None
     log_path = a.log or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"classify-bench-{os.getpid()}.jsonl")
     print(f"every burst: {log_path}", file=sys.stderr)
     cases = []
