@@ -99,18 +99,19 @@ def pingpong_ns(binary):
 
 def measure(a, model, batch, log):
     """All rounds of one case; returns {engine: [burst results]}."""
-    first = Classify(a, model, batch).burst(3)
-    size = first["input_size"]
+    # Calibration: the iterations that make a burst last about BURST seconds, from one short
+    # burst of each engine (not recorded). classify's first also gives the input size the
+    # references run at (the architecture's own).
     engines = {"classify": Classify(a, model, batch)}
+    first = {"classify": engines["classify"].burst(3)}
+    size = first["classify"]["input_size"]
     if a.avx2:
         engines["classify_avx2"] = Classify(a, model, batch, "avx2")
     for fw in a.frameworks:
         engines[fw] = Reference(a, fw, model, batch, size)
-    # Calibration: the iterations that make a burst last about BURST seconds, from one short
-    # burst of each engine (not recorded).
     iters = {}
     for name, e in engines.items():
-        r = e.burst(3)
+        r = first.get(name) or e.burst(3)
         iters[name] = max(3, round(a.burst * r["images_per_sec"] / batch))
     runs = {name: [] for name in engines}
     names = list(engines)
