@@ -108,41 +108,52 @@ impl Act {
     /// `f` must treat each image on its own (every layer of a CNN does); its result is then
     /// the same, to the bit, as on the whole batch. Early layers, whose activations are
     /// the largest, work on a few images that stay in the cache instead of a batch that
-    /// streams from memory.
-    pub fn in_chunks(&self, chunk: usize, f: impl Fn(&Act) -> Result<Act>) -> Result<Act> {
+    /// streams from memory. The chunks run in parallel, one a thread: while every thread
+    /// has a chunk of its own, the parallel sections inside `f` find no idle thread to
+    /// hand work to and run where their chunk's activations already are, instead of
+    /// splitting every layer between cores that then read each other's rows.
+    pub fn in_chunks(&self, chunk: usize, f: impl Fn(&Act) -> Result<Act> + Sync) -> Result<Act> {
         let chunk = chunk.max(1);
         if self.n <= chunk {
             return f(self);
         }
         let per_image = self.h * self.w * self.c;
-        let mut out: Option<Act> = None;
-        for part in self.data.chunks(chunk * per_image) {
-            let n = part.len() / per_image;
-            let (h, w, c) = (self.h, self.w, self.c);
-            let y = f(&Act {
-                n,
-                h,
-                w,
-                c,
-                data: part.to_vec(),
-            })?;
-            let out = out.get_or_insert_with(|| Act {
-                n: 0,
-                h: y.h,
-                w: y.w,
-                c: y.c,
-                data: Vec::with_capacity(self.n * y.h * y.w * y.c),
-            });
-            if y.n != n || (y.h, y.w, y.c) != (out.h, out.w, out.c) {
-                candle_core::bail!(
-                    "in_chunks: a chunk of {n} images gave {} of another shape",
-                    y.n
-                )
-            }
-            out.n += n;
-            out.data.extend_from_slice(&y.data);
+        let (h, w, c) = (self.h, self.w, self.c);
+        let results = self
+            .data
+            .par_chunks(chunk * per_image)
+            .with_max_len(1)
+            .map(|part| {
+                let n = part.len() / per_image;
+                let y = f(&Act {
+                    n,
+                    h,
+                    w,
+                    c,
+                    data: part.to_vec(),
+                })?;
+                if y.n != n {
+                    candle_core::bail!("in_chunks: a chunk of {n} images gave {}", y.n)
+                }
+                Ok(y)
+            })
+            .collect::<Result<Vec<Act>>>()?;
+        let first = &results[0];
+        let (h, w, c) = (first.h, first.w, first.c);
+        if results.iter().any(|y| (y.h, y.w, y.c) != (h, w, c)) {
+            candle_core::bail!("in_chunks: chunks gave results of different shapes")
         }
-        Ok(out.expect("a batch of more than `chunk` images has a chunk"))
+        let mut data = Vec::with_capacity(self.n * h * w * c);
+        for y in &results {
+            data.extend_from_slice(&y.data);
+        }
+        Ok(Act {
+            n: self.n,
+            h,
+            w,
+            c,
+            data,
+        })
     }
 
     /// Transpose an NCHW tensor into NHWC, in parallel over image rows.
@@ -379,17 +390,17 @@ mod tests {
         let whole = pool_and_widen(&x).unwrap();
         assert_eq!((whole.n, whole.h, whole.w, whole.c), (5, 3, 2, 6));
         for chunk in [0, 1, 2, 3, 5, 8] {
-            let calls = std::cell::Cell::new(0);
+            let calls = std::sync::atomic::AtomicUsize::new(0);
             let chunked = x
                 .in_chunks(chunk, |part| {
-                    calls.set(calls.get() + 1);
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     assert!(part.n <= chunk.max(1) || part.n == x.n);
                     pool_and_widen(part)
                 })
                 .unwrap();
             assert_eq!(chunked, whole, "chunks of {chunk}");
             assert_eq!(
-                calls.get(),
+                calls.into_inner(),
                 5usize.div_ceil(chunk.clamp(1, 5)),
                 "chunks of {chunk}"
             );
