@@ -408,6 +408,41 @@ mod tests {
     }
 
     #[test]
+    fn in_chunks_runs_its_chunks_in_parallel() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        use std::time::{Duration, Instant};
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let x = Act::from_nchw(&Tensor::zeros((2, 1, 2, 2), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let (started, overlapped) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let y = pool
+            .install(|| {
+                x.in_chunks(1, |part| {
+                    started.fetch_add(1, SeqCst);
+                    // The other chunk can only start while this one waits if they run in
+                    // parallel; one at a time, the first gives up after 10 s.
+                    let t = Instant::now();
+                    while started.load(SeqCst) < 2 && t.elapsed() < Duration::from_secs(10) {
+                        std::thread::yield_now();
+                    }
+                    if started.load(SeqCst) == 2 {
+                        overlapped.fetch_add(1, SeqCst);
+                    }
+                    Ok(Act {
+                        data: part.data.clone(),
+                        ..*part
+                    })
+                })
+            })
+            .unwrap();
+        assert_eq!(y, x);
+        assert_eq!(overlapped.into_inner(), 2, "each chunk saw the other start");
+    }
+
+    #[test]
     fn in_chunks_refuses_a_chunk_that_changes_its_image_count() {
         let x = Act::from_nchw(&Tensor::zeros((4, 2, 2, 2), DType::F32, &Device::Cpu).unwrap())
             .unwrap();
