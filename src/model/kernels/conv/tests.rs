@@ -16,6 +16,8 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
     // Batch 9 and 20x20 make some cases large enough to be split by rows.
     for (n, cin, cout, h, w, k, s, pad, act) in [
         (2, 3, 8, 13, 11, 7, 2, p(3, 3, 3, 3), Activation::Relu),
+        // The MobileNet/EfficientNet stem: 3x3 over 3 channels, stride 2, TF-style padding.
+        (2, 3, 16, 13, 11, 3, 2, p(0, 1, 0, 1), Activation::Relu6),
         (2, 6, 5, 9, 9, 3, 1, p(1, 1, 1, 1), Activation::Identity),
         (2, 6, 5, 10, 10, 3, 2, p(0, 1, 0, 1), Activation::Relu6),
         (2, 8, 4, 7, 7, 1, 1, p(0, 0, 0, 0), Activation::Relu),
