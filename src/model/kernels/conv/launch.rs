@@ -391,12 +391,7 @@ impl Launch<'_> {
 /// EPYC Zen 4, AVX-512).
 #[inline]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
-    if let (Ok(s), Some(d)) = (<&[f32; 9]>::try_from(src), dst.first_chunk_mut::<9>()) {
-        *d = *s;
-        return;
-    }
-    if let (Ok(s), Some(d)) = (<&[f32; 21]>::try_from(src), dst.first_chunk_mut::<21>()) {
-        *d = *s;
+    if copy_exact::<9>(dst, src) || copy_exact::<21>(dst, src) {
         return;
     }
     if src.len() > 32 {
@@ -411,6 +406,19 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
     for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *d = s;
+    }
+}
+
+/// Copy `src` into the start of `dst` as one array of `N` values where `src` holds exactly
+/// `N`; false (nothing copied) otherwise.
+#[inline(always)]
+fn copy_exact<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
+    match (<&[f32; N]>::try_from(src), dst.first_chunk_mut::<N>()) {
+        (Ok(s), Some(d)) => {
+            *d = *s;
+            true
+        }
+        _ => false,
     }
 }
 
