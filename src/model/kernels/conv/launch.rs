@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::winograd::{F2, F4};
 use super::{Algorithm, GemmConv, ROW_BLOCK};
-use crate::model::kernels::gemm::{general_gemm, Finish};
+use crate::model::kernels::gemm::{general_gemm, Finish, Kernel};
 use crate::model::kernels::isa::compiled_for;
 use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
 use crate::model::kernels::scratch::with_scratch;
@@ -23,6 +23,17 @@ const RESIDUAL_IN_REGISTERS_BELOW: usize = 256;
 /// F(4x4, 3x3) tiles per image from which a 3x3 stride-1 convolution takes F(4x4) rather
 /// than F(2x2) (16: a 14x14 output).
 const WINOGRAD4_TILES: usize = 16;
+
+/// [`WINOGRAD4_TILES`] where the products run on the AVX-512 panel kernel (49: a 28x28
+/// output; CPUs that run 512-bit operations at full width, not AMD Zen 4). F(4x4) reads
+/// 36 transformed filters where F(2x2) reads 16, and at 14x14 each is used by only 16 tiles
+/// of an image: a kernel twice as fast as AVX2's then waits on that weight. Intel Xeon
+/// (Sapphire Rapids class, AVX-512), 2 threads, `bench/ab.sh`, medians of 5 interleaved
+/// rounds, F(4x4) -> F(2x2) at 14x14: ResNet-50 batch 1 31.4 -> 34.3 images/s, batch 16
+/// 40.8 -> 41.0; ResNet-18 batch 1 88.1 -> 99.6, batch 16 129.2 -> 130.6; DenseNet-121
+/// batch 1 54.4 -> 55.2, batch 16 60.4 -> 59.0. At 28x28 F(4x4) stays ahead (ResNet-50's
+/// 128-channel layer at batch 16: 732 against 880 us).
+const WINOGRAD4_TILES_AVX512: usize = 49;
 
 /// One convolution call: input, geometry and epilogue.
 pub(super) struct Launch<'a> {
@@ -43,13 +54,18 @@ impl Launch<'_> {
     /// The algorithm for this shape: Winograd wherever it applies (`classify bench`, 2
     /// threads: it won on every 3x3 stride-1 layer of ResNet and DenseNet, down to the 16
     /// tiles of a 7x7 output at batch 1); F(4x4) where each image has at least
-    /// [`WINOGRAD4_TILES`] of its tiles. The choice depends on the image size, never on the
-    /// batch, so that an image's result does not depend on its batch.
-    fn choose(&self) -> Algorithm {
+    /// [`WINOGRAD4_TILES`] of its tiles ([`WINOGRAD4_TILES_AVX512`] on the AVX-512 panel
+    /// kernel). The choice depends on the image size and the kernel, never on the batch, so
+    /// that an image's result does not depend on its batch.
+    pub(super) fn choose(&self) -> Algorithm {
         let (th, tw, _) = self.tiles::<6, F4>();
+        let from = match self.conv.panels {
+            Some(Kernel::Avx512) => WINOGRAD4_TILES_AVX512,
+            _ => WINOGRAD4_TILES,
+        };
         if !self.winograd_applies() {
             Algorithm::Gemm
-        } else if th * tw >= WINOGRAD4_TILES {
+        } else if th * tw >= from {
             Algorithm::Winograd4
         } else {
             Algorithm::Winograd2

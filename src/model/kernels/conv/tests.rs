@@ -1,4 +1,4 @@
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::*;
 use crate::model::kernels::reference::conv2d_reference;
@@ -335,4 +335,50 @@ fn winograd_matches_candle_at(isa: Isa, form: Algorithm) {
     assert!(strided
         .forward_using(x.view(), pad, None, id, None, forced)
         .is_err());
+}
+
+#[test]
+fn winograd_form_follows_the_output_size_and_the_panel_kernel() {
+    let dev = Device::Cpu;
+    let wt = Tensor::randn(0f32, 1.0, (32, 8, 3, 3), &dev).unwrap();
+    for isa in levels() {
+        let conv = GemmConv::pack(&wt, None, 1, isa).unwrap();
+        // Full-width AVX-512 products take F(4x4) from 28x28, every other kernel from 14x14.
+        let avx512 = conv.panels == Some(Kernel::Avx512);
+        for (side, expect) in [
+            (7, Algorithm::Winograd2),
+            (
+                14,
+                if avx512 {
+                    Algorithm::Winograd2
+                } else {
+                    Algorithm::Winograd4
+                },
+            ),
+            (28, Algorithm::Winograd4),
+        ] {
+            // Batch 1 and batch 3 choose alike: the choice never depends on the batch.
+            for n in [1, 3] {
+                let x =
+                    Act::from_nchw(&Tensor::zeros((n, 8, side, side), DType::F32, &dev).unwrap())
+                        .unwrap();
+                let launch = conv
+                    .launch(
+                        x.view(),
+                        Pad2d::uniform(1),
+                        None,
+                        Activation::Identity,
+                        None,
+                        None,
+                    )
+                    .unwrap();
+                assert_eq!(
+                    launch.choose(),
+                    expect,
+                    "{isa} ({:?} panels), {side}x{side}, batch {n}",
+                    conv.panels
+                );
+            }
+        }
+    }
 }
