@@ -148,16 +148,20 @@ impl Launch<'_> {
         // Blocks of rows while there are at least 128 rows per thread and the weight is the
         // smaller operand (rows >= Cout); past that (deep layers at small batches, where the
         // weight dominates and arrives cold from memory) threads split the output channels.
-        // But a small weight (every thread reads it whole from its cache) with a gather to
-        // do is split by rows down to 16 per thread: gather and product in one parallel
-        // section instead of two (DenseNet's bottlenecks at batch 1).
+        // But a small weight (every thread reads it whole from its cache) is split by rows
+        // down to 16 per thread. With a gather to do, that is gather and product in one
+        // parallel section instead of two (DenseNet's bottlenecks at batch 1). Without one,
+        // each thread keeps to the same rows of the image from layer to layer, as the
+        // depthwise convolutions between them do (`depthwise::DepthwiseConv::channel_parts`):
+        // its input is what its own core wrote, in its L2, and what it writes is the part of
+        // the next layer's input it will read. Splitting the channels instead had each thread
+        // read every pixel, half of it from the other core's cache. Intel Xeon (Sapphire
+        // Rapids class, AVX-512), 2 threads, Lite0 batch 1, with the depthwise change:
+        // `bench/ab.sh`, medians of 8 interleaved rounds, 230.4 -> 248.4 images/s; per-layer
+        // timer, 14x14x672 -> 112 152-156 -> 98-102 us.
         let small_weight = kk * conv.cout * std::mem::size_of::<f32>() <= SMALL_WEIGHT_BYTES;
         let panels = threads.min(conv.cout / 16).max(1);
-        if (rows >= 128 * threads && rows >= conv.cout)
-            || (small_weight
-                && rows >= 16 * threads
-                && (!direct || self.rows_split_less(rows, threads, panels)))
-        {
+        if (rows >= 128 * threads && rows >= conv.cout) || (small_weight && rows >= 16 * threads) {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
             par_blocks(rows, ROW_BLOCK, |r0, len| {
@@ -223,22 +227,6 @@ impl Launch<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Whether splitting `rows` between `threads` leaves the busiest thread fewer register
-    /// blocks to run than splitting the channels into `parts`: where a part's channels end
-    /// in a narrow block (112 channels in two parts of 56 are three blocks of 16 and one of
-    /// 8, which costs nearly a whole one), or the rows split evenly into whole blocks.
-    fn rows_split_less(&self, rows: usize, threads: usize, parts: usize) -> bool {
-        let conv = self.conv;
-        let Some(kernel) = conv.panels else {
-            return false;
-        };
-        let (mr, nr) = kernel.block();
-        let by_rows = rows.div_ceil(threads).div_ceil(mr) * conv.cout.div_ceil(nr);
-        let part = conv.cout.div_ceil(parts).next_multiple_of(kernel.width());
-        let by_channels = rows.div_ceil(mr) * part.div_ceil(nr);
-        by_rows < by_channels
     }
 
     /// Fill `cols` (`len` rows of k*k*C, C the channels `chans` of the input) with the

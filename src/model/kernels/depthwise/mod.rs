@@ -31,6 +31,11 @@ const MAX_TAPS: usize = MAX_K * MAX_K;
 /// (the GEMMs' threshold, `conv::launch`).
 const SPLIT_ROWS_FROM: usize = 128;
 
+/// Input rows per thread from which threads split the rows however few pixels there are:
+/// the 1x1 convolution that wrote the input split its rows too (a small weight, see
+/// `conv::launch`), so each thread reads the part of the image its own core wrote.
+const SPLIT_ROWS_FROM_ROWS: usize = 4;
+
 /// Channel parts start on a multiple of this (an AVX2 register).
 const CHANNEL_ALIGN: usize = 8;
 
@@ -86,14 +91,21 @@ impl DepthwiseConv {
         }
     }
 
-    /// How many parts the channels are split into between threads, for an output of
-    /// `pixels` pixels: one per thread where the image is small (the rule by which the
-    /// GEMMs split their output channels, see `conv::launch`), so that each thread reads
-    /// the channels its own core's GEMM wrote and keeps in its L2; else one, and threads
-    /// take rows.
-    fn channel_parts(&self, pixels: usize) -> usize {
+    /// How many parts the channels are split into between threads, for an input of `rows`
+    /// rows (of `w` pixels) and an output of `pixels` pixels: one (threads take rows) where
+    /// each thread gets [`SPLIT_ROWS_FROM`] output pixels or [`SPLIT_ROWS_FROM_ROWS`] input
+    /// rows, the way the GEMM that wrote the input split its rows, so that each thread reads
+    /// what its own core wrote. Below that (a 7x7 image at batch 1, whose 1x1 convolutions
+    /// split their output channels) one part per thread, each reading the channels its own
+    /// core's GEMM wrote.
+    ///
+    /// Intel Xeon (Sapphire Rapids class, AVX-512), 2 threads, Lite0 batch 1, per-layer
+    /// timer: split by channels behind a GEMM that split its rows, the 14x14x480 5x5 layer
+    /// ran no faster on two threads than on one (49.5 us on one, 49.4 on two); split by
+    /// rows, 28.6-29.4 on two.
+    fn channel_parts(&self, rows: usize, pixels: usize) -> usize {
         let threads = rayon::current_num_threads();
-        if pixels >= SPLIT_ROWS_FROM * threads {
+        if pixels >= SPLIT_ROWS_FROM * threads || rows >= SPLIT_ROWS_FROM_ROWS * threads {
             return 1;
         }
         threads.clamp(1, (self.c / (2 * CHANNEL_ALIGN)).max(1))
@@ -119,7 +131,7 @@ impl DepthwiseConv {
         } else {
             Activation::Identity
         };
-        let parts = self.channel_parts(x.n * oh * ow);
+        let parts = self.channel_parts(x.n * x.h, x.n * oh * ow);
         let width = self.c.div_ceil(parts).next_multiple_of(CHANNEL_ALIGN);
         let out_rows = x.n * oh;
         let mut data: Vec<f32> = Vec::with_capacity(len);
@@ -458,6 +470,31 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     #[test]
+    fn threads_split_the_rows_unless_there_are_too_few() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let wt = Tensor::zeros((672, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let conv = DepthwiseConv::pack(&wt, None, 1, Isa::Scalar).unwrap();
+        // (input rows, output pixels) -> parts: Lite0's 14x14 and 7x7 stages at batch 1 (and
+        // its stride-2 layer between them), 7x7 at batch 16, and a wide strip of 2 rows.
+        for ((rows, pixels), parts) in [
+            ((14, 196), 1),
+            ((7, 49), 2),
+            ((14, 49), 1),
+            ((112, 784), 1),
+            ((2, 300), 1),
+        ] {
+            assert_eq!(
+                pool.install(|| conv.channel_parts(rows, pixels)),
+                parts,
+                "{rows} rows, {pixels} pixels"
+            );
+        }
+    }
+
+    #[test]
     fn depthwise_matches_candle_grouped_conv() {
         let dev = Device::Cpu;
         let pool = |n| {
@@ -504,7 +541,8 @@ mod tests {
             let reference = conv2d_reference(&x, &wt, s, pad, c).unwrap();
             let xa = Act::from_nchw(&x).unwrap();
             // Every copy of the kernel this CPU runs, with each activation, on one thread
-            // and with the channels split three ways (an uneven last part).
+            // and on three: the channels split three ways (an uneven last part) where the
+            // input has fewer than 12 rows ((96, 5, 5, ..), (917, 5, 9, ..)), else the rows.
             for act in ACTIVATIONS {
                 let expected = reference_epilogue(reference.clone(), &b, None, act);
                 for isa in levels() {

@@ -68,16 +68,6 @@ impl Kernel {
         }
     }
 
-    /// Rows x channels of the kernel's register block (a narrower block takes the channels
-    /// left over past the last whole one).
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            Kernel::Portable => (portable::ROWS, portable::W),
-            Kernel::Avx2 => (avx2::ROWS, 2 * WIDTH_AVX2),
-            Kernel::Avx512 => (avx512::ROWS, 2 * WIDTH_AVX512),
-        }
-    }
-
     /// Output channels per panel.
     pub fn width(self) -> usize {
         match self {
