@@ -128,7 +128,10 @@ impl GemmConv {
     fn weight_from(&self, c0: usize) -> (&[f32], usize) {
         let (cout_g, kk) = (self.cout_g(), self.k * self.k * self.cin_g());
         let (g, local) = (c0 / cout_g, c0 % cout_g);
-        let group = &self.weight[g * kk * cout_g..];
+        let per_group = self
+            .panels
+            .map_or(kk * cout_g, |k| k.packed_len(kk, cout_g));
+        let group = &self.weight[g * per_group..];
         match self.panels {
             // Panel `j` of a group starts at `j * width * kk`: channel `c` at `c * kk`.
             Some(_) => (&group[local * kk..], cout_g),

@@ -24,7 +24,8 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
         (2, 8, 4, 8, 8, 1, 2, p(0, 0, 0, 0), Activation::Identity),
         (9, 16, 12, 20, 20, 3, 1, p(1, 1, 1, 1), Activation::Relu),
         (9, 16, 12, 20, 20, 1, 1, p(0, 0, 0, 0), Activation::Relu),
-        // Few rows and more channels: the output channels are split between threads.
+        // Few rows and more channels: the output channels are split between threads (40: a
+        // last AVX-512 panel half full).
         (1, 8, 40, 6, 6, 3, 1, p(1, 1, 1, 1), Activation::Relu),
         (1, 8, 40, 5, 5, 1, 1, p(0, 0, 0, 0), Activation::Identity),
         // Multiples of 16 channels (AVX-512 panels), split by rows and by channels.
@@ -131,7 +132,8 @@ fn grouped_conv_matches_candle() {
     let dev = Device::Cpu;
     for isa in levels() {
         for (n, cin, cout, groups, h, w, k, s, pad, act) in [
-            // 8 output channels per group (AVX2 panels), 16 (AVX-512), 5 (general GEMM).
+            // 8 output channels per group (half an AVX-512 panel, a whole AVX2 one), 16, and
+            // 5 (general GEMM).
             (2, 12, 16, 2, 9, 7, 3, 1, p(1, 1, 1, 1), Activation::Relu),
             (
                 1,

@@ -6,9 +6,13 @@ use std::arch::x86_64::*;
 
 use super::{Ahead, Finish, LINE, WIDTH_AVX512 as W};
 use crate::model::kernels::math::registers;
+use crate::model::kernels::Activation;
 
 /// Rows per register block.
 pub(super) const ROWS: usize = 12;
+
+/// Channels of a half panel (the last of `n` = 8 mod 16).
+const HALF: usize = W / 2;
 
 /// [`super::gemm`] for 16-channel panels.
 ///
@@ -27,7 +31,7 @@ pub(super) unsafe fn gemm(
     dst_rs: usize,
     finish: Finish,
 ) {
-    debug_assert!(n.is_multiple_of(W));
+    debug_assert!(n.is_multiple_of(HALF));
     let mut j = 0;
     // SAFETY (all calls): column block `j` lies inside the `n` columns the caller covers.
     while j + 2 * W <= n {
@@ -35,25 +39,35 @@ pub(super) unsafe fn gemm(
         // The next column block's weight, fetched while this one runs.
         let ahead = Ahead::next_block(w, j, n, k, W);
         if ahead.lines > 0 {
-            unsafe { rows::<2, true>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
+            unsafe { rows::<2, true, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
         } else {
-            unsafe { rows::<2, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
+            unsafe { rows::<2, false, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, ahead) };
         }
         j += 2 * W;
     }
-    if j < n {
-        let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        unsafe { rows::<1, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, Ahead::NONE) };
+    if j == n {
+        return;
+    }
+    // The last one or two panels; a last panel of 8 channels is stored under a mask.
+    let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
+    let none = Ahead::NONE;
+    unsafe {
+        match n - j {
+            HALF => rows::<1, false, true>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, none),
+            W => rows::<1, false, false>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, none),
+            _ => rows::<2, false, true>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, none),
+        }
     }
 }
 
-/// All `m` rows of one `16 * V`-channel column block, [`ROWS`] rows at a time.
+/// All `m` rows of one `16 * V`-channel column block, [`ROWS`] rows at a time; only the
+/// first 8 channels of its last panel if `HALF_LAST`.
 ///
 /// # Safety
 /// As [`gemm`], for this column block.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn rows<const V: usize, const FETCH: bool>(
+unsafe fn rows<const V: usize, const FETCH: bool, const HALF_LAST: bool>(
     m: usize,
     k: usize,
     lhs: *const f32,
@@ -70,7 +84,7 @@ unsafe fn rows<const V: usize, const FETCH: bool>(
     while r + ROWS <= m {
         let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
         let a = ahead.part(r / ROWS, blocks);
-        unsafe { block::<ROWS, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
+        unsafe { block::<ROWS, V, FETCH, HALF_LAST>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
         r += ROWS;
     }
     let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
@@ -78,7 +92,7 @@ unsafe fn rows<const V: usize, const FETCH: bool>(
     macro_rules! tail {
         ($($r:literal)*) => {
             match m - r {
-                $($r => unsafe { block::<$r, V, FETCH>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },)*
+                $($r => unsafe { block::<$r, V, FETCH, HALF_LAST>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },)*
                 _ => {}
             }
         };
@@ -94,7 +108,7 @@ unsafe fn rows<const V: usize, const FETCH: bool>(
 #[inline]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
+unsafe fn block<const R: usize, const V: usize, const FETCH: bool, const HALF_LAST: bool>(
     k: usize,
     lhs: *const f32,
     lhs_rs: usize,
@@ -138,20 +152,68 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
             }
         }
     }
+    // SAFETY (all arms): as `store`'s contract, which this function's is.
+    unsafe {
+        match finish.act {
+            Activation::Relu => store::<R, V, HALF_LAST>(&acc, dst, dst_rs, finish, |a| {
+                _mm512_max_ps(a, _mm512_setzero_ps())
+            }),
+            Activation::Relu6 => store::<R, V, HALF_LAST>(&acc, dst, dst_rs, finish, |a| {
+                _mm512_min_ps(_mm512_max_ps(a, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
+            }),
+            Activation::HardSwish => store::<R, V, HALF_LAST>(&acc, dst, dst_rs, finish, |a| {
+                registers::avx512(a, Activation::HardSwish)
+            }),
+            _ => store::<R, V, HALF_LAST>(&acc, dst, dst_rs, finish, |a| a),
+        }
+    }
+}
+
+/// Finish the block `acc` (bias, residual, then `act`) and store it. One copy for each
+/// activation, so that the loops over the block unroll and the sums stay in registers (with
+/// the activation chosen inside the loop they were written to the stack and read back).
+///
+/// # Safety
+/// As [`gemm`], for these rows and panels.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store<const R: usize, const V: usize, const HALF_LAST: bool>(
+    acc: &[[__m512; V]; R],
+    dst: *mut f32,
+    dst_rs: usize,
+    finish: Finish,
+    act: impl Fn(__m512) -> __m512,
+) {
     for (r, acc) in acc.iter().enumerate() {
         for (v, &a) in acc.iter().enumerate() {
+            // A half panel's first 8 channels under a mask (the bias and residual end there,
+            // and masked-off lanes are never touched); whole panels plainly.
+            let half = HALF_LAST && v == V - 1;
+            // SAFETY (the loads and the store): the bias covers every column of the block,
+            // the residual every row and column, and row `r`'s columns of the block are the
+            // caller's to write.
+            let load = |p: *const f32| unsafe {
+                if half {
+                    _mm512_maskz_loadu_ps(0x00ff, p)
+                } else {
+                    _mm512_loadu_ps(p)
+                }
+            };
             let mut a = a;
             if let Some(bias) = finish.bias {
-                // SAFETY: the bias covers every column of the block.
-                a = _mm512_add_ps(a, unsafe { _mm512_loadu_ps(bias.add(W * v)) });
+                a = _mm512_add_ps(a, load(unsafe { bias.add(W * v) }));
             }
             if let Some((res, rs)) = finish.residual {
-                // SAFETY: the residual covers every row and column of the block.
-                a = _mm512_add_ps(a, unsafe { _mm512_loadu_ps(res.add(r * rs + W * v)) });
+                a = _mm512_add_ps(a, load(unsafe { res.add(r * rs + W * v) }));
             }
-            a = registers::avx512(a, finish.act);
-            // SAFETY: row `r`, columns `16v..16v + 16` of the block are the caller's to write.
-            unsafe { _mm512_storeu_ps(dst.add(r * dst_rs + W * v), a) };
+            let to = unsafe { dst.add(r * dst_rs + W * v) };
+            unsafe {
+                if half {
+                    _mm512_mask_storeu_ps(to, 0x00ff, act(a));
+                } else {
+                    _mm512_storeu_ps(to, act(a));
+                }
+            }
         }
     }
 }

@@ -47,8 +47,15 @@ impl Kernel {
     /// whole networks, with weights arriving cold, AVX2's everywhere against AVX-512's from
     /// k = 128: ResNet-50 batch 1 25.5 -> 26.7 images/s, ResNet-18 77.2 -> 80.3, DenseNet-121
     /// 41.7 -> 42.7, Lite0 level (2 threads, `bench/ab.sh` medians of 4 interleaved rounds).
+    ///
+    /// AVX-512's also takes `n` that is a multiple of 8 only (EfficientNet's 24 and 40
+    /// channels): its last panel holds 8 channels and 8 zero columns, and the kernel stores
+    /// the 8 (it used to leave them to AVX2's kernel). Intel Xeon (Sapphire Rapids class),
+    /// 2 threads, Lite0 batch 1, a temporary per-layer timer, two runs each: 56x56 96 -> 24
+    /// 102-104 -> 69-73 us, 144 -> 24 (+ residual) 147-164 -> 94-99, 28x28 144 -> 40 54-55 ->
+    /// 38-40, 240 -> 40 (+ residual) 84-90 -> 59-62.
     pub fn for_channels(n: usize, isa: Isa) -> Option<Kernel> {
-        if isa >= Isa::Avx512 && n.is_multiple_of(WIDTH_AVX512) && !isa::halves_512() {
+        if isa >= Isa::Avx512 && n.is_multiple_of(WIDTH_AVX2) && !isa::halves_512() {
             Some(Kernel::Avx512)
         } else if isa >= Isa::Avx2 && n.is_multiple_of(WIDTH_AVX2) {
             Some(Kernel::Avx2)
@@ -56,15 +63,6 @@ impl Kernel {
             Some(Kernel::Portable)
         } else {
             None
-        }
-    }
-
-    /// The instruction set the kernel needs.
-    pub fn isa(self) -> Isa {
-        match self {
-            Kernel::Portable => Isa::Scalar,
-            Kernel::Avx2 => Isa::Avx2,
-            Kernel::Avx512 => Isa::Avx512,
         }
     }
 
@@ -77,14 +75,31 @@ impl Kernel {
         }
     }
 
-    /// The row-major `k x n` weight (`n` a multiple of the width) as panels of `width`
-    /// columns, each `k x width` row-major, one after another.
+    /// The instruction set the kernel needs.
+    pub fn isa(self) -> Isa {
+        match self {
+            Kernel::Portable => Isa::Scalar,
+            Kernel::Avx2 => Isa::Avx2,
+            Kernel::Avx512 => Isa::Avx512,
+        }
+    }
+
+    /// Values in the [`Kernel::pack`]ed `k x n` weight: `n` rounded up to whole panels.
+    pub fn packed_len(self, k: usize, n: usize) -> usize {
+        k * n.next_multiple_of(self.width())
+    }
+
+    /// The row-major `k x n` weight (`n` a multiple of 8) as panels of `width` columns, each
+    /// `k x width` row-major, one after another; the columns of the last panel past `n`
+    /// are zeros.
     pub fn pack(self, weight: &[f32], k: usize, n: usize) -> Vec<f32> {
         let width = self.width();
-        let mut panels = Vec::with_capacity(k * n);
+        let mut panels = Vec::with_capacity(self.packed_len(k, n));
         for j in (0..n).step_by(width) {
+            let cols = width.min(n - j);
             for row in weight.chunks_exact(n).take(k) {
-                panels.extend_from_slice(&row[j..j + width]);
+                panels.extend_from_slice(&row[j..j + cols]);
+                panels.extend(std::iter::repeat_n(0.0, width - cols));
             }
         }
         panels
@@ -95,15 +110,16 @@ impl Kernel {
         let width = self.width();
         let mut weight = vec![0f32; k * n];
         for (j, panel) in panels.chunks_exact(k * width).enumerate() {
+            let cols = width.min(n - j * width);
             for (row, values) in weight.chunks_exact_mut(n).zip(panel.chunks_exact(width)) {
-                row[j * width..(j + 1) * width].copy_from_slice(values);
+                row[j * width..j * width + cols].copy_from_slice(&values[..cols]);
             }
         }
         weight
     }
 
     /// `dst[r][j] = finish(sum_k lhs[r][k] * w[k][j])` for `m` rows and `n` columns (a
-    /// multiple of the width), `w` the [`Kernel::pack`]ed weight from the panel of column 0
+    /// multiple of 8), `w` the [`Kernel::pack`]ed weight from the panel of column 0
     /// on; rows of `lhs` and `dst` are `lhs_rs` and `dst_rs` values apart.
     ///
     /// # Safety
@@ -252,7 +268,9 @@ mod tests {
             (64, 64, 64),
             (12, 80, 3),
         ] {
-            if !n.is_multiple_of(kernel.width()) {
+            // Every kernel takes multiples of 8; AVX-512's last panel is then half full
+            // (n = 8, 24, 40).
+            if !n.is_multiple_of(8) {
                 continue;
             }
             // Rows of the input and the output with spare columns, as convolutions have.
@@ -260,6 +278,7 @@ mod tests {
             let lhs: Vec<f32> = (0..m * lhs_rs).map(value).collect();
             let w: Vec<f32> = (0..k * n).map(|i| value(i + 11)).collect();
             let panels = kernel.pack(&w, k, n);
+            assert_eq!(panels.len(), kernel.packed_len(k, n));
             assert_eq!(kernel.unpack(&panels, k, n), w);
             let mut dst = vec![f32::NAN; m * dst_rs];
             // SAFETY: the kernel came from a supported level; every pointer covers the rows.
