@@ -20,6 +20,15 @@ pub(super) const SMALL_WEIGHT_BYTES: usize = 512 * 1024;
 /// in a pass of its own over each block (MobileNet and EfficientNet projections: 16-192).
 const RESIDUAL_IN_REGISTERS_BELOW: usize = 256;
 
+/// Where the products run on the AVX-512 panel kernel, a residual of at most this many
+/// bytes (the whole layer's) is added in registers however wide: it is still in cache from
+/// the block before. ResNet-50 at batch 1 (residuals of 0.4-3.2 MB), Intel Xeon (Sapphire
+/// Rapids class), 2 threads, 5 interleaved rounds with an environment switch on one binary:
+/// 37.2 -> 39.3 images/s (medians; every round faster); this rule against the one before,
+/// `bench/ab.sh`, 8 rounds: 38.6 -> 40.1. At batch 16 (residuals of 6-51 MB) in registers
+/// measured 43.5 -> 43.0, so there they keep their pass.
+const RESIDUAL_IN_REGISTERS_BYTES_AVX512: usize = 4 << 20;
+
 /// F(4x4, 3x3) tiles per image from which a 3x3 stride-1 convolution takes F(4x4) rather
 /// than F(2x2) (16: a 14x14 output).
 const WINOGRAD4_TILES: usize = 16;
@@ -315,7 +324,10 @@ impl Launch<'_> {
             // better in its own pass over the block than in the kernel's row-by-row finish,
             // and then that pass does all three. An activation with `exp` or `erf` inside
             // gets a pass over the block just stored.
-            let fused_residual = conv.cout < RESIDUAL_IN_REGISTERS_BELOW;
+            let residual_bytes = self.x.n * self.oh * self.ow * conv.cout * 4;
+            let fused_residual = conv.cout < RESIDUAL_IN_REGISTERS_BELOW
+                || (kernel == Kernel::Avx512
+                    && residual_bytes <= RESIDUAL_IN_REGISTERS_BYTES_AVX512);
             let finish = match self.residual {
                 Some(_) if !fused_residual => Finish::NONE,
                 residual => Finish {
