@@ -128,15 +128,18 @@ impl GemmConv {
     fn weight_from(&self, c0: usize) -> (&[f32], usize) {
         let (cout_g, kk) = (self.cout_g(), self.k * self.k * self.cin_g());
         let (g, local) = (c0 / cout_g, c0 % cout_g);
-        let per_group = self
-            .panels
-            .map_or(kk * cout_g, |k| k.packed_len(kk, cout_g));
-        let group = &self.weight[g * per_group..];
+        let group = &self.weight[g * self.weight_len(kk, cout_g)..];
         match self.panels {
             // Panel `j` of a group starts at `j * width * kk`: channel `c` at `c * kk`.
             Some(_) => (&group[local * kk..], cout_g),
             None => (&group[local..], cout_g),
         }
+    }
+
+    /// Values of a `k x n` weight as this convolution stores it: [`Kernel::packed_len`] in
+    /// panels, `k * n` row-major.
+    fn weight_len(&self, k: usize, n: usize) -> usize {
+        self.panels.map_or(k * n, |kernel| kernel.packed_len(k, n))
     }
 
     /// The weight as a row-major `(k*k*cin) x cout` matrix (ungrouped convolutions).

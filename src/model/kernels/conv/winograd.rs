@@ -367,10 +367,7 @@ impl Launch<'_> {
             (
                 v.ptr.0.add(p * v.plane),
                 m.ptr.0.add(p * m.plane),
-                &u[p * self
-                    .conv
-                    .panels
-                    .map_or(cin * cout, |k| k.packed_len(cin, cout))..],
+                &u[p * self.conv.weight_len(cin, cout)..],
             )
         };
         if let Some(kernel) = self.conv.panels {
