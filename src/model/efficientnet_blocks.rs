@@ -460,17 +460,36 @@ impl Block {
 
     fn forward_nhwc(&self, x: &Act) -> Result<Act> {
         let last = self.stages.len() - 1;
+        let se_after = self.se.as_ref().map(|(after, _)| *after);
         let mut y: Option<Act> = None;
-        for (i, stage) in self.stages.iter().enumerate() {
-            let input = y.as_ref().unwrap_or(x);
-            let residual = (i == last && self.residual).then_some(x);
-            let mut out = stage.forward_nhwc(input, residual)?;
+        let mut i = 0;
+        while i <= last {
+            let (stage, input) = (&self.stages[i], y.as_ref().unwrap_or(x));
+            // An expansion and the depthwise layer after it, together where that pays (the
+            // last stage adds the residual, and the squeeze-excite sits after the depthwise).
+            let fused = match self.stages.get(i + 1) {
+                Some(next) if i + 1 < last && se_after != Some(i) => stage
+                    .conv
+                    .forward_nhwc_then_depthwise(input, stage.act, &next.conv, next.act)?,
+                _ => None,
+            };
+            let mut out = match fused {
+                Some(out) => {
+                    i += 1;
+                    out
+                }
+                None => {
+                    let residual = (i == last && self.residual).then_some(x);
+                    stage.forward_nhwc(input, residual)?
+                }
+            };
             if let Some((after, se)) = &self.se {
                 if *after == i {
                     se.forward_nhwc(&mut out)?;
                 }
             }
             y = Some(out);
+            i += 1;
         }
         Ok(y.expect("a block has stages"))
     }

@@ -272,6 +272,26 @@ impl Conv2d {
         }
     }
 
+    /// `next_act(next(act(self(x))))` for a depthwise `next`, the two computed a strip of
+    /// rows at a time ([`kernels::fused`]); `None` where they are not fused, and the caller
+    /// runs them one after the other.
+    pub fn forward_nhwc_then_depthwise(
+        &self,
+        x: &Act,
+        act: Activation,
+        next: &Conv2d,
+        next_act: Activation,
+    ) -> Result<Option<Act>> {
+        let (Some(Packed::Dense(conv)), Some(Packed::Depthwise(dw))) = (&self.packed, &next.packed)
+        else {
+            return Ok(None);
+        };
+        let pad = self.padding_for(x.h, x.w);
+        let (h, w) = pad.output_size(x.h, x.w, self.spec.kernel, self.spec.stride)?;
+        let next_pad = next.padding_for(h, w);
+        kernels::fused::conv_then_depthwise(conv, pad, act, dw, next_pad, next_act, x.view())
+    }
+
     /// Write `conv(x) + bias` into the first columns of `out` (rows `out_stride` apart).
     pub fn forward_nhwc_into(&self, x: &Act, out: &mut [f32], out_stride: usize) -> Result<()> {
         let pad = self.padding_for(x.h, x.w);
@@ -656,6 +676,18 @@ impl ConvBn {
 
     pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
         self.nhwc()?.forward_nhwc(x, act, residual)
+    }
+
+    /// [`Conv2d::forward_nhwc_then_depthwise`] of the two folded convolutions.
+    pub fn forward_nhwc_then_depthwise(
+        &self,
+        x: &Act,
+        act: Activation,
+        next: &ConvBn,
+        next_act: Activation,
+    ) -> Result<Option<Act>> {
+        self.nhwc()?
+            .forward_nhwc_then_depthwise(x, act, next.nhwc()?, next_act)
     }
 }
 

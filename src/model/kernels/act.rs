@@ -25,7 +25,7 @@ impl Pad2d {
     }
 
     /// Output size of a `k`x`k` window with `stride` over `h` x `w`.
-    pub(super) fn output_size(
+    pub fn output_size(
         &self,
         h: usize,
         w: usize,

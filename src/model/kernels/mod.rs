@@ -10,6 +10,8 @@
 //!   cache; Winograd F(2x2, 3x3) or F(4x4, 3x3) for 3x3 stride-1.
 //! - [`attention`]: multi-head self-attention over token rows (ViT).
 //! - [`depthwise`]: depthwise convolutions, vectorised over the channels of a pixel.
+//! - [`fused`]: a dense convolution and the depthwise one after it, a strip of rows at a
+//!   time (the expanded activation between them stays in L2).
 //! - [`excite`]: squeeze-excite (channel means, two small layers, a gate, a scaling pass).
 //! - [`linear`]: the classifier head (`nn.Linear`), batch-independent dot products.
 //! - [`math`]: the element-wise activations (SiLU, GELU, hard-swish) and gates, per ISA.
@@ -28,6 +30,7 @@ pub mod attention;
 pub mod conv;
 pub mod depthwise;
 pub mod excite;
+pub mod fused;
 pub mod gemm;
 pub mod isa;
 pub mod linear;

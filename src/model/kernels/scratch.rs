@@ -7,6 +7,7 @@ use std::thread::LocalKey;
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static STRIP_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run `f` on `len` floats of scratch space that this thread reuses from call to call, so the
@@ -19,6 +20,12 @@ pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 /// inside the first.
 pub(super) fn with_tile_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     scratch_from(&TILE_SCRATCH, len, f)
+}
+
+/// As [`with_scratch`], a third space for a strip of an activation that kernels using the
+/// other two fill and read ([`super::fused`]).
+pub(super) fn with_strip_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    scratch_from(&STRIP_SCRATCH, len, f)
 }
 
 fn scratch_from<R>(

@@ -81,11 +81,9 @@ impl Launch<'_> {
         }
     }
 
-    /// Compute every output row into `dst` (rows `out_stride` apart).
-    ///
-    /// # Safety
-    /// `dst` must be valid for writes of `rows` rows of `cout` values, `out_stride` apart.
-    pub(super) unsafe fn run(&self, dst: SendPtr, out_stride: usize) -> Result<()> {
+    /// Refuse an input that does not fit the weight, or is empty or short, and a residual
+    /// smaller than the output.
+    pub(super) fn check(&self) -> Result<()> {
         let (conv, x) = (self.conv, self.x);
         if x.c != conv.cin {
             candle_core::bail!(
@@ -101,6 +99,17 @@ impl Launch<'_> {
         if self.residual.is_some_and(|r| r.len() < rows * conv.cout) {
             candle_core::bail!("conv: residual smaller than the output")
         }
+        Ok(())
+    }
+
+    /// Compute every output row into `dst` (rows `out_stride` apart).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `rows` rows of `cout` values, `out_stride` apart.
+    pub(super) unsafe fn run(&self, dst: SendPtr, out_stride: usize) -> Result<()> {
+        self.check()?;
+        let (conv, x) = (self.conv, self.x);
+        let rows = x.n * self.oh * self.ow;
         // SAFETY (both Winograd arms): the caller's contract is `run_winograd`'s, and the arm
         // before them refused convolutions Winograd does not apply to.
         match self.algorithm.unwrap_or_else(|| self.choose()) {
@@ -118,10 +127,7 @@ impl Launch<'_> {
             }
         }
         let kk = conv.k * conv.k * conv.cin_g();
-        // A 1x1 stride-1 unpadded convolution of a plain input multiplies the input rows as
-        // they are; everything else gathers its receptive fields first.
-        let direct =
-            conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none();
+        let direct = self.direct();
         let threads = rayon::current_num_threads();
         if conv.groups > 1 {
             // Every (block of rows, group) pair is a task: its group's fields gathered and
@@ -139,7 +145,17 @@ impl Launch<'_> {
                         row_stride: x.stride,
                         k: kk,
                     };
-                    unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
+                    unsafe {
+                        self.tile(
+                            lhs,
+                            dst.get().add(r0 * out_stride),
+                            out_stride,
+                            r0,
+                            len,
+                            chans,
+                            None,
+                        )
+                    }
                 } else {
                     with_scratch(len * kk, |cols| {
                         self.gather(r0, len, cols, g * cin_g..(g + 1) * cin_g);
@@ -148,7 +164,17 @@ impl Launch<'_> {
                             row_stride: kk,
                             k: kk,
                         };
-                        unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
+                        unsafe {
+                            self.tile(
+                                lhs,
+                                dst.get().add(r0 * out_stride),
+                                out_stride,
+                                r0,
+                                len,
+                                chans,
+                                None,
+                            )
+                        }
                     })
                 }
             });
@@ -174,25 +200,9 @@ impl Launch<'_> {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
             par_blocks(rows, ROW_BLOCK, |r0, len| {
-                // SAFETY (both arms): blocks are disjoint row ranges of the output.
-                if direct {
-                    let lhs = Lhs {
-                        ptr: ReadPtr(x.data[r0 * x.stride..].as_ptr()),
-                        row_stride: x.stride,
-                        k: kk,
-                    };
-                    unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
-                } else {
-                    with_scratch(len * kk, |cols| {
-                        self.gather(r0, len, cols, 0..x.c);
-                        let lhs = Lhs {
-                            ptr: ReadPtr(cols.as_ptr()),
-                            row_stride: kk,
-                            k: kk,
-                        };
-                        unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
-                    })
-                }
+                // SAFETY: blocks are disjoint row ranges of the output, which the caller
+                // guarantees holds every row.
+                unsafe { self.rows_into(r0, len, dst.get().add(r0 * out_stride), out_stride) }
             });
         } else {
             // Gather once, then split the output channels between threads so each streams
@@ -201,7 +211,7 @@ impl Launch<'_> {
                 if panels == 1 {
                     let par = Some(threads);
                     // SAFETY: one call covers the whole output.
-                    unsafe { self.tile(lhs, dst, out_stride, 0, rows, 0..conv.cout, par) }
+                    unsafe { self.tile(lhs, dst.get(), out_stride, 0, rows, 0..conv.cout, par) }
                     return;
                 }
                 let width = conv
@@ -212,7 +222,7 @@ impl Launch<'_> {
                     let chans = (p * width).min(conv.cout)..((p + 1) * width).min(conv.cout);
                     if !chans.is_empty() {
                         // SAFETY: panels are disjoint channel ranges of the output.
-                        unsafe { self.tile(lhs, dst, out_stride, 0, rows, chans, None) }
+                        unsafe { self.tile(lhs, dst.get(), out_stride, 0, rows, chans, None) }
                     }
                 });
             };
@@ -236,6 +246,46 @@ impl Launch<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Output rows `r0..r0+len`, every channel, computed on this thread into `dst` (where
+    /// row `r0` goes, rows `out_stride` apart): the input rows multiplied as they are where
+    /// the convolution is a plain 1x1 one, else their receptive fields gathered first. The
+    /// path of [`GemmConv`]'s GEMM algorithm when rows are split between threads.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` rows `out_stride` apart that no other thread
+    /// touches meanwhile; `r0 + len` at most the output's rows, and the input checked to hold
+    /// every pixel (as `run` does).
+    pub(super) unsafe fn rows_into(&self, r0: usize, len: usize, dst: *mut f32, out_stride: usize) {
+        let (conv, x) = (self.conv, self.x);
+        let kk = conv.k * conv.k * conv.cin_g();
+        // SAFETY (both arms): the caller's contract.
+        if self.direct() {
+            let lhs = Lhs {
+                ptr: ReadPtr(x.data[r0 * x.stride..].as_ptr()),
+                row_stride: x.stride,
+                k: kk,
+            };
+            unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+        } else {
+            with_scratch(len * kk, |cols| {
+                self.gather(r0, len, cols, 0..x.c);
+                let lhs = Lhs {
+                    ptr: ReadPtr(cols.as_ptr()),
+                    row_stride: kk,
+                    k: kk,
+                };
+                unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+            })
+        }
+    }
+
+    /// Whether the GEMM multiplies the input rows as they are: a 1x1 stride-1 unpadded
+    /// convolution of a plain input. Everything else gathers its receptive fields first.
+    fn direct(&self) -> bool {
+        let conv = self.conv;
+        conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none()
     }
 
     /// Fill `cols` (`len` rows of k*k*C, C the channels `chans` of the input) with the
@@ -291,18 +341,19 @@ impl Launch<'_> {
         }
     }
 
-    /// Output rows `r0..r0+len`, channels `chans`: multiply `len` rows of `lhs` by the
-    /// weight's columns `chans`, then add bias (and residual) and activate. `threads`: let
-    /// the general GEMM itself split the work (the panel kernel runs on this thread).
+    /// Output rows `r0..r0+len`, channels `chans`, into `dst` (where row `r0` goes): multiply
+    /// `len` rows of `lhs` by the weight's columns `chans`, then add bias (and residual) and
+    /// activate. `threads`: let the general GEMM itself split the work (the panel kernel runs
+    /// on this thread).
     ///
     /// # Safety
-    /// `dst` must be valid for `r0 + len` rows `out_stride` apart, `lhs` for `len` rows, and
-    /// no other thread may touch those output rows' `chans` at the same time.
+    /// `dst` must be valid for `len` rows `out_stride` apart, `lhs` for `len` rows, and no
+    /// other thread may touch those output rows' `chans` at the same time.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         &self,
         lhs: Lhs,
-        dst: SendPtr,
+        dst: *mut f32,
         out_stride: usize,
         r0: usize,
         len: usize,
@@ -310,8 +361,8 @@ impl Launch<'_> {
         threads: Option<usize>,
     ) {
         let conv = self.conv;
-        // SAFETY: the caller guarantees `dst` holds rows `r0..r0 + len`.
-        let base = unsafe { dst.0.add(r0 * out_stride + chans.start) };
+        // SAFETY: the caller guarantees `dst` holds `len` rows.
+        let base = unsafe { dst.add(chans.start) };
         let (weight, w_rs) = conv.weight_from(chans.start);
         if let Some(kernel) = conv.panels {
             // Every split of the channels is a whole number of panels.

@@ -41,6 +41,28 @@ pub struct GemmConv {
     winograd: [OnceLock<Vec<f32>>; 2],
 }
 
+/// A convolution whose output rows are computed a block at a time by the caller
+/// ([`GemmConv::row_blocks`]).
+pub(super) struct RowBlocks<'a>(Launch<'a>);
+
+impl RowBlocks<'_> {
+    /// Output height and width of one image.
+    pub(super) fn output_size(&self) -> (usize, usize) {
+        (self.0.oh, self.0.ow)
+    }
+
+    /// Output rows `r0..r0+len` (pixels, over all images) into `dst`, on this thread.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len * cout` values that no other thread touches
+    /// meanwhile, and `r0 + len` at most the output's pixels.
+    pub(super) unsafe fn rows_into(&self, r0: usize, len: usize, dst: *mut f32) {
+        debug_assert!(r0 + len <= self.0.x.n * self.0.oh * self.0.ow);
+        // SAFETY: the caller's contract; the input was checked when `self` was made.
+        unsafe { self.0.rows_into(r0, len, dst, self.0.conv.cout) }
+    }
+}
+
 /// How a dense convolution is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Algorithm {
@@ -111,6 +133,11 @@ impl GemmConv {
             isa,
             winograd: Default::default(),
         })
+    }
+
+    /// Output channels, all groups together.
+    pub(super) fn out_channels(&self) -> usize {
+        self.cout
     }
 
     /// Input channels of one group.
@@ -247,6 +274,23 @@ impl GemmConv {
         }
         // SAFETY: `out` was just checked to hold every row.
         unsafe { conv.run(SendPtr(out.as_mut_ptr()), out_stride) }
+    }
+
+    /// This convolution of `x` computed a block of rows at a time by the caller's threads,
+    /// where it runs as one GEMM by the panel kernel (not Winograd, one group); `None`
+    /// otherwise.
+    pub(super) fn row_blocks<'a>(
+        &'a self,
+        x: View<'a>,
+        pad: Pad2d,
+        act: Activation,
+    ) -> Result<Option<RowBlocks<'a>>> {
+        let launch = self.launch(x, pad, None, act, None, Some(Algorithm::Gemm))?;
+        if self.panels.is_none() || self.groups > 1 || launch.choose() != Algorithm::Gemm {
+            return Ok(None);
+        }
+        launch.check()?;
+        Ok(Some(RowBlocks(launch)))
     }
 
     /// One call of this convolution on `x`, its output size worked out.

@@ -125,12 +125,6 @@ impl DepthwiseConv {
         if x.data.len() < x.n * x.h * x.w * x.c {
             candle_core::bail!("depthwise conv: short input")
         }
-        // Activations with `exp` or `erf` inside get a pass over each row after its kernel.
-        let in_registers = if act.in_registers() {
-            act
-        } else {
-            Activation::Identity
-        };
         let parts = self.channel_parts(x.n * x.h, x.n * oh * ow);
         let width = self.c.div_ceil(parts).next_multiple_of(CHANNEL_ALIGN);
         let out_rows = x.n * oh;
@@ -144,42 +138,20 @@ impl DepthwiseConv {
             if chans.is_empty() {
                 return;
             }
-            let (img, oy) = (row / oh, row % oh);
-            // SAFETY: row `row` of the output is `ow * c` values at `row * ow * c`.
-            let dst = unsafe { out.get().add(row * ow * self.c) };
             let rows = Rows {
                 conv: self,
                 x,
-                img,
-                oy,
+                img: row / oh,
+                oy: row % oh,
                 ow,
                 pad,
+                h: x.h,
+                from: 0,
             };
-            // SAFETY: tasks write disjoint (row, channels) parts of the output; `isa` was a
-            // level this CPU supports when packed; the input was checked to hold every pixel.
-            unsafe {
-                match self.isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => avx2::row(&rows, in_registers, dst, chans.clone()),
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => avx512::row(&rows, in_registers, dst, chans.clone()),
-                    _ => rows.scalar(in_registers, dst, chans.clone()),
-                }
-            }
-            if !act.in_registers() {
-                // The whole row in one pass where the task has every channel, else each
-                // pixel's part.
-                let (span, apart) = if chans.len() == self.c {
-                    (ow * self.c, ow * self.c)
-                } else {
-                    (chans.len(), self.c)
-                };
-                for start in (chans.start..ow * self.c).step_by(apart) {
-                    // SAFETY: the kernel above wrote these channels of every pixel of the row.
-                    let values = unsafe { std::slice::from_raw_parts_mut(dst.add(start), span) };
-                    act.apply(values, self.isa);
-                }
-            }
+            // SAFETY: row `row` of the output is `ow * c` values at `row * ow * c`; tasks
+            // write disjoint (row, channels) parts of it; the input was checked to hold every
+            // pixel.
+            unsafe { self.row(&rows, act, out.get().add(row * ow * self.c), chans) };
         });
         // SAFETY: the tasks cover every (row, channel) of the `len` values.
         unsafe { data.set_len(len) };
@@ -190,6 +162,93 @@ impl DepthwiseConv {
             c: self.c,
             data,
         })
+    }
+}
+
+impl DepthwiseConv {
+    /// Output row `rows.oy` of image `rows.img`, channels `chans`, into `dst` (the row's
+    /// first value) by the kernel this convolution was packed for, `act` applied.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of the row's `ow * c` values, and no other thread may
+    /// touch its `chans` meanwhile; `rows.x` must hold every input row the output row reads.
+    unsafe fn row(&self, rows: &Rows, act: Activation, dst: *mut f32, chans: Range<usize>) {
+        // Activations with `exp` or `erf` inside get a pass over the row after its kernel.
+        let in_registers = if act.in_registers() {
+            act
+        } else {
+            Activation::Identity
+        };
+        // SAFETY: `isa` was a level this CPU supports when packed; the rest is the caller's.
+        unsafe {
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::row(rows, in_registers, dst, chans.clone()),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => avx512::row(rows, in_registers, dst, chans.clone()),
+                _ => rows.scalar(in_registers, dst, chans.clone()),
+            }
+        }
+        if !act.in_registers() {
+            // The whole row in one pass where the call has every channel, else each pixel's
+            // part.
+            let ow = rows.ow;
+            let (span, apart) = if chans.len() == self.c {
+                (ow * self.c, ow * self.c)
+            } else {
+                (chans.len(), self.c)
+            };
+            for start in (chans.start..ow * self.c).step_by(apart) {
+                // SAFETY: the kernel above wrote these channels of every pixel of the row.
+                let values = unsafe { std::slice::from_raw_parts_mut(dst.add(start), span) };
+                act.apply(values, self.isa);
+            }
+        }
+    }
+
+    /// Output row `oy` (every channel) of an image `h` rows high, of which `strip` holds rows
+    /// `from..from + strip.h` (one image, dense), into `dst`: a row of a convolution whose
+    /// input is made a strip at a time ([`super::fused`]).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `ow * c` values that no other thread touches
+    /// meanwhile; `strip` must hold every input row output row `oy` reads, with `c` channels
+    /// and `ow` the output width for its width.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn strip_row(
+        &self,
+        strip: View,
+        h: usize,
+        from: usize,
+        oy: usize,
+        ow: usize,
+        pad: Pad2d,
+        act: Activation,
+        dst: *mut f32,
+    ) {
+        debug_assert!(strip.n == 1 && strip.c == self.c && strip.stride == self.c);
+        let rows = Rows {
+            conv: self,
+            x: strip,
+            img: 0,
+            oy,
+            ow,
+            pad,
+            h,
+            from,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { self.row(&rows, act, dst, 0..self.c) }
+    }
+
+    /// Channels (as packed).
+    pub(super) fn channels(&self) -> usize {
+        self.c
+    }
+
+    /// Kernel size and stride.
+    pub(super) fn geometry(&self) -> (usize, usize) {
+        (self.k, self.stride)
     }
 }
 
@@ -230,11 +289,17 @@ impl Calls {
 /// One output row of a depthwise convolution: what every kernel copy needs.
 struct Rows<'a> {
     conv: &'a DepthwiseConv,
+    /// The input rows held: input row `iy` of image `img` is row `img * x.h + iy - from` of
+    /// `x` (every image whole, `from` 0; or one strip of an image, `img` 0).
     x: View<'a>,
     img: usize,
     oy: usize,
     ow: usize,
     pad: Pad2d,
+    /// The input image's height (where the padding starts).
+    h: usize,
+    /// The first input row `x` holds.
+    from: usize,
 }
 
 impl Rows<'_> {
@@ -368,10 +433,11 @@ impl Rows<'_> {
         let mut n = 0;
         for ky in 0..k {
             let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
-            if iy >= 0 && iy < x.h as isize {
+            if iy >= 0 && iy < self.h as isize {
+                debug_assert!((self.from..self.from + x.h).contains(&(iy as usize)));
                 rows[n] = (
                     ky * k * self.conv.c,
-                    (self.img * x.h + iy as usize) * x.w * x.stride,
+                    (self.img * x.h + iy as usize - self.from) * x.w * x.stride,
                 );
                 n += 1;
             }
@@ -447,10 +513,11 @@ impl Rows<'_> {
                 let iy = (self.oy * s + ky) as isize - self.pad.top as isize;
                 for kx in 0..k {
                     let ix = (ox * s + kx) as isize - self.pad.left as isize;
-                    if iy < 0 || iy >= x.h as isize || ix < 0 || ix >= x.w as isize {
+                    if iy < 0 || iy >= self.h as isize || ix < 0 || ix >= x.w as isize {
                         continue;
                     }
-                    let px = &x.pixel(self.img, iy as usize, ix as usize)[chans.clone()];
+                    let iy = iy as usize - self.from;
+                    let px = &x.pixel(self.img, iy, ix as usize)[chans.clone()];
                     let w = &self.conv.weight[(ky * k + kx) * c + chans.start..][..chans.len()];
                     for ((a, &v), &t) in acc.iter_mut().zip(px).zip(w) {
                         *a += v * t;
