@@ -459,16 +459,33 @@ impl Block {
     }
 
     fn forward_nhwc(&self, x: &Act) -> Result<Act> {
-        let last = self.stages.len() - 1;
-        let se_after = self.se.as_ref().map(|(after, _)| *after);
+        self.forward_nhwc_after(None, x)
+    }
+
+    /// `stem` (where given) and then this block, on `x`. A dense convolution and the
+    /// depthwise one after it run together where that pays (`kernels::fused`): an expansion
+    /// and its depthwise layer, or the stem and a first block's depthwise layer. The last
+    /// stage adds the residual, and a squeeze-excite sits between two stages it follows.
+    fn forward_nhwc_after(&self, stem: Option<&Stage>, x: &Act) -> Result<Act> {
+        let stem_out;
+        let (stem, x) = match stem {
+            // The residual adds the stem's output: that is made whole first.
+            Some(stem) if self.residual => {
+                stem_out = stem.forward_nhwc(x, None)?;
+                (None, &stem_out)
+            }
+            stem => (stem, x),
+        };
+        let stages: Vec<&Stage> = stem.into_iter().chain(&self.stages).collect();
+        let skipped = stages.len() - self.stages.len();
+        let se = self.se.as_ref().map(|(after, se)| (after + skipped, se));
+        let last = stages.len() - 1;
         let mut y: Option<Act> = None;
         let mut i = 0;
         while i <= last {
-            let (stage, input) = (&self.stages[i], y.as_ref().unwrap_or(x));
-            // An expansion and the depthwise layer after it, together where that pays (the
-            // last stage adds the residual, and the squeeze-excite sits after the depthwise).
-            let fused = match self.stages.get(i + 1) {
-                Some(next) if i + 1 < last && se_after != Some(i) => stage
+            let (stage, input) = (stages[i], y.as_ref().unwrap_or(x));
+            let fused = match stages.get(i + 1) {
+                Some(next) if i + 1 < last && se.is_none_or(|(after, _)| after != i) => stage
                     .conv
                     .forward_nhwc_then_depthwise(input, stage.act, &next.conv, next.act)?,
                 _ => None,
@@ -483,8 +500,8 @@ impl Block {
                     stage.forward_nhwc(input, residual)?
                 }
             };
-            if let Some((after, se)) = &self.se {
-                if *after == i {
+            if let Some((after, se)) = se {
+                if after == i {
                     se.forward_nhwc(&mut out)?;
                 }
             }
@@ -620,8 +637,11 @@ impl MobileNet {
     fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
         let (early, late) = self.blocks.split_at(self.per_image_blocks);
         let mut x = Act::from_nchw(x)?.in_chunks(1, |x| {
-            let mut x = self.stem.forward_nhwc(x, None)?;
-            for block in early {
+            let Some((first, rest)) = early.split_first() else {
+                return self.stem.forward_nhwc(x, None);
+            };
+            let mut x = first.forward_nhwc_after(Some(&self.stem), x)?;
+            for block in rest {
                 x = block.forward_nhwc(&x)?;
             }
             Ok(x)
