@@ -169,13 +169,7 @@ mod tests {
     #[test]
     fn fused_layers_match_the_two_layers_to_the_bit() {
         let dev = Device::Cpu;
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
-        let pools = [pool(1), pool(2), pool(3)];
+        let pools = [threads(1), threads(2), threads(3)];
         // (images, h, w, cin, mid, conv k, conv stride, conv pad, dw k, dw stride, dw pad)
         for (n, h, w, cin, mid, ck, cs, cpad, k, s, pad) in [
             // Lite0's 112x112 expansion and stride-2 depthwise, small.
@@ -258,10 +252,7 @@ mod tests {
             let dw = DepthwiseConv::pack(&dwt, None, 1, Isa::best()).unwrap();
             (conv, dw)
         };
-        let two = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let two = threads(2);
         let run = |(conv, dw): &(GemmConv, DepthwiseConv), strips| {
             let (pad, act) = (p(1, 1, 1, 1), Activation::Relu6);
             two.install(|| fused(conv, p(0, 0, 0, 0), act, dw, pad, act, x.view(), strips))

@@ -16,6 +16,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// A pool of `n` threads, for tests that check how work splits between threads.
+pub fn threads(n: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .unwrap()
+}
+
 pub fn p(t: usize, b: usize, l: usize, r: usize) -> Pad2d {
     Pad2d {
         top: t,

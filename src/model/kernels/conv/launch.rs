@@ -132,50 +132,14 @@ impl Launch<'_> {
         if conv.groups > 1 {
             // Every (block of rows, group) pair is a task: its group's fields gathered and
             // multiplied by that group's weight into its own output columns.
-            let (cin_g, cout_g) = (conv.cin_g(), conv.cout_g());
             let blocks = rows.div_ceil(ROW_BLOCK);
             (0..blocks * conv.groups).into_par_iter().for_each(|task| {
                 let (b, g) = (task / conv.groups, task % conv.groups);
                 let (r0, len) = (b * ROW_BLOCK, ROW_BLOCK.min(rows - b * ROW_BLOCK));
-                let chans = g * cout_g..(g + 1) * cout_g;
-                // SAFETY (both arms): tasks are disjoint (rows, group columns) of the output.
-                if direct {
-                    let lhs = Lhs {
-                        ptr: ReadPtr(x.data[r0 * x.stride + g * cin_g..].as_ptr()),
-                        row_stride: x.stride,
-                        k: kk,
-                    };
-                    unsafe {
-                        self.tile(
-                            lhs,
-                            dst.get().add(r0 * out_stride),
-                            out_stride,
-                            r0,
-                            len,
-                            chans,
-                            None,
-                        )
-                    }
-                } else {
-                    with_scratch(len * kk, |cols| {
-                        self.gather(r0, len, cols, g * cin_g..(g + 1) * cin_g);
-                        let lhs = Lhs {
-                            ptr: ReadPtr(cols.as_ptr()),
-                            row_stride: kk,
-                            k: kk,
-                        };
-                        unsafe {
-                            self.tile(
-                                lhs,
-                                dst.get().add(r0 * out_stride),
-                                out_stride,
-                                r0,
-                                len,
-                                chans,
-                                None,
-                            )
-                        }
-                    })
+                // SAFETY: tasks are disjoint (rows, group columns) of the output, which the
+                // caller guarantees holds every row.
+                unsafe {
+                    self.group_rows_into(g, r0, len, dst.get().add(r0 * out_stride), out_stride)
                 }
             });
             return Ok(());
@@ -258,25 +222,45 @@ impl Launch<'_> {
     /// touches meanwhile; `r0 + len` at most the output's rows, and the input checked to hold
     /// every pixel (as `run` does).
     pub(super) unsafe fn rows_into(&self, r0: usize, len: usize, dst: *mut f32, out_stride: usize) {
+        // SAFETY: the caller's contract; one group holds every channel.
+        unsafe { self.group_rows_into(0, r0, len, dst, out_stride) }
+    }
+
+    /// [`Launch::rows_into`] for the output channels of group `g` alone, from its input
+    /// channels.
+    ///
+    /// # Safety
+    /// As [`Launch::rows_into`], for the group's channels of those rows; `g` below the
+    /// groups.
+    unsafe fn group_rows_into(
+        &self,
+        g: usize,
+        r0: usize,
+        len: usize,
+        dst: *mut f32,
+        out_stride: usize,
+    ) {
         let (conv, x) = (self.conv, self.x);
-        let kk = conv.k * conv.k * conv.cin_g();
+        let (cin_g, cout_g) = (conv.cin_g(), conv.cout_g());
+        let kk = conv.k * conv.k * cin_g;
+        let chans = g * cout_g..(g + 1) * cout_g;
         // SAFETY (both arms): the caller's contract.
         if self.direct() {
             let lhs = Lhs {
-                ptr: ReadPtr(x.data[r0 * x.stride..].as_ptr()),
+                ptr: ReadPtr(x.data[r0 * x.stride + g * cin_g..].as_ptr()),
                 row_stride: x.stride,
                 k: kk,
             };
-            unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+            unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
         } else {
             with_scratch(len * kk, |cols| {
-                self.gather(r0, len, cols, 0..x.c);
+                self.gather(r0, len, cols, g * cin_g..(g + 1) * cin_g);
                 let lhs = Lhs {
                     ptr: ReadPtr(cols.as_ptr()),
                     row_stride: kk,
                     k: kk,
                 };
-                unsafe { self.tile(lhs, dst, out_stride, r0, len, 0..conv.cout, None) }
+                unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
             })
         }
     }

@@ -538,10 +538,7 @@ mod tests {
 
     #[test]
     fn threads_split_the_rows_unless_there_are_too_few() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = threads(2);
         let wt = Tensor::zeros((672, 1, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
         let conv = DepthwiseConv::pack(&wt, None, 1, Isa::Scalar).unwrap();
         // (input rows, output pixels) -> parts: Lite0's 14x14 and 7x7 stages at batch 1 (and
@@ -564,13 +561,7 @@ mod tests {
     #[test]
     fn depthwise_matches_candle_grouped_conv() {
         let dev = Device::Cpu;
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
-        let (one, three) = (pool(1), pool(3));
+        let (one, three) = (threads(1), threads(3));
         for (c, h, w, k, s, pad) in [
             (5, 9, 7, 3, 1, p(1, 1, 1, 1)),
             (4, 10, 10, 3, 2, p(0, 1, 0, 1)),
