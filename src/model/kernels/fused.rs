@@ -24,11 +24,12 @@ struct Strips {
     held: usize,
 }
 
-/// Intel Xeon (Sapphire Rapids class, AVX-512, L2 2 MiB a core), 2 threads, `classify bench`
-/// at batch 1, 6 interleaved rounds each, medians: EfficientNet-Lite0 unfused 240.9
-/// images/s; fused from 1 MiB a thread (the 112x112 stage only) 252.4 (5 rounds); from
-/// 400 KB (the 56x56 stage too) 255.8 with 256 KiB strips, 258.6 with 512 KiB, 254.6 with
-/// 1 MiB, 250.0 with 180 KB; from 150 KB (the 28x28 stage too) 248.5.
+/// Intel Xeon (Sapphire Rapids class, AVX-512, L2 2 MiB a core), 2 threads, EfficientNet-
+/// Lite0 at batch 1, `classify bench` with environment switches on one binary, medians of
+/// interleaved rounds. Five rounds, strips of 256 KiB: unfused 239.1 images/s; fused from
+/// 1 MiB a thread (the 112x112 stage only) 252.4, from 400 KB (the 56x56 stage too) 259.7,
+/// from 150 KB (the 28x28 stage too) 248.5. Six rounds, from 400 KB: unfused 240.8; strips
+/// of 180 KB 250.0, 256 KiB 255.8, 512 KiB 258.6, 1 MiB 254.6.
 const STRIPS: Strips = Strips {
     fuse_from: 512 << 10,
     held: 512 << 10,
