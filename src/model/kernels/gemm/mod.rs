@@ -257,6 +257,50 @@ mod tests {
         }
     }
 
+    /// A full block of rows (on AVX-512, the assembly loop) gives each row the bits a block
+    /// one row shorter (the intrinsics' loop) gives it: the same products in the same order.
+    #[test]
+    fn full_blocks_match_shorter_blocks_to_the_bit() {
+        let value = |i: usize| ((i * 7919) % 29) as f32 * 0.37 - 4.1;
+        let kernels = [
+            (Kernel::Portable, portable::ROWS),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, avx2::ROWS),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512, avx512::ROWS),
+        ];
+        for (kernel, rows) in kernels.into_iter().filter(|(k, _)| k.isa() <= Isa::best()) {
+            for (n, k) in [(64usize, 1usize), (32, 2), (64, 3), (96, 150), (48, 37)] {
+                let lhs_rs = k + 5;
+                let lhs: Vec<f32> = (0..rows * lhs_rs).map(value).collect();
+                let w: Vec<f32> = (0..k * n).map(|i| value(i + 7)).collect();
+                let panels = kernel.pack(&w, k, n);
+                let bias: Vec<f32> = (0..n).map(|j| value(j + 1)).collect();
+                let finish = Finish {
+                    bias: Some(bias.as_ptr()),
+                    residual: None,
+                    act: Activation::Relu,
+                };
+                let run = |m: usize| {
+                    let mut dst = vec![f32::NAN; m * n];
+                    // SAFETY: a supported kernel; `lhs` holds `m` rows, `dst` `m` rows of `n`.
+                    unsafe {
+                        let (l, p, d) = (lhs.as_ptr(), panels.as_ptr(), dst.as_mut_ptr());
+                        kernel.gemm(m, n, k, l, lhs_rs, p, d, n, finish)
+                    };
+                    dst
+                };
+                let (full, short) = (run(rows), run(rows - 1));
+                let differs =
+                    (full.iter().zip(&short)).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(
+                    differs, None,
+                    "{kernel:?} n{n} k{k}: the first value that differs"
+                );
+            }
+        }
+    }
+
     fn check_kernel(kernel: Kernel) {
         let value = |i: usize| ((i * 7919) % 23) as f32 * 0.25 - 2.5;
         for (m, n, k) in [
@@ -267,6 +311,11 @@ mod tests {
             (25, 48, 7),
             (64, 64, 64),
             (12, 80, 3),
+            // One and two steps of `k` (the assembly block's shortest paths), and blocks
+            // of 12 rows with the next column block fetched.
+            (24, 64, 1),
+            (12, 96, 2),
+            (37, 64, 150),
         ] {
             // Every kernel takes multiples of 8; AVX-512's last panel is then half full
             // (n = 8, 24, 40).
