@@ -183,53 +183,20 @@ unsafe fn sums_loop<const R: usize, const V: usize, const FETCH: bool>(
     acc
 }
 
-/// One step of `k` for the 6 x 16 block in assembly: the two panels' weight rows (`dw` bytes
-/// past `{w}`, the second panel `{ps}` bytes after the first), each row's value (`d` bytes
-/// past its address) broadcast and multiplied into its two sums with `op` (`vmulps` for the
-/// first step, `vfmadd231ps` after it). Rows 0-2 and 3-5 are `{a0}` and `{a3}` plus 0, 1 or
-/// 2 row strides (`{s}` bytes).
+/// One step of `k` for the 6 x 16 block in assembly (`k_loop!` in `mod.rs`): the two panels'
+/// weight rows (`dw` bytes on) into `ymm{wa}` and `ymm{wb}`, each row's value (`d` bytes past
+/// its address) broadcast and multiplied into its two sums with `op`. Rows 0-2 and 3-5 are
+/// `{a0}` and `{a3}` plus 0, 1 or 2 row strides (`{s}` bytes).
 macro_rules! step {
-    ($op:literal, $d:literal, $dw:literal) => {
+    ($op:literal, $d:literal, $dw:literal, $wa:literal, $wb:literal) => {
         concat!(
-            "vmovups ymm12, [{w} + ",
-            $dw,
-            "]\n",
-            "vmovups ymm13, [{w} + {ps} + ",
-            $dw,
-            "]\n",
-            row!($op, "{a0}", $d, "14", "0", "1"),
-            row!($op, "{a0} + {s}", $d, "15", "2", "3"),
-            row!($op, "{a0} + {s} * 2", $d, "14", "4", "5"),
-            row!($op, "{a3}", $d, "15", "6", "7"),
-            row!($op, "{a3} + {s}", $d, "14", "8", "9"),
-            row!($op, "{a3} + {s} * 2", $d, "15", "10", "11"),
-        )
-    };
-}
-
-/// One row of [`step!`]: its value broadcast into `ymm{x}`, then into sums `c0` and `c1`.
-macro_rules! row {
-    ($op:literal, $at:literal, $d:literal, $x:literal, $c0:literal, $c1:literal) => {
-        concat!(
-            "vbroadcastss ymm",
-            $x,
-            ", dword ptr [",
-            $at,
-            " + ",
-            $d,
-            "]\n",
-            $op,
-            " ymm",
-            $c0,
-            ", ymm12, ymm",
-            $x,
-            "\n",
-            $op,
-            " ymm",
-            $c1,
-            ", ymm13, ymm",
-            $x,
-            "\n",
+            weight_rows!("ymm", $dw, $wa, $wb),
+            row!("ymm", $op, "{a0}", $d, "14", "0", "1", $wa, $wb),
+            row!("ymm", $op, "{a0} + {s}", $d, "15", "2", "3", $wa, $wb),
+            row!("ymm", $op, "{a0} + {s} * 2", $d, "14", "4", "5", $wa, $wb),
+            row!("ymm", $op, "{a3}", $d, "15", "6", "7", $wa, $wb),
+            row!("ymm", $op, "{a3} + {s}", $d, "14", "8", "9", $wa, $wb),
+            row!("ymm", $op, "{a3} + {s} * 2", $d, "15", "10", "11", $wa, $wb),
         )
     };
 }
@@ -260,56 +227,15 @@ unsafe fn sums(
     // `out`; prefetches never fault. Every vector register the code writes is declared.
     unsafe {
         std::arch::asm!(
-            step!("vmulps", "0", "0"),
-            "add {a0}, 4",
-            "add {a3}, 4",
-            "add {w}, 32",
-            "sub {k}, 1",
-            "jz 3f",
-            "test {pf}, {pf}",
-            "jz 5f",
-            // Steps with one line of the next block fetched each.
-            "6:",
-            step!("vfmadd231ps", "0", "0"),
-            "prefetcht1 [{pa}]",
-            "add {pa}, 64",
-            "add {a0}, 4",
-            "add {a3}, 4",
-            "add {w}, 32",
-            "sub {k}, 1",
-            "jz 3f",
-            "sub {pf}, 1",
-            "jnz 6b",
-            // Two steps at a time.
-            "5:",
-            "cmp {k}, 2",
-            "jb 4f",
-            "2:",
-            step!("vfmadd231ps", "0", "0"),
-            step!("vfmadd231ps", "4", "32"),
-            "add {a0}, 8",
-            "add {a3}, 8",
-            "add {w}, 64",
-            "sub {k}, 2",
-            "cmp {k}, 2",
-            "jae 2b",
-            "test {k}, {k}",
-            "jz 3f",
-            "4:",
-            step!("vfmadd231ps", "0", "0"),
-            "3:",
-            "vmovups [{out}], ymm0",
-            "vmovups [{out} + 32], ymm1",
-            "vmovups [{out} + 64], ymm2",
-            "vmovups [{out} + 96], ymm3",
-            "vmovups [{out} + 128], ymm4",
-            "vmovups [{out} + 160], ymm5",
-            "vmovups [{out} + 192], ymm6",
-            "vmovups [{out} + 224], ymm7",
-            "vmovups [{out} + 256], ymm8",
-            "vmovups [{out} + 288], ymm9",
-            "vmovups [{out} + 320], ymm10",
-            "vmovups [{out} + 352], ymm11",
+            k_loop!(
+                step,
+                "32",
+                ["12", "13"],
+                ["12", "13"],
+                "add {a0}, 4\nadd {a3}, 4\nadd {w}, 32\n",
+                "add {a0}, 8\nadd {a3}, 8\nadd {w}, 64\n",
+                "vmovups [{out} + 0], ymm0\nvmovups [{out} + 32], ymm1\nvmovups [{out} + 64], ymm2\nvmovups [{out} + 96], ymm3\nvmovups [{out} + 128], ymm4\nvmovups [{out} + 160], ymm5\nvmovups [{out} + 192], ymm6\nvmovups [{out} + 224], ymm7\nvmovups [{out} + 256], ymm8\nvmovups [{out} + 288], ymm9\nvmovups [{out} + 320], ymm10\nvmovups [{out} + 352], ymm11\n",
+            ),
             k = inout(reg) k => _,
             a0 = inout(reg) lhs => _,
             a3 = inout(reg) lhs.wrapping_add(3 * lhs_rs) => _,

@@ -246,67 +246,26 @@ unsafe fn store<const R: usize, const V: usize, const HALF_LAST: bool>(
     }
 }
 
-/// One step of `k` for the 12 x 32 block in assembly: the two panels' weight rows (`dw`
-/// bytes past `{w}`, the second panel `{ps}` bytes after the first), each row's value (`d`
-/// bytes past its address) broadcast and multiplied into its two sums with `op` (`vmulps`
-/// for the first step, `vfmadd231ps` after it). Rows 0-3, 4-7 and 8-11 are `{a0}`, `{a4}`
-/// and `{a8}` plus 0, 1, 2 or 3 row strides (`{s}`, `{s3}` bytes).
+/// One step of `k` for the 12 x 32 block in assembly (`k_loop!` in `mod.rs`): the two panels'
+/// weight rows (`dw` bytes on) into `zmm{wa}` and `zmm{wb}`, each row's value (`d` bytes past
+/// its address) broadcast and multiplied into its two sums with `op`. Rows 0-3, 4-7 and 8-11
+/// are `{a0}`, `{a4}` and `{a8}` plus 0, 1, 2 or 3 row strides (`{s}`, `{s3}` bytes).
 macro_rules! step {
     ($op:literal, $d:literal, $dw:literal, $wa:literal, $wb:literal) => {
         concat!(
-            "vmovups zmm",
-            $wa,
-            ", [{w} + ",
-            $dw,
-            "]\n",
-            "vmovups zmm",
-            $wb,
-            ", [{w} + {ps} + ",
-            $dw,
-            "]\n",
-            row!($op, "{a0}", $d, "26", "0", "1", $wa, $wb),
-            row!($op, "{a0} + {s}", $d, "27", "2", "3", $wa, $wb),
-            row!($op, "{a0} + {s} * 2", $d, "26", "4", "5", $wa, $wb),
-            row!($op, "{a0} + {s3}", $d, "27", "6", "7", $wa, $wb),
-            row!($op, "{a4}", $d, "26", "8", "9", $wa, $wb),
-            row!($op, "{a4} + {s}", $d, "27", "10", "11", $wa, $wb),
-            row!($op, "{a4} + {s} * 2", $d, "26", "12", "13", $wa, $wb),
-            row!($op, "{a4} + {s3}", $d, "27", "14", "15", $wa, $wb),
-            row!($op, "{a8}", $d, "26", "16", "17", $wa, $wb),
-            row!($op, "{a8} + {s}", $d, "27", "18", "19", $wa, $wb),
-            row!($op, "{a8} + {s} * 2", $d, "26", "20", "21", $wa, $wb),
-            row!($op, "{a8} + {s3}", $d, "27", "22", "23", $wa, $wb),
-        )
-    };
-}
-
-/// One row of [`step!`]: its value broadcast into `zmm{x}`, then into sums `c0` and `c1`.
-macro_rules! row {
-    ($op:literal, $at:literal, $d:literal, $x:literal, $c0:literal, $c1:literal, $wa:literal, $wb:literal) => {
-        concat!(
-            "vbroadcastss zmm",
-            $x,
-            ", dword ptr [",
-            $at,
-            " + ",
-            $d,
-            "]\n",
-            $op,
-            " zmm",
-            $c0,
-            ", zmm",
-            $wa,
-            ", zmm",
-            $x,
-            "\n",
-            $op,
-            " zmm",
-            $c1,
-            ", zmm",
-            $wb,
-            ", zmm",
-            $x,
-            "\n",
+            weight_rows!("zmm", $dw, $wa, $wb),
+            row!("zmm", $op, "{a0}", $d, "26", "0", "1", $wa, $wb),
+            row!("zmm", $op, "{a0} + {s}", $d, "27", "2", "3", $wa, $wb),
+            row!("zmm", $op, "{a0} + {s} * 2", $d, "26", "4", "5", $wa, $wb),
+            row!("zmm", $op, "{a0} + {s3}", $d, "27", "6", "7", $wa, $wb),
+            row!("zmm", $op, "{a4}", $d, "26", "8", "9", $wa, $wb),
+            row!("zmm", $op, "{a4} + {s}", $d, "27", "10", "11", $wa, $wb),
+            row!("zmm", $op, "{a4} + {s} * 2", $d, "26", "12", "13", $wa, $wb),
+            row!("zmm", $op, "{a4} + {s3}", $d, "27", "14", "15", $wa, $wb),
+            row!("zmm", $op, "{a8}", $d, "26", "16", "17", $wa, $wb),
+            row!("zmm", $op, "{a8} + {s}", $d, "27", "18", "19", $wa, $wb),
+            row!("zmm", $op, "{a8} + {s} * 2", $d, "26", "20", "21", $wa, $wb),
+            row!("zmm", $op, "{a8} + {s3}", $d, "27", "22", "23", $wa, $wb),
         )
     };
 }
@@ -344,71 +303,15 @@ unsafe fn sums(
     // `out`; prefetches never fault. Every vector register the code writes is declared.
     unsafe {
         std::arch::asm!(
-            step!("vmulps", "0", "0", "24", "25"),
-            "add {a0}, 4",
-            "add {a4}, 4",
-            "add {a8}, 4",
-            "add {w}, 64",
-            "sub {k}, 1",
-            "jz 3f",
-            "test {pf}, {pf}",
-            "jz 5f",
-            // Steps with one line of the next block fetched each.
-            "6:",
-            step!("vfmadd231ps", "0", "0", "24", "25"),
-            "prefetcht1 [{pa}]",
-            "add {pa}, 64",
-            "add {a0}, 4",
-            "add {a4}, 4",
-            "add {a8}, 4",
-            "add {w}, 64",
-            "sub {k}, 1",
-            "jz 3f",
-            "sub {pf}, 1",
-            "jnz 6b",
-            // Two steps at a time.
-            "5:",
-            "cmp {k}, 2",
-            "jb 4f",
-            "2:",
-            step!("vfmadd231ps", "0", "0", "24", "25"),
-            step!("vfmadd231ps", "4", "64", "28", "29"),
-            "add {a0}, 8",
-            "add {a4}, 8",
-            "add {a8}, 8",
-            "add {w}, 128",
-            "sub {k}, 2",
-            "cmp {k}, 2",
-            "jae 2b",
-            "test {k}, {k}",
-            "jz 3f",
-            "4:",
-            step!("vfmadd231ps", "0", "0", "24", "25"),
-            "3:",
-            "vmovups [{out}], zmm0",
-            "vmovups [{out} + 64], zmm1",
-            "vmovups [{out} + 128], zmm2",
-            "vmovups [{out} + 192], zmm3",
-            "vmovups [{out} + 256], zmm4",
-            "vmovups [{out} + 320], zmm5",
-            "vmovups [{out} + 384], zmm6",
-            "vmovups [{out} + 448], zmm7",
-            "vmovups [{out} + 512], zmm8",
-            "vmovups [{out} + 576], zmm9",
-            "vmovups [{out} + 640], zmm10",
-            "vmovups [{out} + 704], zmm11",
-            "vmovups [{out} + 768], zmm12",
-            "vmovups [{out} + 832], zmm13",
-            "vmovups [{out} + 896], zmm14",
-            "vmovups [{out} + 960], zmm15",
-            "vmovups [{out} + 1024], zmm16",
-            "vmovups [{out} + 1088], zmm17",
-            "vmovups [{out} + 1152], zmm18",
-            "vmovups [{out} + 1216], zmm19",
-            "vmovups [{out} + 1280], zmm20",
-            "vmovups [{out} + 1344], zmm21",
-            "vmovups [{out} + 1408], zmm22",
-            "vmovups [{out} + 1472], zmm23",
+            k_loop!(
+                step,
+                "64",
+                ["24", "25"],
+                ["28", "29"],
+                "add {a0}, 4\nadd {a4}, 4\nadd {a8}, 4\nadd {w}, 64\n",
+                "add {a0}, 8\nadd {a4}, 8\nadd {a8}, 8\nadd {w}, 128\n",
+                "vmovups [{out} + 0], zmm0\nvmovups [{out} + 64], zmm1\nvmovups [{out} + 128], zmm2\nvmovups [{out} + 192], zmm3\nvmovups [{out} + 256], zmm4\nvmovups [{out} + 320], zmm5\nvmovups [{out} + 384], zmm6\nvmovups [{out} + 448], zmm7\nvmovups [{out} + 512], zmm8\nvmovups [{out} + 576], zmm9\nvmovups [{out} + 640], zmm10\nvmovups [{out} + 704], zmm11\nvmovups [{out} + 768], zmm12\nvmovups [{out} + 832], zmm13\nvmovups [{out} + 896], zmm14\nvmovups [{out} + 960], zmm15\nvmovups [{out} + 1024], zmm16\nvmovups [{out} + 1088], zmm17\nvmovups [{out} + 1152], zmm18\nvmovups [{out} + 1216], zmm19\nvmovups [{out} + 1280], zmm20\nvmovups [{out} + 1344], zmm21\nvmovups [{out} + 1408], zmm22\nvmovups [{out} + 1472], zmm23\n",
+            ),
             k = inout(reg) k => _,
             a0 = inout(reg) lhs => _,
             a4 = inout(reg) lhs.wrapping_add(4 * lhs_rs) => _,

@@ -13,6 +13,136 @@
 //! Reading the row-major weight in place instead thrashes the cache: its rows are thousands
 //! of bytes apart. The `gemm` crate remains the engine where no panel kernel applies.
 
+/// Assembly loading the weight rows of a step (`dw` bytes past `{w}`, the second panel `{ps}`
+/// bytes after the first) into registers `reg wa` and `reg wb` (`reg`: "ymm" or "zmm").
+#[cfg(target_arch = "x86_64")]
+macro_rules! weight_rows {
+    ($reg:literal, $dw:literal, $wa:literal, $wb:literal) => {
+        concat!(
+            "vmovups ",
+            $reg,
+            $wa,
+            ", [{w} + ",
+            $dw,
+            "]\n",
+            "vmovups ",
+            $reg,
+            $wb,
+            ", [{w} + {ps} + ",
+            $dw,
+            "]\n",
+        )
+    };
+}
+
+/// Assembly for one row of a step: its value (`d` bytes past `at`) broadcast into `reg x`,
+/// then multiplied by the weights in `reg wa` and `reg wb` into sums `reg c0` and `reg c1`
+/// with `op`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! row {
+    (
+        $reg:literal,
+        $op:literal,
+        $at:literal,
+        $d:literal,
+        $x:literal,
+        $c0:literal,
+        $c1:literal,
+        $wa:literal,
+        $wb:literal
+    ) => {
+        concat!(
+            "vbroadcastss ",
+            $reg,
+            $x,
+            ", dword ptr [",
+            $at,
+            " + ",
+            $d,
+            "]\n",
+            $op,
+            " ",
+            $reg,
+            $c0,
+            ", ",
+            $reg,
+            $wa,
+            ", ",
+            $reg,
+            $x,
+            "\n",
+            $op,
+            " ",
+            $reg,
+            $c1,
+            ", ",
+            $reg,
+            $wb,
+            ", ",
+            $reg,
+            $x,
+            "\n",
+        )
+    };
+}
+
+/// The assembly of a full register block's loop down `k`, for the `sums` of [`avx2`] and
+/// [`avx512`]. `$step!(op, d, dw, wa, wb)` is one step of that file's block: the weight rows
+/// `dw` bytes on into registers `wa` and `wb`, the rows' values `d` bytes on, multiplied in
+/// with `op`. The first step multiplies (`vmulps`), the rest multiply-add: one step at a
+/// time while `{pf}` lines of `{pa}` are left to fetch (one a step), then two at a time (the
+/// second `4` and `$row` bytes on, its weights in `wa2` and `wb2`), then a last lone step.
+/// `$advance` and `$advance2` move the row and weight pointers one and two steps on;
+/// `$store` writes the sums to `{out}`. `{k}` is the steps, at least one.
+#[cfg(target_arch = "x86_64")]
+macro_rules! k_loop {
+    (
+        $step:ident,
+        $row:literal,
+        [$wa:literal, $wb:literal],
+        [$wa2:literal, $wb2:literal],
+        $advance:literal,
+        $advance2:literal,
+        $store:literal $(,)?
+    ) => {
+        concat!(
+            $step!("vmulps", "0", "0", $wa, $wb),
+            $advance,
+            "sub {k}, 1\n",
+            "jz 3f\n",
+            "test {pf}, {pf}\n",
+            "jz 5f\n",
+            // Steps with one line of the next block fetched each.
+            "6:\n",
+            $step!("vfmadd231ps", "0", "0", $wa, $wb),
+            "prefetcht1 [{pa}]\n",
+            "add {pa}, 64\n",
+            $advance,
+            "sub {k}, 1\n",
+            "jz 3f\n",
+            "sub {pf}, 1\n",
+            "jnz 6b\n",
+            // Two steps at a time.
+            "5:\n",
+            "cmp {k}, 2\n",
+            "jb 4f\n",
+            "2:\n",
+            $step!("vfmadd231ps", "0", "0", $wa, $wb),
+            $step!("vfmadd231ps", "4", $row, $wa2, $wb2),
+            $advance2,
+            "sub {k}, 2\n",
+            "cmp {k}, 2\n",
+            "jae 2b\n",
+            "test {k}, {k}\n",
+            "jz 3f\n",
+            // A last lone step.
+            "4:\n",
+            $step!("vfmadd231ps", "0", "0", $wa, $wb),
+            "3:\n",
+            $store,
+        )
+    };
+}
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
