@@ -203,7 +203,7 @@ macro_rules! step {
 
 /// The sums of a full block ([`ROWS`] rows x 2 panels) over all of `k`, written to `out` (12
 /// vectors: row 0's two, then row 1's, ...), `ahead` fetched over the first steps, one line a
-/// step: [`super::avx512`]'s assembly loop for 16 registers. The same products in the same
+/// step: the `k_loop!` of [`super::avx512`]'s, for 16 registers. The same products in the same
 /// order as [`sums_loop`], so the same bits. Intel Xeon (Sapphire Rapids class) with the AVX2
 /// kernels forced (`CLASSIFY_CPU_ISA=avx2`), 2 threads, medians of 3 interleaved rounds (one
 /// binary, an environment switch since removed), images/s intrinsics -> assembly: ResNet-50

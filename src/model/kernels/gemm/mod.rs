@@ -288,8 +288,9 @@ impl Kernel {
 /// Values in a cache line.
 pub(super) const LINE: usize = 16;
 
-/// Cache lines of weight to fetch into L2 ahead of their use, spread over the steps of `k`.
-/// At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
+/// Cache lines of weight to fetch into L2 ahead of their use: a full block's assembly loop
+/// fetches one a step over its first steps, a partial block's loop spreads them over all of
+/// `k`. At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
 /// memory: fetched as it is needed, the first block of rows of every column block waits for
 /// it; fetched during the previous column block, it is waiting in L2.
 #[derive(Clone, Copy)]
