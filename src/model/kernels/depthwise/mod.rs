@@ -82,6 +82,7 @@ impl DepthwiseConv {
     /// The copy of the kernel that runs `k x k` filters at `stride` on a CPU of level
     /// `isa`: the scalar one where k is too large for the vector ones, AVX2's (which runs
     /// a pixel at a time where it has no tiles) where there are no tiles for the shape.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn kernel(isa: Isa, k: usize, stride: usize) -> Isa {
         match isa {
             _ if k > MAX_K => Isa::Scalar,
@@ -266,11 +267,13 @@ struct Operands {
 
 /// Kernel calls [`Rows::for_each_calls`] gathers before handing them over (up to 4 pixels
 /// each: a 14-pixel row is 5 calls at 3x3, 7 at 5x5).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const CALLS: usize = 8;
 
 /// Up to [`CALLS`] of a row's kernel calls: call `i` is pixel `ox[i]` (and the `R - 1`
 /// after it if `run[i]`), with taps `taps[i][..len[i]]` as [`Rows::for_each_run`] gives
 /// them.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Calls {
     n: usize,
     ox: [usize; CALLS],
@@ -279,6 +282,7 @@ struct Calls {
     taps: [[(usize, usize); MAX_TAPS]; CALLS],
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Calls {
     /// Call `i`: its taps, first pixel and whether it is a run.
     fn get(&self, i: usize) -> (&[(usize, usize)], usize, bool) {
@@ -319,6 +323,7 @@ impl Rows<'_> {
     /// false) elsewhere; `taps` are those of pixel `ox`, and pixel `ox + p` of a run has the
     /// same taps at input offsets `p * step()` further.
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn for_each_run<const R: usize>(&self, mut f: impl FnMut(&[(usize, usize)], usize, bool)) {
         let (inner, step) = (self.interior(), self.step());
         let mut taps = [(0usize, 0usize); MAX_TAPS];
@@ -380,6 +385,7 @@ impl Rows<'_> {
     /// pixel at a time over all channels reads the whole weight and its inputs from L2 for
     /// every pixel (`k * k * c` values each: 115 KB at 5x5 and 1152 channels).
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn for_each_calls<const R: usize>(&self, mut f: impl FnMut(&Calls)) {
         let mut calls = Calls {
             n: 0,
@@ -447,6 +453,7 @@ impl Rows<'_> {
 
     /// The output pixels whose every tap lies inside the input horizontally: along them
     /// the taps are the same, the input offsets one [`Rows::step`] further per pixel.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn interior(&self) -> std::ops::Range<usize> {
         let (k, s, left) = (self.conv.k, self.conv.stride, self.pad.left);
         let first = left.div_ceil(s);
@@ -468,6 +475,7 @@ impl Rows<'_> {
     }
 
     /// Input offset from one output pixel's taps to the next one's (inside the interior).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn step(&self) -> usize {
         self.conv.stride * self.x.stride
     }

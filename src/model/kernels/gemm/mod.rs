@@ -1,9 +1,10 @@
-//! The GEMM every dense convolution runs on x86-64 CPUs with AVX2+FMA or AVX-512: the
-//! weight packed once, at load, in panels of `width` output channels (each `k x width`
-//! contiguous: 8 for AVX2, 16 for AVX-512), and a block of outputs kept in registers while it
-//! runs down `k`, so each weight value is loaded once per block of rows and each input value
-//! once per block of channels. One micro-kernel file per instruction set ([`avx2`],
-//! [`avx512`]); a packed weight carries its [`Kernel`], so layout and kernel cannot disagree.
+//! The GEMM every dense convolution runs on: the weight packed once, at load, in panels of
+//! `width` output channels (each `k x width` contiguous: 16 for AVX-512, 8 for AVX2 and the
+//! portable kernel), and a block of outputs kept in registers while it runs down `k`, so
+//! each weight value is loaded once per block of rows and each input value once per block of
+//! channels. One micro-kernel file per instruction set (`avx512.rs`, `avx2.rs`, `neon.rs`
+//! on ARM64, `portable.rs` everywhere); a packed weight carries its [`Kernel`], so layout
+//! and kernel cannot disagree.
 //!
 //! Bias and activation are applied to the block in registers before it is stored.
 //!
@@ -148,6 +149,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod general;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 
 pub(super) use general::general_gemm;
@@ -161,7 +164,8 @@ const WIDTH_AVX512: usize = 16;
 /// A panel micro-kernel, and so the panel width its weights are packed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kernel {
-    /// Plain Rust (`portable.rs`): the scalar level, ARM64's NEON by auto-vectorisation.
+    /// Plain Rust (`portable.rs`): the scalar level; on ARM64 its pairs of panels run in
+    /// NEON's 6 x 16 blocks (`neon.rs`).
     Portable,
     Avx2,
     Avx512,
@@ -286,6 +290,7 @@ impl Kernel {
 }
 
 /// Values in a cache line.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) const LINE: usize = 16;
 
 /// Cache lines of weight to fetch into L2 ahead of their use: a full block's assembly loop
@@ -293,12 +298,14 @@ pub(super) const LINE: usize = 16;
 /// `k`. At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
 /// memory: fetched as it is needed, the first block of rows of every column block waits for
 /// it; fetched during the previous column block, it is waiting in L2.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 pub(super) struct Ahead {
     pub at: *const f32,
     pub lines: usize,
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Ahead {
     pub const NONE: Self = Self {
         at: std::ptr::null(),
@@ -394,14 +401,25 @@ mod tests {
     fn full_blocks_match_shorter_blocks_to_the_bit() {
         let value = |i: usize| ((i * 7919) % 29) as f32 * 0.37 - 4.1;
         let kernels = [
+            #[cfg(not(target_arch = "aarch64"))]
             (Kernel::Portable, portable::ROWS),
+            // ARM64: NEON's 6-row block against the portable blocks of 4 and 1.
+            #[cfg(target_arch = "aarch64")]
+            (Kernel::Portable, neon::ROWS),
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx2, avx2::ROWS),
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512, avx512::ROWS),
         ];
         for (kernel, rows) in kernels.into_iter().filter(|(k, _)| k.isa() <= Isa::best()) {
-            for (n, k) in [(64usize, 1usize), (32, 2), (64, 3), (96, 150), (48, 37)] {
+            for (n, k) in [
+                (64usize, 1usize),
+                (32, 2),
+                (64, 3),
+                (96, 150),
+                (48, 37),
+                (40, 5),
+            ] {
                 let lhs_rs = k + 5;
                 let lhs: Vec<f32> = (0..rows * lhs_rs).map(value).collect();
                 let w: Vec<f32> = (0..k * n).map(|i| value(i + 7)).collect();

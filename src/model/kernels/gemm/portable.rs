@@ -1,7 +1,8 @@
 //! The portable micro-kernel, for CPUs without AVX2 (ARM64 among them): 8-channel panels,
 //! blocks of 4 rows x 8 channels accumulated in plain arrays that the compiler keeps in
 //! vector registers (NEON on ARM64, SSE on baseline x86-64), a fused multiply-add on ARM64
-//! where every CPU has one. Every output's sum runs down `k` in the same order whatever the
+//! where every CPU has one. On ARM64 the full blocks of 6 rows x two panels run in NEON
+//! intrinsics instead ([`super::neon`]), with the same sums; these blocks take the rest. Every output's sum runs down `k` in the same order whatever the
 //! number of rows, so an image's result does not depend on its batch (the general GEMM,
 //! which blocks by the matrix sizes, gives no such guarantee).
 
@@ -31,31 +32,66 @@ pub(super) unsafe fn gemm(
     finish: Finish,
 ) {
     debug_assert!(n.is_multiple_of(W));
-    for j in (0..n).step_by(W) {
-        let mut r = 0;
-        // SAFETY (all calls): panel `j / W` and rows `r..` are inside what the caller covers.
+    let mut j = 0;
+    // ARM64: pairs of panels in NEON's 6 x 16 blocks, the rows left over in the blocks here.
+    #[cfg(target_arch = "aarch64")]
+    while j + 2 * W <= n {
+        // SAFETY (all calls): panels `j / W` and `j / W + 1`, and rows `r..`, are inside
+        // what the caller covers.
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
-        while r + ROWS <= m {
+        let mut r = 0;
+        while r + super::neon::ROWS <= m {
             unsafe {
-                block::<ROWS>(
-                    k,
-                    lhs.add(r * lhs_rs),
-                    lhs_rs,
-                    w,
-                    dst.add(r * dst_rs),
-                    dst_rs,
-                    f.skip_rows(r),
-                )
+                let (lhs, dst, f) = (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r));
+                super::neon::block(k, lhs, lhs_rs, w, dst, dst_rs, f)
             };
-            r += ROWS;
+            r += super::neon::ROWS;
         }
         let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
-        match m - r {
-            1 => unsafe { block::<1>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
-            2 => unsafe { block::<2>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
-            3 => unsafe { block::<3>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
-            _ => {}
+        for p in 0..2 {
+            let (w, dst, f) = unsafe { (w.add(p * W * k), dst.add(p * W), f.skip_columns(p * W)) };
+            unsafe { panel(m - r, k, lhs, lhs_rs, w, dst, dst_rs, f) };
         }
+        j += 2 * W;
+    }
+    while j < n {
+        // SAFETY: panel `j / W` is inside what the caller covers.
+        let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
+        unsafe { panel(m, k, lhs, lhs_rs, w, dst, dst_rs, f) };
+        j += W;
+    }
+}
+
+/// All `m` rows of one panel, [`ROWS`] at a time.
+///
+/// # Safety
+/// As [`gemm`], for this panel.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel(
+    m: usize,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_rs: usize,
+    f: Finish,
+) {
+    let mut r = 0;
+    // SAFETY (all calls): rows `r..` are inside what the caller covers.
+    while r + ROWS <= m {
+        unsafe {
+            let (lhs, dst, f) = (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r));
+            block::<ROWS>(k, lhs, lhs_rs, w, dst, dst_rs, f)
+        };
+        r += ROWS;
+    }
+    let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
+    match m - r {
+        1 => unsafe { block::<1>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        2 => unsafe { block::<2>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        3 => unsafe { block::<3>(k, lhs, lhs_rs, w, dst, dst_rs, f) },
+        _ => {}
     }
 }
 
@@ -98,9 +134,26 @@ unsafe fn block<const R: usize>(
             }
         }
     }
+    // SAFETY: as this function's contract.
+    unsafe { store(&acc, dst, dst_rs, finish) }
+}
+
+/// Finish the block `acc` (`R` rows x `C` channels: bias, residual, activation) and store
+/// it; the one epilogue of every block of this kernel, NEON's included.
+///
+/// # Safety
+/// The bias must cover the block's columns, the residual its rows and columns, and the
+/// block of `dst` be the caller's to write.
+#[inline(always)]
+pub(super) unsafe fn store<const R: usize, const C: usize>(
+    acc: &[[f32; C]; R],
+    dst: *mut f32,
+    dst_rs: usize,
+    finish: Finish,
+) {
     for (r, acc) in acc.iter().enumerate() {
         for (j, &a) in acc.iter().enumerate() {
-            // SAFETY: the bias covers every column of the panel.
+            // SAFETY: the bias covers every column of the block.
             let v = finish.bias.map_or(a, |b| a + unsafe { *b.add(j) });
             // SAFETY: the residual covers every row and column of the block.
             let v = finish
