@@ -314,8 +314,9 @@ impl Module for DenseNet {
             };
             let per_image = PER_IMAGE_BLOCKS.min(self.blocks.len());
             let mut x = Act::from_nchw(x)?.in_chunks(1, |x| {
-                let x = self.stem.forward_nhwc(x, Activation::Relu, None)?;
-                let mut x = kernels::max_pool_3x3_s2(&x, self.isa)?;
+                let mut x = self
+                    .stem
+                    .forward_nhwc_then_max_pool(x, Activation::Relu, self.isa)?;
                 for i in 0..per_image {
                     x = stage(i, x)?;
                 }

@@ -292,6 +292,22 @@ impl Conv2d {
         kernels::fused::conv_then_depthwise(conv, pad, act, dw, next_pad, next_act, x.view())
     }
 
+    /// `max_pool_3x3_s2(act(self(x)))`, the two computed a strip of rows at a time
+    /// ([`kernels::fused`]); `None` where they are not fused, and the caller runs them one
+    /// after the other.
+    pub fn forward_nhwc_then_max_pool(
+        &self,
+        x: &Act,
+        act: Activation,
+        isa: Isa,
+    ) -> Result<Option<Act>> {
+        let Some(Packed::Dense(conv)) = &self.packed else {
+            return Ok(None);
+        };
+        let pad = self.padding_for(x.h, x.w);
+        kernels::fused::conv_then_max_pool(conv, pad, act, x.view(), isa)
+    }
+
     /// Write `conv(x) + bias` into the first columns of `out` (rows `out_stride` apart).
     pub fn forward_nhwc_into(&self, x: &Act, out: &mut [f32], out_stride: usize) -> Result<()> {
         let pad = self.padding_for(x.h, x.w);
@@ -676,6 +692,16 @@ impl ConvBn {
 
     pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
         self.nhwc()?.forward_nhwc(x, act, residual)
+    }
+
+    /// A stem: `max_pool_3x3_s2(act(self(x)))` ([`kernels::max_pool_3x3_s2`]), the two
+    /// fused ([`Conv2d::forward_nhwc_then_max_pool`]) where they can be.
+    pub fn forward_nhwc_then_max_pool(&self, x: &Act, act: Activation, isa: Isa) -> Result<Act> {
+        let conv = self.nhwc()?;
+        match conv.forward_nhwc_then_max_pool(x, act, isa)? {
+            Some(pooled) => Ok(pooled),
+            None => kernels::max_pool_3x3_s2(&conv.forward_nhwc(x, act, None)?, isa),
+        }
     }
 
     /// [`Conv2d::forward_nhwc_then_depthwise`] of the two folded convolutions.

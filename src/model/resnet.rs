@@ -259,8 +259,9 @@ impl Module for ResNet {
         if kernels::fast_path_for(x) && self.stem.has_nhwc_kernel() {
             let (early, late) = self.blocks.split_at(self.per_image_blocks);
             let mut x = Act::from_nchw(x)?.in_chunks(1, |x| {
-                let x = self.stem.forward_nhwc(x, Activation::Relu, None)?;
-                let mut x = kernels::max_pool_3x3_s2(&x, self.isa)?;
+                let mut x = self
+                    .stem
+                    .forward_nhwc_then_max_pool(x, Activation::Relu, self.isa)?;
                 for block in early {
                     x = block.forward_nhwc(&x)?;
                 }

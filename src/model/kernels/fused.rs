@@ -1,8 +1,10 @@
-//! A dense convolution and the depthwise convolution after it (an inverted residual block's
-//! expansion and depthwise layers), computed a strip of rows at a time: each thread makes
-//! the few rows of the expanded activation that its next output rows read, into a buffer
-//! that stays in its L2, and runs the depthwise rows from there. Run one after the other,
-//! the expanded activation (4.8 MB at 112x112x96) is written out past L2 and read back.
+//! A dense convolution and the layer after it that reads a few of its rows per output row:
+//! the depthwise convolution of an inverted residual block (its expansion and depthwise
+//! layers), or the max pool of ResNet's and DenseNet's stems. The two are computed a strip
+//! of rows at a time: each thread makes the few rows of the convolution's output that its
+//! next output rows read, into a buffer that stays in its L2, and runs the second layer's
+//! rows from there. Run one after the other, the first output (4.8 MB at 112x112x96, 3.2 MB
+//! at ResNet's 112x112x64) is written out past L2 and read back.
 //!
 //! Each value is computed by the same kernels, in the same order, as the two layers
 //! compute it apart, so the result is the same to the bit.
@@ -10,8 +12,9 @@
 use candle_core::Result;
 
 use super::par::{par_blocks, SendPtr};
+use super::pool::{max_pool_row, max_pool_size};
 use super::scratch::with_strip_scratch;
-use super::{Act, Activation, DepthwiseConv, GemmConv, Pad2d, View};
+use super::{Act, Activation, DepthwiseConv, GemmConv, Isa, Pad2d, View};
 
 /// When and in what strips the two layers are fused.
 #[derive(Debug, Clone, Copy)]
@@ -48,35 +51,116 @@ pub fn conv_then_depthwise(
     dw_act: Activation,
     x: View,
 ) -> Result<Option<Act>> {
-    fused(conv, conv_pad, conv_act, dw, dw_pad, dw_act, x, STRIPS)
+    let then = Then::Depthwise {
+        dw,
+        pad: dw_pad,
+        act: dw_act,
+    };
+    fused(conv, conv_pad, conv_act, then, x, STRIPS)
 }
 
-/// [`conv_then_depthwise`] with the strips `strips`.
-#[allow(clippy::too_many_arguments)]
+/// `max_pool_3x3_s2(conv_act(conv(x)))` ([`super::max_pool_3x3_s2`], its rows compiled for
+/// `isa`), a strip at a time; `None` where the two are not fused, as for
+/// [`conv_then_depthwise`].
+pub fn conv_then_max_pool(
+    conv: &GemmConv,
+    conv_pad: Pad2d,
+    conv_act: Activation,
+    x: View,
+    isa: Isa,
+) -> Result<Option<Act>> {
+    fused(conv, conv_pad, conv_act, Then::MaxPool { isa }, x, STRIPS)
+}
+
+/// The layer that reads the convolution's output a strip of rows at a time.
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    Depthwise {
+        dw: &'a DepthwiseConv,
+        pad: Pad2d,
+        act: Activation,
+    },
+    /// `MaxPool2d(kernel=3, stride=2, padding=1)`.
+    MaxPool { isa: Isa },
+}
+
+impl Then<'_> {
+    /// Kernel size, stride and padding.
+    fn geometry(self) -> (usize, usize, Pad2d) {
+        match self {
+            Then::Depthwise { dw, pad, .. } => {
+                let (k, s) = dw.geometry();
+                (k, s, pad)
+            }
+            Then::MaxPool { .. } => (3, 2, Pad2d::uniform(1)),
+        }
+    }
+
+    /// The output size on an `h x w` input.
+    fn output_size(self, h: usize, w: usize) -> Result<(usize, usize)> {
+        match self {
+            Then::Depthwise { .. } => {
+                let (k, s, pad) = self.geometry();
+                pad.output_size(h, w, k, s)
+            }
+            Then::MaxPool { .. } => max_pool_size(h, w),
+        }
+    }
+
+    /// Output row `oy` (`ow` pixels) into `dst`, from `strip`: rows `from..` of an image
+    /// `h` rows high.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of the row, which no other thread touches meanwhile;
+    /// `strip` must hold every input row that output row reads.
+    unsafe fn strip_row(
+        self,
+        strip: View,
+        h: usize,
+        from: usize,
+        oy: usize,
+        ow: usize,
+        dst: *mut f32,
+    ) {
+        match self {
+            // SAFETY: the caller's contract.
+            Then::Depthwise { dw, pad, act } => unsafe {
+                dw.strip_row(strip, h, from, oy, ow, pad, act, dst)
+            },
+            Then::MaxPool { isa } => {
+                // SAFETY: the caller's contract: the row's `ow * c` values are ours.
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst, ow * strip.c) };
+                max_pool_row(strip.data, h, strip.w, strip.c, from, oy, dst, isa);
+            }
+        }
+    }
+}
+
+/// [`conv_then_depthwise`] or [`conv_then_max_pool`] with the strips `strips`.
 fn fused(
     conv: &GemmConv,
     conv_pad: Pad2d,
     conv_act: Activation,
-    dw: &DepthwiseConv,
-    dw_pad: Pad2d,
-    dw_act: Activation,
+    then: Then,
     x: View,
     strips: Strips,
 ) -> Result<Option<Act>> {
     let Some(blocks) = conv.row_blocks(x, conv_pad, conv_act)? else {
         return Ok(None);
     };
-    let c = dw.channels();
-    if c != conv.out_channels() {
-        candle_core::bail!(
-            "depthwise conv: input has {} channels, expects {c}",
-            conv.out_channels()
-        )
+    let c = conv.out_channels();
+    if let Then::Depthwise { dw, .. } = then {
+        if dw.channels() != c {
+            candle_core::bail!(
+                "depthwise conv: input has {c} channels, expects {}",
+                dw.channels()
+            )
+        }
     }
     let threads = rayon::current_num_threads();
     let (eh, ew) = blocks.output_size();
-    let (k, s) = dw.geometry();
-    let (oh, ow) = dw_pad.output_size(eh, ew, k, s)?;
+    let (k, s, then_pad) = then.geometry();
+    let (oh, ow) = then.output_size(eh, ew)?;
     let row_len = ew * c;
     let expanded_bytes = x.n * eh * row_len * std::mem::size_of::<f32>();
     let out_rows = x.n * oh;
@@ -91,7 +175,7 @@ fn fused(
         .last()
         .unwrap_or(1);
     let held_max = strip_rows(per_strip);
-    let top = dw_pad.top;
+    let top = then_pad.top;
     let len = out_rows * ow * c;
     let mut data: Vec<f32> = Vec::with_capacity(len);
     let out = SendPtr(data.as_mut_ptr());
@@ -140,7 +224,7 @@ fn fused(
                     // holds every expanded row it reads.
                     unsafe {
                         let dst = out.get().add((img * oh + y) * ow * c);
-                        dw.strip_row(strip, eh, lo, y, ow, dw_pad, dw_act, dst);
+                        then.strip_row(strip, eh, lo, y, ow, dst);
                     }
                 }
                 row += end - oy;
@@ -215,7 +299,18 @@ mod tests {
                             );
                             let ours = pool
                                 .install(|| {
-                                    fused(&conv, cpad, act, &dw, pad, dw_act, xa.view(), strips)
+                                    fused(
+                                        &conv,
+                                        cpad,
+                                        act,
+                                        Then::Depthwise {
+                                            dw: &dw,
+                                            pad,
+                                            act: dw_act,
+                                        },
+                                        xa.view(),
+                                        strips,
+                                    )
                                 })
                                 .unwrap()
                                 .unwrap_or_else(|| panic!("not fused: {case}"));
@@ -240,6 +335,68 @@ mod tests {
         }
     }
 
+    /// A stem and its max pool fused give the two apart to the bit, as above: odd and even
+    /// sizes (the pool's last window inside the input or overhanging it), a 7x7 stride-2
+    /// stem over 3 channels (gathered, as ResNet's) and a 1x1 convolution (read in place).
+    #[test]
+    fn fused_max_pool_matches_the_two_layers_to_the_bit() {
+        let dev = Device::Cpu;
+        let pools = [threads(1), threads(2), threads(3)];
+        // (images, h, w, cin, cout, conv k, conv stride, conv pad)
+        for (n, h, w, cin, cout, k, s, pad) in [
+            (2, 23, 17, 3, 64, 7, 2, p(3, 3, 3, 3)),
+            (1, 28, 30, 3, 24, 7, 2, p(3, 3, 3, 3)),
+            (3, 9, 8, 16, 40, 1, 1, p(0, 0, 0, 0)),
+            (2, 13, 12, 8, 16, 3, 2, p(1, 1, 1, 1)),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+            let cw = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
+            let cb = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let xa = Act::from_nchw(&x).unwrap();
+            for isa in levels() {
+                let conv = GemmConv::pack(&cw, Some(&cb), s, isa).unwrap();
+                for act in [Activation::Relu, Activation::Identity] {
+                    let apart = |pool: &rayon::ThreadPool| {
+                        pool.install(|| {
+                            let y = conv.forward(xa.view(), pad, None, act, None).unwrap();
+                            super::super::max_pool_3x3_s2(&y, isa).unwrap()
+                        })
+                    };
+                    let expected = apart(&pools[0]);
+                    // The convolution's output rows: a strip of five, and one of a row.
+                    let row_bytes = ((w + pad.left + pad.right - k) / s + 1) * cout * 4;
+                    for held in [1, 5 * row_bytes, usize::MAX] {
+                        let strips = Strips { fuse_from: 0, held };
+                        for pool in &pools {
+                            let case = format!(
+                                "{n}x{h}x{w} {cin}->{cout} {k}x{k}/{s} {isa} {act:?} strips of \
+                                 {held} bytes, {} threads",
+                                pool.current_num_threads()
+                            );
+                            let then = Then::MaxPool { isa };
+                            let ours = pool
+                                .install(|| fused(&conv, pad, act, then, xa.view(), strips))
+                                .unwrap()
+                                .unwrap_or_else(|| panic!("not fused: {case}"));
+                            assert_eq!(
+                                (ours.n, ours.h, ours.w, ours.c),
+                                (expected.n, expected.h, expected.w, expected.c),
+                                "{case}"
+                            );
+                            assert!(
+                                ours.data
+                                    .iter()
+                                    .zip(&expected.data)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{case}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Small expanded activations, and expansions without a panel kernel, are left to the
     /// two layers.
     #[test]
@@ -256,8 +413,11 @@ mod tests {
         let two = threads(2);
         let run = |(conv, dw): &(GemmConv, DepthwiseConv), strips| {
             let (pad, act) = (p(1, 1, 1, 1), Activation::Relu6);
-            two.install(|| fused(conv, p(0, 0, 0, 0), act, dw, pad, act, x.view(), strips))
-                .unwrap()
+            two.install(|| {
+                let then = Then::Depthwise { dw, pad, act };
+                fused(conv, p(0, 0, 0, 0), act, then, x.view(), strips)
+            })
+            .unwrap()
         };
         let everything = Strips {
             fuse_from: 0,

@@ -5,38 +5,75 @@ use candle_core::Result;
 use rayon::prelude::*;
 
 use super::isa::compiled_for;
+use super::scratch::with_tile_scratch;
 use super::{Act, Isa, Pad2d, Prologue};
 
 /// `MaxPool2d(kernel=3, stride=2, padding=1)`, padding that never wins (as PyTorch's),
-/// each row compiled for `isa`.
+/// each row compiled for `isa`. ResNet's and DenseNet's stems pool as they go instead
+/// ([`super::fused::conv_then_max_pool`]).
 pub fn max_pool_3x3_s2(x: &Act, isa: Isa) -> Result<Act> {
-    let c = x.c;
-    let (oh, ow) = Pad2d::uniform(1).output_size(x.h, x.w, 3, 2)?;
-    let mut data = vec![0f32; x.n * oh * ow * c];
-    data.par_chunks_mut(ow * c)
+    let (oh, ow) = max_pool_size(x.h, x.w)?;
+    let mut data = vec![0f32; x.n * oh * ow * x.c];
+    let image_len = x.h * x.w * x.c;
+    data.par_chunks_mut(ow * x.c)
         .enumerate()
         .for_each(|(row, dst)| {
-            compiled_for!(isa, || {
-                let (img, oy) = (row / oh, row % oh);
-                for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
-                    out.fill(f32::NEG_INFINITY);
-                    for iy in (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(x.h) {
-                        let src_row = &x.data[(img * x.h + iy) * x.w * c..][..x.w * c];
-                        for ix in (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(x.w) {
-                            for (o, &v) in out.iter_mut().zip(&src_row[ix * c..(ix + 1) * c]) {
-                                *o = o.max(v);
-                            }
-                        }
-                    }
-                }
-            })
+            let (img, oy) = (row / oh, row % oh);
+            let rows = &x.data[img * image_len..][..image_len];
+            max_pool_row(rows, x.h, x.w, x.c, 0, oy, dst, isa);
         });
     Ok(Act {
         n: x.n,
         h: oh,
         w: ow,
-        c,
+        c: x.c,
         data,
+    })
+}
+
+/// The output size of [`max_pool_3x3_s2`] on an `h x w` input.
+pub(super) fn max_pool_size(h: usize, w: usize) -> Result<(usize, usize)> {
+    Pad2d::uniform(1).output_size(h, w, 3, 2)
+}
+
+/// Output row `oy` of [`max_pool_3x3_s2`] on an image `h` rows of `w` pixels of `c`
+/// channels high, of which `rows` holds rows `from..` (every row the window reads), into
+/// `dst` (a row of the output). The maximum of the window's (up to) three input rows is
+/// taken once, into a row of scratch, then that of three adjacent pixels of it: each input
+/// value is loaded once, in loops over contiguous values.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn max_pool_row(
+    rows: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    from: usize,
+    oy: usize,
+    dst: &mut [f32],
+    isa: Isa,
+) {
+    let row_len = w * c;
+    let input_row = |iy: usize| &rows[(iy - from) * row_len..][..row_len];
+    // The window's rows inside the image (the padding never wins).
+    let (top, bottom) = ((2 * oy).saturating_sub(1), (2 * oy + 1).min(h - 1));
+    with_tile_scratch(row_len, |rows_max| {
+        compiled_for!(isa, || {
+            rows_max.copy_from_slice(input_row(top));
+            for iy in top + 1..=bottom {
+                for (m, &v) in rows_max.iter_mut().zip(input_row(iy)) {
+                    *m = m.max(v);
+                }
+            }
+            for (ox, out) in dst.chunks_exact_mut(c).enumerate() {
+                let (left, right) = ((2 * ox).saturating_sub(1), (2 * ox + 1).min(w - 1));
+                out.copy_from_slice(&rows_max[left * c..][..c]);
+                for ix in left + 1..=right {
+                    for (o, &v) in out.iter_mut().zip(&rows_max[ix * c..][..c]) {
+                        *o = o.max(v);
+                    }
+                }
+            }
+        })
     })
 }
 

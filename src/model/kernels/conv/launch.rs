@@ -267,7 +267,7 @@ impl Launch<'_> {
 
     /// Whether the GEMM multiplies the input rows as they are: a 1x1 stride-1 unpadded
     /// convolution of a plain input. Everything else gathers its receptive fields first.
-    fn direct(&self) -> bool {
+    pub(super) fn direct(&self) -> bool {
         let conv = self.conv;
         conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none()
     }
