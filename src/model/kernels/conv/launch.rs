@@ -160,7 +160,18 @@ impl Launch<'_> {
         // timer, 14x14x672 -> 112 152-156 -> 98-102 us.
         let small_weight = kk * conv.cout * std::mem::size_of::<f32>() <= SMALL_WEIGHT_BYTES;
         let panels = threads.min(conv.cout / 16).max(1);
-        if (rows >= 128 * threads && rows >= conv.cout) || (small_weight && rows >= 16 * threads) {
+        if conv.by_columns() {
+            // Whole output rows, the fields of each laid out column by column.
+            let (oh, ow) = (self.oh, self.ow);
+            par_blocks(x.n * oh, ROW_BLOCK.div_ceil(ow), |y0, count| {
+                let (r0, len) = (y0 * ow, count * ow);
+                // SAFETY: blocks are disjoint row ranges of the output, which the caller
+                // guarantees holds every row.
+                unsafe { self.rows_into(r0, len, dst.get().add(r0 * out_stride), out_stride) }
+            });
+        } else if (rows >= 128 * threads && rows >= conv.cout)
+            || (small_weight && rows >= 16 * threads)
+        {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
             par_blocks(rows, ROW_BLOCK, |r0, len| {
@@ -252,6 +263,32 @@ impl Launch<'_> {
                 k: kk,
             };
             unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
+        } else if conv.by_columns() {
+            let (k, s) = (conv.k, conv.stride);
+            let (oh, ow) = (self.oh, self.ow);
+            let column = k * x.c;
+            // Runs of pixels in one output row, each run's input columns laid out once.
+            with_scratch(((ow - 1) * s + k) * column, |cols| {
+                let (mut r, end) = (r0, r0 + len);
+                while r < end {
+                    let (img, oy, ox0) = (r / (oh * ow), (r / ow) % oh, r % ow);
+                    let run = (ow - ox0).min(end - r);
+                    let width = (run - 1) * s + k;
+                    let cols = &mut cols[..width * column];
+                    self.gather_columns(img, oy, ox0 * s, cols);
+                    let lhs = Lhs {
+                        ptr: ReadPtr(cols.as_ptr()),
+                        row_stride: s * column,
+                        k: kk,
+                    };
+                    // SAFETY: the caller's contract, for this run of its rows.
+                    unsafe {
+                        let at = dst.add((r - r0) * out_stride);
+                        self.tile(lhs, at, out_stride, r, run, chans.clone(), None)
+                    }
+                    r += run;
+                }
+            })
         } else {
             with_scratch(len * kk, |cols| {
                 self.gather(r0, len, cols, g * cin_g..(g + 1) * cin_g);
@@ -270,6 +307,64 @@ impl Launch<'_> {
     pub(super) fn direct(&self) -> bool {
         let conv = self.conv;
         conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none()
+    }
+
+    /// Fill `cols` with input columns `x0..` (in padded coordinates: input column `x0 -
+    /// pad.left` first) of output row `oy` of image `img`'s kernel rows, as many as it
+    /// holds, column by column: each its `k` kernel rows' channels, zeros where they overhang
+    /// the input, the prologue applied ([`GemmConv::by_columns`]).
+    fn gather_columns(&self, img: usize, oy: usize, x0: usize, cols: &mut [f32]) {
+        match self.x.c {
+            1 => self.gather_columns_of::<1>(img, oy, x0, cols),
+            2 => self.gather_columns_of::<2>(img, oy, x0, cols),
+            3 => self.gather_columns_of::<3>(img, oy, x0, cols),
+            4 => self.gather_columns_of::<4>(img, oy, x0, cols),
+            c => unreachable!("fields by columns over {c} channels"),
+        }
+    }
+
+    /// [`Launch::gather_columns`] over `C` channels: each pixel's copy one fixed-size move.
+    fn gather_columns_of<const C: usize>(
+        &self,
+        img: usize,
+        oy: usize,
+        x0: usize,
+        cols: &mut [f32],
+    ) {
+        let (x, k) = (self.x, self.conv.k);
+        let column = k * C;
+        let width = cols.len() / column;
+        // Columns `lo..hi` lie inside the input; those before and after overhang it.
+        let first = x0 as isize - self.pad.left as isize;
+        let lo = (-first).clamp(0, width as isize) as usize;
+        let hi = (x.w as isize - first).clamp(lo as isize, width as isize) as usize;
+        for ky in 0..k {
+            let zero = |cols: &mut [f32]| {
+                for col in cols.chunks_exact_mut(column) {
+                    col[ky * C..][..C].fill(0.0);
+                }
+            };
+            let iy = (oy * self.conv.stride + ky) as isize - self.pad.top as isize;
+            if iy < 0 || iy >= x.h as isize {
+                zero(cols);
+                continue;
+            }
+            let (left, rest) = cols.split_at_mut(lo * column);
+            let (inside, right) = rest.split_at_mut((hi - lo) * column);
+            zero(left);
+            zero(right);
+            let row = &x.data[(img * x.h + iy as usize) * x.w * x.stride..][..x.w * x.stride];
+            let pixels = row[(first + lo as isize) as usize * x.stride..]
+                .chunks(x.stride)
+                .map(|px| <&[f32; C]>::try_from(&px[..C]).expect("C values"));
+            let dsts = inside
+                .chunks_exact_mut(column)
+                .map(|col| <&mut [f32; C]>::try_from(&mut col[ky * C..][..C]).expect("C values"));
+            match &self.pro {
+                Some(p) => dsts.zip(pixels).for_each(|(d, px)| p.apply(px, d)),
+                None => dsts.zip(pixels).for_each(|(d, px)| *d = *px),
+            }
+        }
     }
 
     /// Fill `cols` (`len` rows of k*k*C, C the channels `chans` of the input) with the

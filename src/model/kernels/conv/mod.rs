@@ -60,7 +60,11 @@ impl RowBlocks<'_> {
         debug_assert!(r0 + len <= self.0.x.n * self.0.oh * self.0.ow);
         let cout = self.0.conv.cout;
         // A gathered input [`ROW_BLOCK`] rows at a time, so its receptive fields stay in L2.
-        let block = if self.0.direct() { len } else { ROW_BLOCK };
+        let block = if self.0.direct() || self.0.conv.by_columns() {
+            len
+        } else {
+            ROW_BLOCK
+        };
         for at in (0..len).step_by(block.max(1)) {
             let rows = block.min(len - at);
             // SAFETY: the caller's contract; the input was checked when `self` was made.
@@ -85,6 +89,18 @@ enum Algorithm {
 /// (Measured with `classify bench` on the networks here; see `Launch::run` for when rows
 /// are split at all.)
 const ROW_BLOCK: usize = 256;
+
+/// Whether a convolution's receptive fields are laid out column by column: for each input
+/// column, its `k` kernel rows' channels (`k * cin` values), so that the field of an output
+/// pixel is the `k * k * cin` values from its first column on, and the next pixel's starts
+/// `stride` columns later. The GEMM then reads the fields in place, overlapping, from a
+/// buffer a `k / stride`-th of the gathered fields' size. Stems over a few channels with
+/// overlapping windows (ResNet's and DenseNet's 7x7 stride 2, the 3x3 stride-2 stems),
+/// whose gather of 7 x 3 or 3 x 3 values per kernel row cost more than the copies
+/// themselves; with more channels the gather's copies are long and cheap.
+fn by_columns(cin: usize, groups: usize, k: usize, stride: usize) -> bool {
+    groups == 1 && cin <= 4 && stride >= 2 && k > stride
+}
 
 impl GemmConv {
     /// Pack `weight` (Cout, Cin, k, k) and `bias` (Cout) for the kernels of `isa`.
@@ -111,6 +127,10 @@ impl GemmConv {
         let w = to_host(weight)?;
         let panels = Kernel::for_channels(cout_g, isa);
         let kk = k * k * cin_g;
+        // A receptive field's values in the order the GEMM reads them: kernel row by kernel
+        // row (ky, kx, channel), or column by column (kx, ky, channel) where the fields are
+        // laid out so ([`by_columns`]).
+        let columns = by_columns(cin_g * groups, groups, k, stride);
         let mut packed = Vec::with_capacity(kk * cout);
         for g in 0..groups {
             let mut group = vec![0f32; kk * cout_g];
@@ -118,7 +138,8 @@ impl GemmConv {
                 let filter = &w[(g * cout_g + co) * kk..][..kk];
                 for ci in 0..cin_g {
                     for t in 0..k * k {
-                        group[(t * cin_g + ci) * cout_g + co] = filter[ci * k * k + t];
+                        let at = if columns { t % k * k + t / k } else { t };
+                        group[(at * cin_g + ci) * cout_g + co] = filter[ci * k * k + t];
                     }
                 }
             }
@@ -139,6 +160,12 @@ impl GemmConv {
             isa,
             winograd: Default::default(),
         })
+    }
+
+    /// Whether the GEMM reads this convolution's receptive fields column by column
+    /// ([`by_columns`]).
+    fn by_columns(&self) -> bool {
+        by_columns(self.cin, self.groups, self.k, self.stride)
     }
 
     /// Output channels, all groups together.
@@ -175,8 +202,10 @@ impl GemmConv {
         self.panels.map_or(k * n, |kernel| kernel.packed_len(k, n))
     }
 
-    /// The weight as a row-major `(k*k*cin) x cout` matrix (ungrouped convolutions).
+    /// The weight as a row-major `(k*k*cin) x cout` matrix (ungrouped convolutions whose
+    /// fields are read row by row: Winograd's, which have stride 1).
     fn row_major(&self) -> std::borrow::Cow<'_, [f32]> {
+        debug_assert!(!self.by_columns());
         match self.panels {
             Some(kernel) => kernel
                 .unpack(&self.weight, self.k * self.k * self.cin, self.cout)

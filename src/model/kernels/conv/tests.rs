@@ -72,6 +72,78 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
     }
 }
 
+/// Stems over 1-4 channels read their receptive fields column by column
+/// ([`GemmConv::by_columns`]): against candle for each channel count, kernel sizes and
+/// strides with windows that overlap, padding on every side (asymmetric too) and none,
+/// a plain input and a view of a wider one, with and without a prologue, on 1 and 3
+/// threads (output rows split between them), to the bit between thread counts.
+#[test]
+fn fields_by_columns_match_candle() {
+    let dev = Device::Cpu;
+    let scale = [0.5f32, -1.0, 2.0, 0.7];
+    let shift = [0.1f32, 0.2, -0.3, 0.0];
+    let pools = [threads(1), threads(3)];
+    // (images, cin, cout, h, w, k, stride, pad)
+    for (n, cin, cout, h, w, k, s, pad) in [
+        (1, 3, 64, 40, 37, 7, 2, p(3, 3, 3, 3)),
+        (2, 3, 24, 17, 16, 3, 2, p(0, 1, 0, 1)),
+        (3, 1, 8, 11, 9, 5, 3, p(2, 2, 2, 2)),
+        (1, 4, 16, 9, 12, 3, 2, p(1, 1, 1, 1)),
+        (2, 2, 40, 15, 15, 4, 2, p(1, 2, 1, 2)),
+        (1, 3, 8, 12, 12, 7, 2, p(0, 0, 0, 0)),
+        // Wider than the input reaches: whole columns of padding.
+        (1, 3, 16, 4, 5, 7, 2, p(3, 3, 3, 3)),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (n, cin + 2, h, w), &dev).unwrap();
+        let wide = Act::from_nchw(&x).unwrap();
+        let plain = Act::from_nchw(&x.narrow(1, 0, cin).unwrap()).unwrap();
+        let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+        for isa in levels() {
+            let conv = GemmConv::pack(&wt, Some(&b), s, isa).unwrap();
+            assert!(conv.by_columns(), "{cin} channels {k}x{k}/{s}");
+            for with_pro in [false, true] {
+                let (scale, shift) = (&scale[..cin], &shift[..cin]);
+                let input = if with_pro {
+                    reference_prologue(&x, scale, shift)
+                } else {
+                    x.narrow(1, 0, cin).unwrap()
+                };
+                let pro = with_pro.then_some(Prologue { scale, shift });
+                let reference = conv2d_reference(&input, &wt, s, pad, 1).unwrap();
+                let expected = reference_epilogue(reference, &b, None, Activation::Relu);
+                let mut results = Vec::new();
+                for (view, what) in [(plain.view(), "plain"), (wide.prefix(cin), "a view")] {
+                    for pool in &pools {
+                        let ours = pool
+                            .install(|| {
+                                conv.forward_using(view, pad, pro, Activation::Relu, None, None)
+                            })
+                            .unwrap();
+                        let case = format!(
+                            "{isa} {n}x{cin}->{cout} {h}x{w} {k}x{k}/{s} {pad:?} prologue \
+                             {with_pro}, {what}, {} threads",
+                            pool.current_num_threads()
+                        );
+                        let diff = max_abs_diff(&ours.to_nchw(&dev).unwrap(), &expected);
+                        assert!(diff < 1e-4, "{case}: {diff}");
+                        results.push((ours.data, case));
+                    }
+                }
+                for (data, case) in &results[1..] {
+                    assert!(
+                        data.iter()
+                            .zip(&results[0].0)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{case}: not the bits of {}",
+                        results[0].1
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A reference convolution's output before its epilogue, and the epilogue's operands.
 struct Reference<'a> {
     conv: &'a Tensor,
