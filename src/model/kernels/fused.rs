@@ -249,6 +249,17 @@ mod tests {
     use crate::model::kernels::Isa;
     use candle_core::{Device, Tensor};
 
+    /// `ours` has `expected`'s shape and bits.
+    fn assert_same_bits(ours: &Act, expected: &Act, case: &str) {
+        assert_eq!(
+            (ours.n, ours.h, ours.w, ours.c),
+            (expected.n, expected.h, expected.w, expected.c),
+            "{case}"
+        );
+        let same = (ours.data.iter().zip(&expected.data)).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{case}");
+    }
+
     /// The fused pair gives the two layers' result to the bit, whatever the strips, the
     /// threads and the rows each thread gets (across images too).
     #[test]
@@ -314,18 +325,7 @@ mod tests {
                                 })
                                 .unwrap()
                                 .unwrap_or_else(|| panic!("not fused: {case}"));
-                            assert_eq!(
-                                (ours.n, ours.h, ours.w, ours.c),
-                                (expected.n, expected.h, expected.w, expected.c),
-                                "{case}"
-                            );
-                            assert!(
-                                ours.data
-                                    .iter()
-                                    .zip(&expected.data)
-                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{case}"
-                            );
+                            assert_same_bits(&ours, &expected, &case);
                             // And the two layers apart on as many threads.
                             assert_eq!(apart(pool).data, expected.data, "{case}");
                         }
@@ -378,18 +378,7 @@ mod tests {
                                 .install(|| fused(&conv, pad, act, then, xa.view(), strips))
                                 .unwrap()
                                 .unwrap_or_else(|| panic!("not fused: {case}"));
-                            assert_eq!(
-                                (ours.n, ours.h, ours.w, ours.c),
-                                (expected.n, expected.h, expected.w, expected.c),
-                                "{case}"
-                            );
-                            assert!(
-                                ours.data
-                                    .iter()
-                                    .zip(&expected.data)
-                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{case}"
-                            );
+                            assert_same_bits(&ours, &expected, &case);
                         }
                     }
                 }

@@ -353,6 +353,9 @@ impl Launch<'_> {
             let (inside, right) = rest.split_at_mut((hi - lo) * column);
             zero(left);
             zero(right);
+            if lo == hi {
+                continue;
+            }
             let row = &x.data[(img * x.h + iy as usize) * x.w * x.stride..][..x.w * x.stride];
             let pixels = row[(first + lo as isize) as usize * x.stride..]
                 .chunks(x.stride)

@@ -103,13 +103,7 @@ fn fields_by_columns_match_candle() {
             let conv = GemmConv::pack(&wt, Some(&b), s, isa).unwrap();
             assert!(conv.by_columns(), "{cin} channels {k}x{k}/{s}");
             for with_pro in [false, true] {
-                let (scale, shift) = (&scale[..cin], &shift[..cin]);
-                let input = if with_pro {
-                    reference_prologue(&x, scale, shift)
-                } else {
-                    x.narrow(1, 0, cin).unwrap()
-                };
-                let pro = with_pro.then_some(Prologue { scale, shift });
+                let (input, pro) = prologue_input(&x, cin, with_pro, &scale, &shift);
                 let reference = conv2d_reference(&input, &wt, s, pad, 1).unwrap();
                 let expected = reference_epilogue(reference, &b, None, Activation::Relu);
                 let mut results = Vec::new();
@@ -142,6 +136,24 @@ fn fields_by_columns_match_candle() {
             }
         }
     }
+}
+
+/// What a convolution over the first `cin` channels of `x` reads, with a prologue (then
+/// returned too) if `with_pro`: `relu(x * scale + shift)` per channel.
+fn prologue_input<'a>(
+    x: &Tensor,
+    cin: usize,
+    with_pro: bool,
+    scale: &'a [f32],
+    shift: &'a [f32],
+) -> (Tensor, Option<Prologue<'a>>) {
+    let (scale, shift) = (&scale[..cin], &shift[..cin]);
+    let input = if with_pro {
+        reference_prologue(x, scale, shift)
+    } else {
+        x.narrow(1, 0, cin).unwrap()
+    };
+    (input, with_pro.then_some(Prologue { scale, shift }))
 }
 
 /// A reference convolution's output before its epilogue, and the epilogue's operands.
@@ -349,13 +361,7 @@ fn winograd_matches_candle_at(isa: Isa, form: Algorithm) {
         let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
         let conv = GemmConv::pack(&wt, Some(&b), 1, isa).unwrap();
         for with_pro in [false, true] {
-            let (scale, shift) = (&scale[..cin], &shift[..cin]);
-            let input = if with_pro {
-                reference_prologue(&x, scale, shift)
-            } else {
-                x.narrow(1, 0, cin).unwrap()
-            };
-            let pro = with_pro.then_some(Prologue { scale, shift });
+            let (input, pro) = prologue_input(&x, cin, with_pro, &scale, &shift);
             let reference = conv2d_reference(&input, &wt, 1, pad, 1).unwrap();
             let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
             let res_act = Act::from_nchw(&res).unwrap();
