@@ -12,7 +12,7 @@
 use candle_core::Result;
 
 use super::par::{par_blocks, SendPtr};
-use super::pool::{max_pool_row, max_pool_size};
+use super::pool::{max_pool_geometry, max_pool_row};
 use super::scratch::with_strip_scratch;
 use super::{Act, Activation, DepthwiseConv, GemmConv, Isa, Pad2d, View};
 
@@ -92,18 +92,7 @@ impl Then<'_> {
                 let (k, s) = dw.geometry();
                 (k, s, pad)
             }
-            Then::MaxPool { .. } => (3, 2, Pad2d::uniform(1)),
-        }
-    }
-
-    /// The output size on an `h x w` input.
-    fn output_size(self, h: usize, w: usize) -> Result<(usize, usize)> {
-        match self {
-            Then::Depthwise { .. } => {
-                let (k, s, pad) = self.geometry();
-                pad.output_size(h, w, k, s)
-            }
-            Then::MaxPool { .. } => max_pool_size(h, w),
+            Then::MaxPool { .. } => max_pool_geometry(),
         }
     }
 
@@ -160,7 +149,7 @@ fn fused(
     let threads = rayon::current_num_threads();
     let (eh, ew) = blocks.output_size();
     let (k, s, then_pad) = then.geometry();
-    let (oh, ow) = then.output_size(eh, ew)?;
+    let (oh, ow) = then_pad.output_size(eh, ew, k, s)?;
     let row_len = ew * c;
     let expanded_bytes = x.n * eh * row_len * std::mem::size_of::<f32>();
     let out_rows = x.n * oh;

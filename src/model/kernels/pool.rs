@@ -31,9 +31,15 @@ pub fn max_pool_3x3_s2(x: &Act, isa: Isa) -> Result<Act> {
     })
 }
 
+/// The window, stride and padding of [`max_pool_3x3_s2`].
+pub(super) fn max_pool_geometry() -> (usize, usize, Pad2d) {
+    (3, 2, Pad2d::uniform(1))
+}
+
 /// The output size of [`max_pool_3x3_s2`] on an `h x w` input.
-pub(super) fn max_pool_size(h: usize, w: usize) -> Result<(usize, usize)> {
-    Pad2d::uniform(1).output_size(h, w, 3, 2)
+fn max_pool_size(h: usize, w: usize) -> Result<(usize, usize)> {
+    let (k, s, pad) = max_pool_geometry();
+    pad.output_size(h, w, k, s)
 }
 
 /// Output row `oy` of [`max_pool_3x3_s2`] on an image `h` rows of `w` pixels of `c`

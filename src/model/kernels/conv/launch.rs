@@ -265,17 +265,12 @@ impl Launch<'_> {
             unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
         } else if conv.by_columns() {
             let (k, s) = (conv.k, conv.stride);
-            let (oh, ow) = (self.oh, self.ow);
             let column = k * x.c;
             // Runs of pixels in one output row, each run's input columns laid out once.
-            with_scratch(((ow - 1) * s + k) * column, |cols| {
-                let (mut r, end) = (r0, r0 + len);
-                while r < end {
-                    let (img, oy, ox0) = (r / (oh * ow), (r / ow) % oh, r % ow);
-                    let run = (ow - ox0).min(end - r);
-                    let width = (run - 1) * s + k;
-                    let cols = &mut cols[..width * column];
-                    self.gather_columns(img, oy, ox0 * s, cols);
+            with_scratch(((self.ow - 1) * s + k) * column, |cols| {
+                for run in self.runs(r0, len) {
+                    let cols = &mut cols[..((run.len - 1) * s + k) * column];
+                    self.gather_columns(run.img, run.oy, run.ox * s, cols);
                     let lhs = Lhs {
                         ptr: ReadPtr(cols.as_ptr()),
                         row_stride: s * column,
@@ -283,28 +278,37 @@ impl Launch<'_> {
                     };
                     // SAFETY: the caller's contract, for this run of its rows.
                     unsafe {
-                        let at = dst.add((r - r0) * out_stride);
-                        self.tile(lhs, at, out_stride, r, run, chans.clone(), None)
+                        let at = dst.add((run.r - r0) * out_stride);
+                        self.tile(lhs, at, out_stride, run.r, run.len, chans.clone(), None)
                     }
-                    r += run;
                 }
             })
         } else {
-            with_scratch(len * kk, |cols| {
-                self.gather(r0, len, cols, g * cin_g..(g + 1) * cin_g);
-                let lhs = Lhs {
-                    ptr: ReadPtr(cols.as_ptr()),
-                    row_stride: kk,
-                    k: kk,
-                };
-                unsafe { self.tile(lhs, dst, out_stride, r0, len, chans, None) }
+            // At most [`ROW_BLOCK`] rows a gather, so the fields stay in L2 (a fused strip
+            // asks for more).
+            with_scratch(len.min(ROW_BLOCK) * kk, |cols| {
+                for at in (0..len).step_by(ROW_BLOCK) {
+                    let rows = ROW_BLOCK.min(len - at);
+                    let cols = &mut cols[..rows * kk];
+                    self.gather(r0 + at, rows, cols, g * cin_g..(g + 1) * cin_g);
+                    let lhs = Lhs {
+                        ptr: ReadPtr(cols.as_ptr()),
+                        row_stride: kk,
+                        k: kk,
+                    };
+                    // SAFETY: the caller's contract, for these of its rows.
+                    unsafe {
+                        let at_dst = dst.add(at * out_stride);
+                        self.tile(lhs, at_dst, out_stride, r0 + at, rows, chans.clone(), None)
+                    }
+                }
             })
         }
     }
 
     /// Whether the GEMM multiplies the input rows as they are: a 1x1 stride-1 unpadded
     /// convolution of a plain input. Everything else gathers its receptive fields first.
-    pub(super) fn direct(&self) -> bool {
+    fn direct(&self) -> bool {
         let conv = self.conv;
         conv.k == 1 && conv.stride == 1 && self.pad == Pad2d::uniform(0) && self.pro.is_none()
     }
@@ -370,23 +374,47 @@ impl Launch<'_> {
         }
     }
 
+    /// Output rows `r0..r0 + len` as runs of pixels in one output row of one image: the
+    /// loop of the gathers, which lay out each run's input once, without a division per row.
+    fn runs(&self, r0: usize, len: usize) -> impl Iterator<Item = Run> {
+        let (oh, ow, end) = (self.oh, self.ow, r0 + len);
+        let mut r = r0;
+        std::iter::from_fn(move || {
+            (r < end).then(|| {
+                let ox = r % ow;
+                let run = Run {
+                    r,
+                    img: r / (oh * ow),
+                    oy: (r / ow) % oh,
+                    ox,
+                    len: (ow - ox).min(end - r),
+                };
+                r += run.len;
+                run
+            })
+        })
+    }
+
     /// Fill `cols` (`len` rows of k*k*C, C the channels `chans` of the input) with the
     /// receptive fields of output rows `r0..r0+len`, zeros where they overhang the input,
     /// the prologue applied.
     fn gather(&self, r0: usize, len: usize, cols: &mut [f32], chans: std::ops::Range<usize>) {
         let (x, k, s) = (self.x, self.conv.k, self.conv.stride);
         let c = chans.len();
-        let (oh, ow) = (self.oh, self.ow);
         let all = c == x.c;
         let field = k * k * c;
         // Each kernel row's k taps are k*C contiguous values of the input where it lies inside.
         let contiguous = all && self.pro.is_none() && x.stride == c;
         // Runs of rows in one output row of one image (no divisions per row): for each
         // kernel row, its input row is checked once and every field of the run filled.
-        let (mut r, end) = (r0, r0 + len);
-        while r < end {
-            let (img, oy, ox0) = (r / (oh * ow), (r / ow) % oh, r % ow);
-            let run = (ow - ox0).min(end - r);
+        for Run {
+            r,
+            img,
+            oy,
+            ox: ox0,
+            len: run,
+        } in self.runs(r0, len)
+        {
             let fields = &mut cols[(r - r0) * field..(r - r0 + run) * field];
             for ky in 0..k {
                 let iy = (oy * s + ky) as isize - self.pad.top as isize;
@@ -419,7 +447,6 @@ impl Launch<'_> {
                     }
                 }
             }
-            r += run;
         }
     }
 
@@ -569,6 +596,16 @@ fn copy_exact<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Output pixels `r..r + len` (over all images): pixels `ox..ox + len` of row `oy` of image
+/// `img` ([`Launch::runs`]).
+struct Run {
+    r: usize,
+    img: usize,
+    oy: usize,
+    ox: usize,
+    len: usize,
 }
 
 /// The left-hand matrix of a GEMM: rows of `k` values, `row_stride` apart.

@@ -58,18 +58,8 @@ impl RowBlocks<'_> {
     /// meanwhile, and `r0 + len` at most the output's pixels.
     pub(super) unsafe fn rows_into(&self, r0: usize, len: usize, dst: *mut f32) {
         debug_assert!(r0 + len <= self.0.x.n * self.0.oh * self.0.ow);
-        let cout = self.0.conv.cout;
-        // A gathered input [`ROW_BLOCK`] rows at a time, so its receptive fields stay in L2.
-        let block = if self.0.direct() || self.0.conv.by_columns() {
-            len
-        } else {
-            ROW_BLOCK
-        };
-        for at in (0..len).step_by(block.max(1)) {
-            let rows = block.min(len - at);
-            // SAFETY: the caller's contract; the input was checked when `self` was made.
-            unsafe { self.0.rows_into(r0 + at, rows, dst.add(at * cout), cout) }
-        }
+        // SAFETY: the caller's contract; the input was checked when `self` was made.
+        unsafe { self.0.rows_into(r0, len, dst, self.0.conv.cout) }
     }
 }
 
@@ -84,8 +74,9 @@ enum Algorithm {
     Winograd4,
 }
 
-/// Output rows per GEMM call when the rows are split across threads: large enough for the
-/// GEMM to run at full speed, small enough for the gathered fields to stay in cache.
+/// Output rows per GEMM call when the rows are split across threads, and at most per
+/// gather of receptive fields: large enough for the GEMM to run at full speed, small enough
+/// for the gathered fields to stay in cache.
 /// (Measured with `classify bench` on the networks here; see `Launch::run` for when rows
 /// are split at all.)
 const ROW_BLOCK: usize = 256;

@@ -2,9 +2,10 @@
 //! blocks of 4 rows x 8 channels accumulated in plain arrays that the compiler keeps in
 //! vector registers (NEON on ARM64, SSE on baseline x86-64), a fused multiply-add on ARM64
 //! where every CPU has one. On ARM64 the full blocks of 6 rows x two panels run in NEON
-//! intrinsics instead ([`super::neon`]), with the same sums; these blocks take the rest. Every output's sum runs down `k` in the same order whatever the
-//! number of rows, so an image's result does not depend on its batch (the general GEMM,
-//! which blocks by the matrix sizes, gives no such guarantee).
+//! intrinsics instead ([`super::neon`]), with the same sums; these blocks take the rest.
+//! Every output's sum runs down `k` in the same order whatever the number of rows, so an
+//! image's result does not depend on its batch (the general GEMM, which blocks by the
+//! matrix sizes, gives no such guarantee).
 
 use super::Finish;
 use crate::model::kernels::math;
