@@ -139,11 +139,36 @@ def measure(a, model, batch, log):
     return runs
 
 
-def table(a, cases, isa):
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor())
-    print(f"{datetime.date.today()}, {cpu}, classify kernels: {isa}, {a.threads} threads, "
-          f"{a.rounds} interleaved rounds of about {a.burst:g} s an engine; images/s: median over the rounds "
+def host_cpu():
+    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+                platform.processor())
+
+
+def from_log(path):
+    """The cases of a LOG file, as `measure` returned them, with the run's settings: the table
+    of a run that was cut short (its complete rounds count) or made on another machine."""
+    cases = {}
+    for line in open(path):
+        r = json.loads(line)
+        cases.setdefault((r["model"], r["batch_size"]), {}).setdefault(r["engine"], []).append(r)
+    # A round every engine finished; the last may have been cut off midway.
+    for key, runs in cases.items():
+        done = min(len(v) for v in runs.values())
+        for name in runs:
+            runs[name] = runs[name][:done]
+    first = next(iter(cases.values()))["classify"][0]
+    settings = {"date": os.path.getmtime(path), "cpu": first["cpu"], "isa": first["isa"],
+                "threads": first["threads"], "rounds": max(len(v["classify"]) for v in cases.values()),
+                "frameworks": [f for f in LABELS if any(f in v for v in cases.values())],
+                "burst": statistics.median(r["iterations"] * r["batch_size"] / r["images_per_sec"]
+                                           for v in cases.values() for r in v["classify"])}
+    return list(cases.items()), settings
+
+
+def table(a, cases, isa, cpu=None, date=None):
+    cpu = cpu or host_cpu()
+    print(f"{date or datetime.date.today()}, {cpu}, classify kernels: {isa}, {a.threads} threads, "
+          f"{a.rounds} interleaved rounds of about {a.burst:.2g} s an engine; images/s: median over the rounds "
           f"(peak RSS MiB); ratios: median of the per-round ratios [quartiles]\n")
     refs = list(a.frameworks)
     head = [f"classify ({isa})", "classify, AVX2 forced", "stock candle ops"] + [LABELS[f] for f in refs]
@@ -162,13 +187,16 @@ def table(a, cases, isa):
             return f"{statistics.median(per):.2f} [{q[0]:.2f}-{q[2]:.2f}]"
         cells = [cell("classify"), plain("classify_avx2"), plain("stock")]
         cells += [cell(f) for f in refs] + [ratio(f) for f in refs]
-        print(f"| {model} | {batch} | " + " | ".join(cells) + " |")
+        done = len(runs["classify"])
+        short = f" ({done} of {a.rounds} rounds)" if done < a.rounds else ""
+        print(f"| {model}{short} | {batch} | " + " | ".join(cells) + " |")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--python", required=True, help="python with torch, timm, onnxruntime, openvino")
-    ap.add_argument("--bin", required=True, help="the classify binary")
+    ap.add_argument("--from-log", metavar="LOG", help="only print the table of an earlier run's LOG file")
+    ap.add_argument("--python", help="python with torch, timm, onnxruntime, openvino")
+    ap.add_argument("--bin", help="the classify binary")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--burst", type=float, default=2.0, help="seconds an engine runs in one round")
@@ -181,6 +209,13 @@ def main():
     ap.add_argument("--stock", action="store_true", help="also time candle's stock ops once a case")
     ap.add_argument("--log", help="JSON-lines file for every burst (default: a temporary file)")
     a = ap.parse_args()
+    if a.from_log:
+        cases, s = from_log(a.from_log)
+        a.threads, a.rounds, a.frameworks, a.burst = s["threads"], s["rounds"], s["frameworks"], s["burst"]
+        date = datetime.date.fromtimestamp(s["date"])
+        return table(a, cases, s["isa"], s["cpu"], date)
+    if not (a.python and a.bin):
+        ap.error("--python and --bin are required (unless --from-log)")
     isa = Classify(a, "resnet18", 1).burst(1)["isa"]
     a.avx2 = a.avx2 and isa == "avx512"
     a.pingpong = pingpong_binary() if (os.cpu_count() or 1) >= 2 else None
