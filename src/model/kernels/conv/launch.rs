@@ -57,6 +57,9 @@ pub(super) struct Launch<'a> {
     pub(super) ow: usize,
     /// Force an algorithm (tests); `None` picks one by shape.
     pub(super) algorithm: Option<Algorithm>,
+    /// Whether the GEMM fetches each next block's output and residual rows ahead
+    /// ([`Finish::fetch_rows`]).
+    pub(super) fetch_rows: bool,
 }
 
 impl Launch<'_> {
@@ -489,8 +492,12 @@ impl Launch<'_> {
                 || (kernel == Kernel::Avx512
                     && residual_bytes <= RESIDUAL_IN_REGISTERS_BYTES_AVX512);
             let finish = match self.residual {
-                Some(_) if !fused_residual => Finish::NONE,
+                Some(_) if !fused_residual => Finish {
+                    fetch_rows: self.fetch_rows,
+                    ..Finish::NONE
+                },
                 residual => Finish {
+                    fetch_rows: self.fetch_rows,
                     bias: Some(conv.bias[chans.start..].as_ptr()),
                     // Row `r0`, column `chans.start` of the residual.
                     residual: residual

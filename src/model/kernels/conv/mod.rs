@@ -81,6 +81,19 @@ enum Algorithm {
 /// are split at all.)
 const ROW_BLOCK: usize = 256;
 
+/// A layer whose output and residual take at least this many bytes together (more than a
+/// core's L2 on the CPUs measured) has its GEMM fetch each next register block's output
+/// and residual rows ahead ([`crate::model::kernels::gemm::Finish::fetch_rows`]). Below it
+/// they are mostly in cache, where the fetches only cost. Intel Xeon (Sapphire Rapids
+/// class), AVX-512, 2 threads, `bench/ab.sh` medians of 6-8 interleaved rounds, images/s:
+/// - fetching on every layer against never: ResNet-50 batch 1 39.1 -> 40.2, batch 16 45.7
+///   -> 46.4, DenseNet-121 batch 1 62.1 -> 63.8, ResNet-18 batch 1 126.3 -> 127.8, but Lite0
+///   batch 1 280.3 -> 270.3 (its layers' outputs are 0.2-1.6 MB);
+/// - from this bound on against never: ResNet-50 batch 1 40.9 -> 41.4, Lite0 batch 16 339.8
+///   -> 347.8 (6 of 6 rounds faster), DenseNet-121 batch 1 63.8 -> 64.7, ResNet-18 batch 16
+///   level (156.1, 156.3). Lite0 batch 1 has no layer this large.
+const FETCH_ROWS_FROM_BYTES: usize = 2 << 20;
+
 /// Whether a convolution's receptive fields are laid out column by column: for each input
 /// column, its `k` kernel rows' channels (`k * cin` values), so that the field of an output
 /// pixel is the `k * k * cin` values from its first column on, and the next pixel's starts
@@ -311,7 +324,9 @@ impl GemmConv {
         pad: Pad2d,
         act: Activation,
     ) -> Result<Option<RowBlocks<'a>>> {
-        let launch = self.launch(x, pad, None, act, None, Some(Algorithm::Gemm))?;
+        let mut launch = self.launch(x, pad, None, act, None, Some(Algorithm::Gemm))?;
+        // The caller's strips of rows stay in its cache.
+        launch.fetch_rows = false;
         if self.panels.is_none() || self.groups > 1 || launch.choose() != Algorithm::Gemm {
             return Ok(None);
         }
@@ -330,7 +345,10 @@ impl GemmConv {
         algorithm: Option<Algorithm>,
     ) -> Result<Launch<'a>> {
         let (oh, ow) = self.output_size(x.h, x.w, pad)?;
+        let output_bytes = x.n * oh * ow * self.cout * std::mem::size_of::<f32>();
+        let residual_bytes = residual.map_or(0, std::mem::size_of_val);
         Ok(Launch {
+            fetch_rows: output_bytes + residual_bytes >= FETCH_ROWS_FROM_BYTES,
             conv: self,
             x,
             pad,

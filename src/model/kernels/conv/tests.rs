@@ -42,6 +42,9 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
         // On AVX-512 a residual up to 4 MiB goes in registers whatever the width; this one
         // (4352 rows of 256) takes the pass there too.
         (17, 8, 256, 16, 16, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+        // An output and a residual of 1 MiB each: the AVX-512 kernel fetches each next
+        // block's rows ahead (`FETCH_ROWS_FROM_BYTES`), the residual in registers.
+        (4, 8, 256, 16, 16, 1, 1, p(0, 0, 0, 0), Activation::Relu),
     ] {
         let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
         let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
@@ -464,4 +467,43 @@ fn winograd_form_follows_the_output_size_and_the_panel_kernel() {
             }
         }
     }
+}
+
+/// Only a layer whose output and residual outgrow L2 fetches rows ahead, and never into a
+/// caller's strips, which stay in its cache.
+#[test]
+fn rows_are_fetched_ahead_for_large_outputs_only() {
+    let wt = Tensor::randn(0f32, 1.0, (256, 64, 1, 1), &Device::Cpu).unwrap();
+    let conv = GemmConv::pack(&wt, None, 1, Isa::best()).unwrap();
+    let data = vec![0f32; 4 * 16 * 16 * 64];
+    let residual = vec![0f32; 4 * 16 * 16 * 256];
+    let view = |n: usize| View {
+        data: &data,
+        n,
+        h: 16,
+        w: 16,
+        c: 64,
+        stride: 64,
+    };
+    let fetches = |n: usize, residual: Option<&[f32]>| {
+        let launch = conv.launch(
+            view(n),
+            Pad2d::uniform(0),
+            None,
+            Activation::Relu,
+            residual,
+            None,
+        );
+        launch.unwrap().fetch_rows
+    };
+    // 512 rows of 256 channels: 512 KiB of output, and as much residual.
+    assert!(!fetches(2, None));
+    assert!(!fetches(2, Some(&residual[..512 * 256])));
+    // Twice as many rows: 1 MiB of output, and as much residual.
+    assert!(!fetches(4, None));
+    assert!(fetches(4, Some(&residual)));
+    let strips = conv
+        .row_blocks(view(2), Pad2d::uniform(0), Activation::Relu)
+        .unwrap();
+    assert!(!strips.expect("a plain 1x1 convolution").0.fetch_rows);
 }

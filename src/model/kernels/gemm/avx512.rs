@@ -83,6 +83,9 @@ unsafe fn rows<const V: usize, const FETCH: bool, const HALF_LAST: bool>(
     let blocks = m.div_ceil(ROWS);
     // SAFETY (all calls): rows `r..r + R` are within the `m` rows the caller covers.
     while r + ROWS <= m {
+        if f.fetch_rows {
+            fetch_rows(dst, dst_rs, &f, r + ROWS..(r + 2 * ROWS).min(m), V * W);
+        }
         let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
         let a = ahead.part(r / ROWS, blocks);
         unsafe { block::<ROWS, V, FETCH, HALF_LAST>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
@@ -242,6 +245,44 @@ unsafe fn store<const R: usize, const V: usize, const HALF_LAST: bool>(
                     _mm512_storeu_ps(to, act(a));
                 }
             }
+        }
+    }
+}
+
+/// Fetch into L2 the output rows `rows` (`dst_rs` values apart) of a column block `cols`
+/// values wide from `dst`, and the same rows of the residual the block adds, if any: the
+/// rows of the next register block, fetched while this one runs down `k`. A layer's output
+/// and residual larger than L2 arrive from L3 or memory. The next block's rows are
+/// `dst_rs` values apart, farther than a hardware prefetcher follows. Without this, each
+/// register block waited for its lines after its sums were done.
+///
+/// Measured on an Intel Xeon (Sapphire Rapids class), AVX-512 kernel:
+/// - One thread, 224 x 64 x 256 products with bias, residual and ReLU: 59.4-61.8 against
+///   64.6-65.5 us with the output and residual cold (30 products' worth). With both in
+///   cache, 47.4-49.0 against 47.1-47.3.
+/// - ResNet-50 batch 1, 2 threads, per-layer timer, 2 alternated runs each: 56x56 64 -> 256
+///   with residual 522-546 -> 414-434 us; without one 496-612 -> 391-405; 28x28 128 -> 512
+///   with residual 378-393 -> 354-357.
+#[inline(always)]
+fn fetch_rows(
+    dst: *const f32,
+    dst_rs: usize,
+    finish: &Finish,
+    rows: std::ops::Range<usize>,
+    cols: usize,
+) {
+    for r in rows {
+        // Every line the row's columns touch: each 16 values on, and the last value's.
+        let fetch = |row: *const f32| {
+            for c in (0..cols).step_by(LINE).chain([cols - 1]) {
+                // SAFETY: SSE is part of every x86-64 CPU, and a prefetch is a hint that
+                // never faults, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(c).cast()) };
+            }
+        };
+        fetch(dst.wrapping_add(r * dst_rs));
+        if let Some((res, rs)) = finish.residual {
+            fetch(res.wrapping_add(r * rs));
         }
     }
 }

@@ -343,6 +343,13 @@ pub(super) struct Finish {
     /// The residual of row 0, column 0 on, and its row stride (values).
     pub residual: Option<(*const f32, usize)>,
     pub act: Activation,
+    /// Fetch the output and residual rows of the next register block into L2 while a block
+    /// runs: for outputs too large to be in cache. Only the AVX-512 kernel does
+    /// (`avx512::fetch_rows`). With the AVX2 kernel forced on the same Intel Xeon it measured
+    /// no faster (`bench/ab.sh`, 8 rounds, ResNet-50 batch 16 31.1 -> 30.3 images/s,
+    /// DenseNet-121 batch 16 48.9 -> 49.7), and AVX2's is the kernel AMD Zen 4 runs, where
+    /// it has not been measured.
+    pub fetch_rows: bool,
 }
 
 impl Finish {
@@ -351,6 +358,7 @@ impl Finish {
         bias: None,
         residual: None,
         act: Activation::Identity,
+        fetch_rows: false,
     };
 
     /// The same finish from column `j` on.
@@ -362,7 +370,7 @@ impl Finish {
             // SAFETY: the caller guarantees the bias and residual extend past column `j`.
             bias: self.bias.map(|b| unsafe { b.add(j) }),
             residual: self.residual.map(|(r, rs)| (unsafe { r.add(j) }, rs)),
-            act: self.act,
+            ..self
         }
     }
 
@@ -429,6 +437,7 @@ mod tests {
                     bias: Some(bias.as_ptr()),
                     residual: None,
                     act: Activation::Relu,
+                    fetch_rows: false,
                 };
                 let run = |m: usize| {
                     let mut dst = vec![f32::NAN; m * n];
@@ -503,6 +512,7 @@ mod tests {
                 bias: Some(bias.as_ptr()),
                 residual: Some((residual.as_ptr(), res_rs)),
                 act: Activation::Relu6,
+                fetch_rows: true,
             };
             let mut finished = vec![f32::NAN; m * n];
             // SAFETY: as above; the bias covers every column.
