@@ -349,6 +349,7 @@ pub(super) struct Finish {
     /// no faster (`bench/ab.sh`, 8 rounds, ResNet-50 batch 16 31.1 -> 30.3 images/s,
     /// DenseNet-121 batch 16 48.9 -> 49.7), and AVX2's is the kernel AMD Zen 4 runs, where
     /// it has not been measured.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fetch_rows: bool,
 }
 
