@@ -151,11 +151,17 @@ def from_log(path):
     for line in open(path):
         r = json.loads(line)
         cases.setdefault((r["model"], r["batch_size"]), {}).setdefault(r["engine"], []).append(r)
-    # A round every engine finished; the last may have been cut off midway.
-    for key, runs in cases.items():
-        done = min(len(v) for v in runs.values())
+    # The rounds every engine finished; the last may have been cut off midway, or the run
+    # stopped before a case's first round was whole (that case is left out).
+    engines = {name for runs in cases.values() for name in runs}
+    for key, runs in list(cases.items()):
+        done = min(len(runs.get(name, [])) for name in engines)
+        if done == 0:
+            del cases[key]
         for name in runs:
             runs[name] = runs[name][:done]
+    if not cases:
+        sys.exit(f"{path}: no case has a whole round")
     first = next(iter(cases.values()))["classify"][0]
     settings = {"date": os.path.getmtime(path), "cpu": first["cpu"], "isa": first["isa"],
                 "threads": first["threads"], "rounds": max(len(v["classify"]) for v in cases.values()),
