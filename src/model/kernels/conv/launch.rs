@@ -84,6 +84,11 @@ impl Launch<'_> {
         }
     }
 
+    /// Bytes of the whole output, all images.
+    pub(super) fn output_bytes(&self) -> usize {
+        self.x.n * self.oh * self.ow * self.conv.cout * std::mem::size_of::<f32>()
+    }
+
     /// Refuse an input that does not fit the weight, or is empty or short, and a residual
     /// smaller than the output.
     pub(super) fn check(&self) -> Result<()> {
@@ -487,7 +492,8 @@ impl Launch<'_> {
             // better in its own pass over the block than in the kernel's row-by-row finish,
             // and then that pass does all three. An activation with `exp` or `erf` inside
             // gets a pass over the block just stored.
-            let residual_bytes = self.x.n * self.oh * self.ow * conv.cout * 4;
+            // The residual is read for the output's rows alone.
+            let residual_bytes = self.output_bytes();
             let fused_residual = conv.cout < RESIDUAL_IN_REGISTERS_BELOW
                 || (kernel == Kernel::Avx512
                     && residual_bytes <= RESIDUAL_IN_REGISTERS_BYTES_AVX512);

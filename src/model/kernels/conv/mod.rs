@@ -345,10 +345,8 @@ impl GemmConv {
         algorithm: Option<Algorithm>,
     ) -> Result<Launch<'a>> {
         let (oh, ow) = self.output_size(x.h, x.w, pad)?;
-        let output_bytes = x.n * oh * ow * self.cout * std::mem::size_of::<f32>();
-        let residual_bytes = residual.map_or(0, std::mem::size_of_val);
-        Ok(Launch {
-            fetch_rows: output_bytes + residual_bytes >= FETCH_ROWS_FROM_BYTES,
+        let mut launch = Launch {
+            fetch_rows: false,
             conv: self,
             x,
             pad,
@@ -358,6 +356,10 @@ impl GemmConv {
             oh,
             ow,
             algorithm,
-        })
+        };
+        // A residual is read for the output's rows alone, as many bytes.
+        let arrays = if residual.is_some() { 2 } else { 1 };
+        launch.fetch_rows = arrays * launch.output_bytes() >= FETCH_ROWS_FROM_BYTES;
+        Ok(launch)
     }
 }
