@@ -1,16 +1,32 @@
 //! The AVX-512 micro-kernel: 16-channel panels, blocks of up to 12 rows x 32 channels (24 of
 //! the 32 vector registers accumulate, two hold the weight, the input is broadcast from
-//! memory). A full block's loop down `k` is in assembly ([`sums`]); the partial blocks at the
-//! edges run the same loop written with intrinsics, and both finish in [`store`].
+//! memory), or 13 rows where a few are left over (26 accumulate; [`super::row_blocks`]). The
+//! loop down `k` of a full or long block is in assembly ([`sums`]); the partial blocks at
+//! the edges run the same loop written with intrinsics, and all finish in [`store`].
 
 use std::arch::x86_64::*;
 
-use super::{Ahead, Finish, LINE, WIDTH_AVX512 as W};
+use super::{row_blocks, Ahead, Finish, LINE, WIDTH_AVX512 as W};
 use crate::model::kernels::math::registers;
 use crate::model::kernels::Activation;
 
 /// Rows per register block.
 pub(super) const ROWS: usize = 12;
+
+/// Rows of the long register block, which takes a row left over from blocks of [`ROWS`]
+/// ([`super::row_blocks`]): 26 registers accumulate, and all 32 are in use. Before it, the
+/// 49 rows of a 7x7 map at batch 1 ran as 4 x 12 + 1, the lone row's two chains of
+/// multiply-adds as slow per step as 4 rows. Intel Xeon (Sapphire Rapids class):
+/// - One thread, data in cache, 49 rows x 192 -> 1152 channels: 132-135 us against 48
+///   rows' 121-124; with the long block 124-130 against 122-124 (1152 -> 192: 125-128 ->
+///   119-121). A block of 13 rows alone: 33-37 us; as halves of 7 + 6 rows in intrinsics
+///   42-44 (a block of 12 rows alone 31-32, of one row 12).
+/// - Lite0 at batch 1, 2 threads, per-layer timer, 3 alternated runs against the halves:
+///   the 7x7 1x1 layers 2-9% faster (672 -> 192 38-39 us against 42, 1152 -> 192 with the
+///   residual 73-76 against 76, 320 -> 1280 115-121 against 121). Whole networks: within
+///   this VM's noise (`bench/ab.sh` against the build before, Lite0 batch 1 272.9 -> 280.0
+///   images/s, 10 rounds; one binary with an environment switch, 280.0 against 286.0).
+pub(super) const LONG: usize = ROWS + 1;
 
 /// Channels of a half panel (the last of `n` = 8 mod 16).
 const HALF: usize = W / 2;
@@ -79,29 +95,27 @@ unsafe fn rows<const V: usize, const FETCH: bool, const HALF_LAST: bool>(
     f: Finish,
     ahead: Ahead,
 ) {
-    let mut r = 0;
-    let blocks = m.div_ceil(ROWS);
-    // SAFETY (all calls): rows `r..r + R` are within the `m` rows the caller covers.
-    while r + ROWS <= m {
+    let count = row_blocks(m, ROWS, true).count();
+    let mut blocks = row_blocks(m, ROWS, true).enumerate().peekable();
+    while let Some((i, rows)) = blocks.next() {
         if f.fetch_rows {
-            fetch_rows(dst, dst_rs, &f, r + ROWS..(r + 2 * ROWS).min(m), V * W);
+            let next = blocks.peek().map_or(m..m, |(_, next)| next.clone());
+            fetch_rows(dst, dst_rs, &f, next, V * W);
         }
+        let r = rows.start;
+        // SAFETY (all calls): rows `r..r + R` are within the `m` rows the caller covers.
         let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
-        let a = ahead.part(r / ROWS, blocks);
-        unsafe { block::<ROWS, V, FETCH, HALF_LAST>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) };
-        r += ROWS;
+        let a = ahead.part(i, count);
+        macro_rules! sized {
+            ($($r:literal)*) => {
+                match rows.len() {
+                    $($r => unsafe { block::<$r, V, FETCH, HALF_LAST>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },)*
+                    _ => unreachable!("blocks hold 1 to {LONG} rows"),
+                }
+            };
+        }
+        sized!(1 2 3 4 5 6 7 8 9 10 11 12 13);
     }
-    let (lhs, dst, f) = unsafe { (lhs.add(r * lhs_rs), dst.add(r * dst_rs), f.skip_rows(r)) };
-    let a = ahead.part(r / ROWS, blocks);
-    macro_rules! tail {
-        ($($r:literal)*) => {
-            match m - r {
-                $($r => unsafe { block::<$r, V, FETCH, HALF_LAST>(k, lhs, lhs_rs, w, dst, dst_rs, f, a) },)*
-                _ => {}
-            }
-        };
-    }
-    tail!(1 2 3 4 5 6 7 8 9 10 11);
 }
 
 /// `R` rows x `V` panels, accumulated in registers over all of `k`, then finished and stored;
@@ -122,13 +136,13 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool, const HALF_LA
     finish: Finish,
     ahead: Ahead,
 ) {
-    if R == ROWS && V == 2 && !HALF_LAST {
-        // The full block: its sums from the assembly loop.
+    if (R == ROWS || R == LONG) && V == 2 && !HALF_LAST {
+        // A full or long block: its sums from the assembly loop.
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         let ahead = if FETCH { ahead } else { Ahead::NONE };
-        // SAFETY: the caller's contract; `acc` holds the 12 x 2 sums `sums` writes.
+        // SAFETY: the caller's contract; `acc` holds the R x 2 sums `sums` writes.
         unsafe {
-            sums(k, lhs, lhs_rs, w, ahead, acc.as_mut_ptr().cast());
+            sums::<R>(k, lhs, lhs_rs, w, ahead, acc.as_mut_ptr().cast());
             finish_and_store::<R, V, HALF_LAST>(&acc, dst, dst_rs, finish);
         }
         return;
@@ -289,31 +303,69 @@ fn fetch_rows(
 
 /// One step of `k` for the 12 x 32 block in assembly (`k_loop!` in `mod.rs`): the two panels'
 /// weight rows (`dw` bytes on) into `zmm{wa}` and `zmm{wb}`, each row's value (`d` bytes past
-/// its address) broadcast and multiplied into its two sums with `op`. Rows 0-3, 4-7 and 8-11
-/// are `{a0}`, `{a4}` and `{a8}` plus 0, 1, 2 or 3 row strides (`{s}`, `{s3}` bytes).
-macro_rules! step {
-    ($op:literal, $d:literal, $dw:literal, $wa:literal, $wb:literal) => {
+/// its address) broadcast into `zmm{x0}` or `zmm{x1}` (alternately) and multiplied into its
+/// two sums with `op`. Rows 0-3, 4-7 and 8-11 are `{a0}`, `{a4}` and `{a8}` plus 0, 1, 2 or
+/// 3 row strides (`{s}`, `{s3}` bytes).
+macro_rules! twelve_rows {
+    ($op:literal, $d:literal, $dw:literal, $wa:literal, $wb:literal, $x0:literal, $x1:literal) => {
         concat!(
             weight_rows!("zmm", $dw, $wa, $wb),
-            row!("zmm", $op, "{a0}", $d, "26", "0", "1", $wa, $wb),
-            row!("zmm", $op, "{a0} + {s}", $d, "27", "2", "3", $wa, $wb),
-            row!("zmm", $op, "{a0} + {s} * 2", $d, "26", "4", "5", $wa, $wb),
-            row!("zmm", $op, "{a0} + {s3}", $d, "27", "6", "7", $wa, $wb),
-            row!("zmm", $op, "{a4}", $d, "26", "8", "9", $wa, $wb),
-            row!("zmm", $op, "{a4} + {s}", $d, "27", "10", "11", $wa, $wb),
-            row!("zmm", $op, "{a4} + {s} * 2", $d, "26", "12", "13", $wa, $wb),
-            row!("zmm", $op, "{a4} + {s3}", $d, "27", "14", "15", $wa, $wb),
-            row!("zmm", $op, "{a8}", $d, "26", "16", "17", $wa, $wb),
-            row!("zmm", $op, "{a8} + {s}", $d, "27", "18", "19", $wa, $wb),
-            row!("zmm", $op, "{a8} + {s} * 2", $d, "26", "20", "21", $wa, $wb),
-            row!("zmm", $op, "{a8} + {s3}", $d, "27", "22", "23", $wa, $wb),
+            row!("zmm", $op, "{a0}", $d, $x0, "0", "1", $wa, $wb),
+            row!("zmm", $op, "{a0} + {s}", $d, $x1, "2", "3", $wa, $wb),
+            row!("zmm", $op, "{a0} + {s} * 2", $d, $x0, "4", "5", $wa, $wb),
+            row!("zmm", $op, "{a0} + {s3}", $d, $x1, "6", "7", $wa, $wb),
+            row!("zmm", $op, "{a4}", $d, $x0, "8", "9", $wa, $wb),
+            row!("zmm", $op, "{a4} + {s}", $d, $x1, "10", "11", $wa, $wb),
+            row!("zmm", $op, "{a4} + {s} * 2", $d, $x0, "12", "13", $wa, $wb),
+            row!("zmm", $op, "{a4} + {s3}", $d, $x1, "14", "15", $wa, $wb),
+            row!("zmm", $op, "{a8}", $d, $x0, "16", "17", $wa, $wb),
+            row!("zmm", $op, "{a8} + {s}", $d, $x1, "18", "19", $wa, $wb),
+            row!("zmm", $op, "{a8} + {s} * 2", $d, $x0, "20", "21", $wa, $wb),
+            row!("zmm", $op, "{a8} + {s3}", $d, $x1, "22", "23", $wa, $wb),
         )
     };
 }
 
-/// The sums of a full block ([`ROWS`] rows x 2 panels) over all of `k`, written to `out` (24
-/// vectors: row 0's two, then row 1's, ...), `ahead` fetched over the first steps, one line a
-/// step. The same products in the same order as [`block`]'s loop, so the same bits: the
+/// [`twelve_rows`] of the 12-row block: weights in `zmm24`/`zmm25` (`zmm28`/`zmm29` for the second
+/// step of two), inputs broadcast into `zmm26` and `zmm27`.
+macro_rules! step {
+    ($op:literal, $d:literal, $dw:literal, $wa:literal, $wb:literal) => {
+        twelve_rows!($op, $d, $dw, $wa, $wb, "26", "27")
+    };
+}
+
+/// One step of the 13-row block: [`twelve_rows`] with the inputs broadcast into `zmm30` and
+/// `zmm31`, then row 12 (`{a8}` plus 4 row strides) into sums `zmm24` and `zmm25`; its
+/// weights in `zmm26`/`zmm27` (`zmm28`/`zmm29`). All 32 registers are in use.
+macro_rules! step_long {
+    ($op:literal, $d:literal, $dw:literal, $wa:literal, $wb:literal) => {
+        concat!(
+            twelve_rows!($op, $d, $dw, $wa, $wb, "30", "31"),
+            row!("zmm", $op, "{a8} + {s} * 4", $d, "30", "24", "25", $wa, $wb),
+        )
+    };
+}
+
+/// Assembly storing the 12-row block's 24 sums (`zmm0`-`zmm23`) to `{out}`.
+macro_rules! store_24 {
+    () => {
+        "vmovups [{out} + 0], zmm0\nvmovups [{out} + 64], zmm1\nvmovups [{out} + 128], zmm2\nvmovups [{out} + 192], zmm3\nvmovups [{out} + 256], zmm4\nvmovups [{out} + 320], zmm5\nvmovups [{out} + 384], zmm6\nvmovups [{out} + 448], zmm7\nvmovups [{out} + 512], zmm8\nvmovups [{out} + 576], zmm9\nvmovups [{out} + 640], zmm10\nvmovups [{out} + 704], zmm11\nvmovups [{out} + 768], zmm12\nvmovups [{out} + 832], zmm13\nvmovups [{out} + 896], zmm14\nvmovups [{out} + 960], zmm15\nvmovups [{out} + 1024], zmm16\nvmovups [{out} + 1088], zmm17\nvmovups [{out} + 1152], zmm18\nvmovups [{out} + 1216], zmm19\nvmovups [{out} + 1280], zmm20\nvmovups [{out} + 1344], zmm21\nvmovups [{out} + 1408], zmm22\nvmovups [{out} + 1472], zmm23\n"
+    };
+}
+
+/// Assembly storing the 13-row block's 26 sums (`zmm0`-`zmm25`) to `{out}`.
+macro_rules! store_26 {
+    () => {
+        concat!(
+            store_24!(),
+            "vmovups [{out} + 1536], zmm24\nvmovups [{out} + 1600], zmm25\n"
+        )
+    };
+}
+
+/// The sums of a full or long block ([`ROWS`] or [`LONG`] rows, `R`, x 2 panels) over all of
+/// `k`, written to `out` (`2 * R` vectors: row 0's two, then row 1's, ...), `ahead` fetched
+/// over the first steps, one line a step. The same products in the same order as [`block`]'s loop, so the same bits: the
 /// first step's products start the sums, then one fused multiply-add a step. In assembly
 /// because the compiler, short of registers for twelve row addresses, worked out most of
 /// them again at every step: a dozen integer instructions among the 24 multiply-adds, some
@@ -328,9 +380,9 @@ macro_rules! step {
 /// 51.4; Lite0 batch 1 192.7 -> 202.1.
 ///
 /// # Safety
-/// As [`gemm`], for these rows and panels; `out` valid for 24 vectors' writes.
+/// As [`gemm`], for these rows and panels; `out` valid for `2 * R` vectors' writes.
 #[target_feature(enable = "avx512f")]
-unsafe fn sums(
+unsafe fn sums<const R: usize>(
     k: usize,
     lhs: *const f32,
     lhs_rs: usize,
@@ -340,39 +392,50 @@ unsafe fn sums(
 ) {
     debug_assert!(k >= 1);
     let s = lhs_rs * 4;
+    /// The block's loop, stepped by `$step`, the second step's weights in `zmm28`/`zmm29`.
+    macro_rules! asm_loop {
+        ($step:ident, [$wa:literal, $wb:literal], $store:ident) => {
+            std::arch::asm!(
+                k_loop!(
+                    $step,
+                    "64",
+                    [$wa, $wb],
+                    ["28", "29"],
+                    "add {a0}, 4\nadd {a4}, 4\nadd {a8}, 4\nadd {w}, 64\n",
+                    "add {a0}, 8\nadd {a4}, 8\nadd {a8}, 8\nadd {w}, 128\n",
+                    $store!(),
+                ),
+                k = inout(reg) k => _,
+                a0 = inout(reg) lhs => _,
+                a4 = inout(reg) lhs.wrapping_add(4 * lhs_rs) => _,
+                a8 = inout(reg) lhs.wrapping_add(8 * lhs_rs) => _,
+                s = in(reg) s,
+                s3 = in(reg) 3 * s,
+                w = inout(reg) w => _,
+                ps = in(reg) k * W * 4,
+                pa = inout(reg) ahead.at => _,
+                pf = inout(reg) ahead.lines => _,
+                out = in(reg) out,
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack),
+            )
+        };
+    }
     // SAFETY: every address is a row of `lhs` (up to step `k`), a panel's row (up to `k`) or
     // `out`; prefetches never fault. Every vector register the code writes is declared.
     unsafe {
-        std::arch::asm!(
-            k_loop!(
-                step,
-                "64",
-                ["24", "25"],
-                ["28", "29"],
-                "add {a0}, 4\nadd {a4}, 4\nadd {a8}, 4\nadd {w}, 64\n",
-                "add {a0}, 8\nadd {a4}, 8\nadd {a8}, 8\nadd {w}, 128\n",
-                "vmovups [{out} + 0], zmm0\nvmovups [{out} + 64], zmm1\nvmovups [{out} + 128], zmm2\nvmovups [{out} + 192], zmm3\nvmovups [{out} + 256], zmm4\nvmovups [{out} + 320], zmm5\nvmovups [{out} + 384], zmm6\nvmovups [{out} + 448], zmm7\nvmovups [{out} + 512], zmm8\nvmovups [{out} + 576], zmm9\nvmovups [{out} + 640], zmm10\nvmovups [{out} + 704], zmm11\nvmovups [{out} + 768], zmm12\nvmovups [{out} + 832], zmm13\nvmovups [{out} + 896], zmm14\nvmovups [{out} + 960], zmm15\nvmovups [{out} + 1024], zmm16\nvmovups [{out} + 1088], zmm17\nvmovups [{out} + 1152], zmm18\nvmovups [{out} + 1216], zmm19\nvmovups [{out} + 1280], zmm20\nvmovups [{out} + 1344], zmm21\nvmovups [{out} + 1408], zmm22\nvmovups [{out} + 1472], zmm23\n",
-            ),
-            k = inout(reg) k => _,
-            a0 = inout(reg) lhs => _,
-            a4 = inout(reg) lhs.wrapping_add(4 * lhs_rs) => _,
-            a8 = inout(reg) lhs.wrapping_add(8 * lhs_rs) => _,
-            s = in(reg) s,
-            s3 = in(reg) 3 * s,
-            w = inout(reg) w => _,
-            ps = in(reg) k * W * 4,
-            pa = inout(reg) ahead.at => _,
-            pf = inout(reg) ahead.lines => _,
-            out = in(reg) out,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
-            out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-            out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-            out("zmm28") _, out("zmm29") _,
-            options(nostack),
-        );
+        if R == LONG {
+            asm_loop!(step_long, ["26", "27"], store_26)
+        } else {
+            debug_assert_eq!(R, ROWS);
+            asm_loop!(step, ["24", "25"], store_24)
+        }
     }
 }

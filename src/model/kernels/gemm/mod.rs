@@ -104,7 +104,7 @@ macro_rules! k_loop {
         [$wa2:literal, $wb2:literal],
         $advance:literal,
         $advance2:literal,
-        $store:literal $(,)?
+        $store:expr $(,)?
     ) => {
         concat!(
             $step!("vmulps", "0", "0", $wa, $wb),
@@ -289,6 +289,47 @@ impl Kernel {
     }
 }
 
+/// Rows below which a register block is as slow per step as a block of this many: its
+/// few sums are chains of dependent multiply-adds (2 a row, 4 cycles each), not enough to
+/// keep the two FMA units busy.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const SHORT_BLOCK: usize = 4;
+
+/// The register blocks of `m` rows for a kernel of `full`-row blocks, as row ranges: full
+/// blocks, then the rows left. Fewer than [`SHORT_BLOCK`] rows left are not a block of their
+/// own: where the kernel has a block one row longer (`long`), they go one each to as many
+/// full blocks (49 rows, a 7x7 map at batch 1, are 12 + 12 + 12 + 13 on the AVX-512 kernel
+/// instead of 4 x 12 + 1); otherwise they join the last full block and the two are split
+/// in halves. A block gives each row the bits any other block gives it, so the blocks never
+/// change a result.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) fn row_blocks(
+    m: usize,
+    full: usize,
+    long: bool,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let (mut whole, rest) = (m / full, m % full);
+    let short = rest > 0 && rest < SHORT_BLOCK;
+    let (longs, last) = if short && long && whole >= rest {
+        whole -= rest;
+        (rest, [0, 0])
+    } else if short && whole > 0 {
+        whole -= 1;
+        let both = full + rest;
+        (0, [both.div_ceil(2), both / 2])
+    } else {
+        (0, [rest, 0])
+    };
+    let sizes = std::iter::repeat_n(full, whole)
+        .chain(std::iter::repeat_n(full + 1, longs))
+        .chain(last.into_iter().filter(|&n| n > 0));
+    sizes.scan(0, |r, len| {
+        let rows = *r..*r + len;
+        *r += len;
+        Some(rows)
+    })
+}
+
 /// Values in a cache line.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) const LINE: usize = 16;
@@ -406,21 +447,33 @@ mod tests {
 
     /// A full block of rows (on AVX-512, the assembly loop) gives each row the bits a block
     /// one row shorter (the intrinsics' loop) gives it: the same products in the same order.
+    /// So do AVX-512's long block (13 rows against 12 + 4) and AVX2's halves (7 rows as 4 +
+    /// 3 against one block of 6), which [`row_blocks`] picks for a few rows left over.
     #[test]
     fn full_blocks_match_shorter_blocks_to_the_bit() {
         let value = |i: usize| ((i * 7919) % 29) as f32 * 0.37 - 4.1;
-        let kernels = [
+        // Each kernel with pairs of row counts whose common rows are compared.
+        let kernels: [(Kernel, &[(usize, usize)]); _] = [
             #[cfg(not(target_arch = "aarch64"))]
-            (Kernel::Portable, portable::ROWS),
+            (Kernel::Portable, &[(portable::ROWS, portable::ROWS - 1)]),
             // ARM64: NEON's 6-row block against the portable blocks of 4 and 1.
             #[cfg(target_arch = "aarch64")]
-            (Kernel::Portable, neon::ROWS),
+            (Kernel::Portable, &[(neon::ROWS, neon::ROWS - 1)]),
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx2, avx2::ROWS),
+            (
+                Kernel::Avx2,
+                &[(avx2::ROWS, avx2::ROWS - 1), (avx2::ROWS + 1, avx2::ROWS)],
+            ),
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512, avx512::ROWS),
+            (
+                Kernel::Avx512,
+                &[
+                    (avx512::ROWS, avx512::ROWS - 1),
+                    (avx512::LONG, avx512::LONG + 3),
+                ],
+            ),
         ];
-        for (kernel, rows) in kernels.into_iter().filter(|(k, _)| k.isa() <= Isa::best()) {
+        for (kernel, pairs) in kernels.into_iter().filter(|(k, _)| k.isa() <= Isa::best()) {
             for (n, k) in [
                 (64usize, 1usize),
                 (32, 2),
@@ -430,7 +483,8 @@ mod tests {
                 (40, 5),
             ] {
                 let lhs_rs = k + 5;
-                let lhs: Vec<f32> = (0..rows * lhs_rs).map(value).collect();
+                let most = pairs.iter().map(|&(a, b)| a.max(b)).max().unwrap_or(0);
+                let lhs: Vec<f32> = (0..most * lhs_rs).map(value).collect();
                 let w: Vec<f32> = (0..k * n).map(|i| value(i + 7)).collect();
                 let panels = kernel.pack(&w, k, n);
                 let bias: Vec<f32> = (0..n).map(|j| value(j + 1)).collect();
@@ -449,13 +503,46 @@ mod tests {
                     };
                     dst
                 };
-                let (full, short) = (run(rows), run(rows - 1));
-                let differs =
-                    (full.iter().zip(&short)).position(|(a, b)| a.to_bits() != b.to_bits());
-                assert_eq!(
-                    differs, None,
-                    "{kernel:?} n{n} k{k}: the first value that differs"
-                );
+                for &(a, b) in pairs {
+                    let (one, other) = (run(a), run(b));
+                    let differs =
+                        (one.iter().zip(&other)).position(|(x, y)| x.to_bits() != y.to_bits());
+                    assert_eq!(
+                        differs, None,
+                        "{kernel:?} {a} against {b} rows, n{n} k{k}: the first value that differs"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The blocks cover the rows in order, none longer than the kernel's longest, and none
+    /// shorter than [`SHORT_BLOCK`] or half a full block (the halves of 6 + 1 rows are 4 + 3)
+    /// where there are enough rows for one full block.
+    #[test]
+    fn row_blocks_cover_every_row_without_short_blocks() {
+        let sizes = |m, full, long| {
+            row_blocks(m, full, long)
+                .map(|r| r.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(49, 12, true), [12, 12, 12, 13]);
+        assert_eq!(sizes(50, 12, true), [12, 12, 13, 13]);
+        assert_eq!(sizes(27, 12, true), [12, 8, 7]);
+        assert_eq!(sizes(49, 6, false), [6, 6, 6, 6, 6, 6, 6, 4, 3]);
+        assert_eq!(sizes(196, 12, true), [[12; 16].as_slice(), &[4]].concat());
+        for (full, long) in [(12, true), (12, false), (6, false)] {
+            for m in 0..300 {
+                let blocks: Vec<_> = row_blocks(m, full, long).collect();
+                let mut next = 0;
+                for rows in &blocks {
+                    assert_eq!(rows.start, next, "{m} rows in blocks of {full}: a gap");
+                    assert!(!rows.is_empty() && rows.len() <= full + usize::from(long));
+                    let least = SHORT_BLOCK.min(full / 2);
+                    assert!(m < full || rows.len() >= least, "{m} rows: {blocks:?}");
+                    next = rows.end;
+                }
+                assert_eq!(next, m, "{m} rows in blocks of {full}");
             }
         }
     }
@@ -475,6 +562,10 @@ mod tests {
             (24, 64, 1),
             (12, 96, 2),
             (37, 64, 150),
+            // A few rows left over: AVX-512's long blocks (49: 12 + 12 + 12 + 13) or halves
+            // (27: 12 + 8 + 7), AVX2's halves (49: ... 6 + 4 + 3).
+            (49, 64, 20),
+            (27, 32, 9),
         ] {
             // Every kernel takes multiples of 8; AVX-512's last panel is then half full
             // (n = 8, 24, 40).
