@@ -177,7 +177,10 @@ def table(a, cases, isa, cpu=None, date=None):
           f"{a.rounds} interleaved rounds of about {a.burst:.2g} s an engine; images/s: median over the rounds "
           f"(peak RSS MiB); ratios: median of the per-round ratios [quartiles]\n")
     refs = list(a.frameworks)
-    head = [f"classify ({isa})", "classify, AVX2 forced", "stock candle ops"] + [LABELS[f] for f in refs]
+    # The AVX2-forced and stock columns only where some case has them.
+    extra = [(n, label) for n, label in [("classify_avx2", "classify, AVX2 forced"), ("stock", "stock candle ops")]
+             if any(runs.get(n) for _, runs in cases)]
+    head = [f"classify ({isa})"] + [label for _, label in extra] + [LABELS[f] for f in refs]
     head += [f"classify / {SHORT[f]}" for f in refs]
     print("| model | batch | " + " | ".join(head) + " |")
     print("|---|---|" + "---|" * len(head))
@@ -191,7 +194,7 @@ def table(a, cases, isa, cpu=None, date=None):
             per = [c["images_per_sec"] / r["images_per_sec"] for c, r in zip(runs["classify"], runs[f])]
             q = statistics.quantiles(per, n=4) if len(per) > 1 else per * 3
             return f"{statistics.median(per):.2f} [{q[0]:.2f}-{q[2]:.2f}]"
-        cells = [cell("classify"), plain("classify_avx2"), plain("stock")]
+        cells = [cell("classify")] + [plain(n) for n, _ in extra]
         cells += [cell(f) for f in refs] + [ratio(f) for f in refs]
         done = len(runs["classify"])
         short = f" ({done} of {a.rounds} rounds)" if done < a.rounds else ""
