@@ -45,9 +45,9 @@ unsafe impl Sync for SendPtr {}
 /// up the jobs `f`'s parallel sections push, instead of going to sleep between them. A
 /// network runs hundreds of short parallel sections; a sleeping thread takes 50-100 us to
 /// wake (a `rayon::join` of two 50 us tasks measured 124-158 us once its helper had gone to
-/// sleep, 61-71 us with it kept awake, on the 2-core machine of the README's Speed
-/// section). `f` runs on a pool thread, so its sections are started from there (no
-/// cross-thread hand-off per section). The spinning stops when `f` returns.
+/// sleep, 61-71 us with it kept awake, on a 2-vCPU VM; `docs/speed.md`). `f` runs on a
+/// pool thread, so its sections are started from there (no cross-thread hand-off per
+/// section). The spinning stops when `f` returns.
 pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let done = AtomicBool::new(false);
