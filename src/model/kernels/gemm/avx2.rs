@@ -107,11 +107,15 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
 ) {
     let acc = if R == ROWS && V == 2 {
         // The full block: its sums from the assembly loop.
-        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        // Uninitialised: `sums` writes every vector (no zeroing stores first).
+        let mut acc = std::mem::MaybeUninit::<[[__m256; V]; R]>::uninit();
         let ahead = if FETCH { ahead } else { Ahead::NONE };
-        // SAFETY: the caller's contract; `acc` holds the 6 x 2 sums `sums` writes.
-        unsafe { sums(k, lhs, lhs_rs, w, ahead, acc.as_mut_ptr().cast()) };
-        acc
+        // SAFETY: the caller's contract; `acc` holds the 6 x 2 sums `sums` writes, all of them,
+        // so it is initialised after.
+        unsafe {
+            sums(k, lhs, lhs_rs, w, ahead, acc.as_mut_ptr().cast());
+            acc.assume_init()
+        }
     } else {
         // SAFETY: the caller's contract.
         unsafe { sums_loop::<R, V, FETCH>(k, lhs, lhs_rs, w, ahead) }

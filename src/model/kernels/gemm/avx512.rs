@@ -99,7 +99,10 @@ unsafe fn rows<const V: usize, const FETCH: bool, const HALF_LAST: bool>(
     let mut blocks = row_blocks(m, ROWS, true).enumerate().peekable();
     while let Some((i, rows)) = blocks.next() {
         if f.fetch_rows {
-            let next = blocks.peek().map_or(m..m, |(_, next)| next.clone());
+            let next = match blocks.peek() {
+                Some((_, next)) => next.clone(),
+                None => m..m,
+            };
             fetch_rows(dst, dst_rs, &f, next, V * W);
         }
         let r = rows.start;
@@ -138,12 +141,15 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool, const HALF_LA
 ) {
     if (R == ROWS || R == LONG) && V == 2 && !HALF_LAST {
         // A full or long block: its sums from the assembly loop.
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        // Uninitialised: `sums` writes every vector (zeroing it first took a `memset` call of
+        // 1.5 KiB per block).
+        let mut acc = std::mem::MaybeUninit::<[[__m512; V]; R]>::uninit();
         let ahead = if FETCH { ahead } else { Ahead::NONE };
-        // SAFETY: the caller's contract; `acc` holds the R x 2 sums `sums` writes.
+        // SAFETY: the caller's contract; `acc` holds the R x 2 sums `sums` writes, all of them,
+        // so it is initialised after.
         unsafe {
             sums::<R>(k, lhs, lhs_rs, w, ahead, acc.as_mut_ptr().cast());
-            finish_and_store::<R, V, HALF_LAST>(&acc, dst, dst_rs, finish);
+            finish_and_store::<R, V, HALF_LAST>(acc.assume_init_ref(), dst, dst_rs, finish);
         }
         return;
     }
