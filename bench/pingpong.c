@@ -2,7 +2,7 @@
  * two CPUs hand a counter back and forth 2 million times. On the 2-vCPU cloud VMs of the
  * README it tells which state the VM is in: about 55 ns when the host runs both vCPUs on
  * cores that share a cache, about 330 ns when it does not, and then every engine whose
- * threads pass data between them loses (see "Against PyTorch, ONNX Runtime and OpenVINO").
+ * threads pass data between them loses (docs/speed.md, the AMD EPYC Zen 4 VM's runs).
  *
  *   cc -O2 -pthread bench/pingpong.c -o /tmp/pingpong && /tmp/pingpong
  */
