@@ -1,11 +1,13 @@
 //! The AVX2+FMA micro-kernel: 8-channel panels, blocks of up to 6 rows x 16 channels (12 of
 //! the 16 vector registers accumulate). A full block's loop down `k` is in assembly
-//! ([`sums`]), the partial blocks' in intrinsics ([`sums_loop`]).
+//! ([`sums`]), its sums finished and stored from the registers they end in (`finish_sums!`
+//! in `mod.rs`); the partial blocks' loop is in intrinsics ([`sums_loop`]).
 
 use std::arch::x86_64::*;
 
 use super::{row_blocks, Ahead, Finish, LINE, WIDTH_AVX2 as W};
 use crate::model::kernels::math::registers;
+use crate::model::kernels::Activation;
 
 /// Rows per register block.
 pub(super) const ROWS: usize = 6;
@@ -105,21 +107,45 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
     finish: Finish,
     ahead: Ahead,
 ) {
-    let acc = if R == ROWS && V == 2 {
-        // The full block: its sums from the assembly loop.
-        // Uninitialised: `sums` writes every vector (no zeroing stores first).
-        let mut acc = std::mem::MaybeUninit::<[[__m256; V]; R]>::uninit();
+    if R == ROWS && V == 2 {
+        // The full block: its sums from the assembly loop, in registers, finished and
+        // stored there.
         let ahead = if FETCH { ahead } else { Ahead::NONE };
-        // SAFETY: the caller's contract; `acc` holds the 6 x 2 sums `sums` writes, all of them,
-        // so it is initialised after.
-        unsafe {
-            sums(k, lhs, lhs_rs, w, ahead, acc.as_mut_ptr().cast());
-            acc.assume_init()
-        }
-    } else {
         // SAFETY: the caller's contract.
-        unsafe { sums_loop::<R, V, FETCH>(k, lhs, lhs_rs, w, ahead) }
-    };
+        let sums = unsafe { sums(k, lhs, lhs_rs, w, ahead) };
+        macro_rules! finished {
+            ($act:expr) => {
+                finish_sums!(
+                    R,
+                    sums,
+                    dst,
+                    dst_rs,
+                    finish,
+                    W,
+                    [_mm256_loadu_ps, _mm256_add_ps, _mm256_storeu_ps],
+                    $act
+                )
+            };
+        }
+        // SAFETY: the bias covers every column of the block, the residual every row and
+        // column, and the block's rows and columns of `dst` are the caller's to write.
+        unsafe {
+            match finish.act {
+                Activation::Relu => finished!(|a| _mm256_max_ps(a, _mm256_setzero_ps())),
+                Activation::Relu6 => finished!(|a| _mm256_min_ps(
+                    _mm256_max_ps(a, _mm256_setzero_ps()),
+                    _mm256_set1_ps(6.0)
+                )),
+                Activation::HardSwish => {
+                    finished!(|a| registers::avx2(a, Activation::HardSwish))
+                }
+                _ => finished!(|a| a),
+            }
+        }
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let acc = unsafe { sums_loop::<R, V, FETCH>(k, lhs, lhs_rs, w, ahead) };
     for (r, acc) in acc.iter().enumerate() {
         for (v, &a) in acc.iter().enumerate() {
             let mut a = a;
@@ -207,18 +233,19 @@ macro_rules! step {
     };
 }
 
-/// The sums of a full block ([`ROWS`] rows x 2 panels) over all of `k`, written to `out` (12
-/// vectors: row 0's two, then row 1's, ...), `ahead` fetched over the first steps, one line a
-/// step: the `k_loop!` of [`super::avx512`]'s, for 16 registers. The same products in the same
-/// order as [`sums_loop`], so the same bits. Intel Xeon (Sapphire Rapids class) with the AVX2
-/// kernels forced (`CLASSIFY_CPU_ISA=avx2`), 2 threads, medians of 3 interleaved rounds (one
-/// binary, an environment switch since removed), images/s intrinsics -> assembly: ResNet-50
-/// batch 16 22.4 -> 25.4, batch 1 19.9 -> 20.9; ResNet-18 batch 1 58.4 -> 61.0; DenseNet-121
-/// batch 16 34.7 -> 40.8; Lite0 batch 1 141.1 -> 154.0. Not measured on AMD, whose integer
-/// instructions do not share ports with the vector ones.
+/// The sums of a full block ([`ROWS`] rows x 2 panels) over all of `k`, returned in
+/// registers (12 vectors: row 0's two, then row 1's, ...), `ahead` fetched over the first
+/// steps, one line a step: the `k_loop!` of [`super::avx512`]'s, for 16 registers. The same
+/// products in the same order as [`sums_loop`], so the same bits. Intel Xeon (Sapphire
+/// Rapids class) with the AVX2 kernels forced (`CLASSIFY_CPU_ISA=avx2`), 2 threads, medians
+/// of 3 interleaved rounds (one binary, an environment switch since removed), images/s
+/// intrinsics -> assembly: ResNet-50 batch 16 22.4 -> 25.4, batch 1 19.9 -> 20.9; ResNet-18
+/// batch 1 58.4 -> 61.0; DenseNet-121 batch 16 34.7 -> 40.8; Lite0 batch 1 141.1 -> 154.0.
+/// Not measured on AMD, whose integer instructions do not share ports with the vector ones.
 ///
 /// # Safety
-/// As [`gemm`], for these rows and panels; `out` valid for 12 vectors' writes.
+/// As [`gemm`], for these rows and panels.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sums(
     k: usize,
@@ -226,11 +253,11 @@ unsafe fn sums(
     lhs_rs: usize,
     w: *const f32,
     ahead: Ahead,
-    out: *mut f32,
-) {
+) -> [__m256; 12] {
     debug_assert!(k >= 1);
-    // SAFETY: every address is a row of `lhs` (up to step `k`), a panel's row (up to `k`) or
-    // `out`; prefetches never fault. Every vector register the code writes is declared.
+    let mut c = [_mm256_setzero_ps(); 12];
+    // SAFETY: every address is a row of `lhs` (up to step `k`) or a panel's row (up to `k`);
+    // prefetches never fault. Every vector register the code writes is declared.
     unsafe {
         std::arch::asm!(
             k_loop!(
@@ -240,7 +267,6 @@ unsafe fn sums(
                 ["12", "13"],
                 "add {a0}, 4\nadd {a3}, 4\nadd {w}, 32\n",
                 "add {a0}, 8\nadd {a3}, 8\nadd {w}, 64\n",
-                "vmovups [{out} + 0], ymm0\nvmovups [{out} + 32], ymm1\nvmovups [{out} + 64], ymm2\nvmovups [{out} + 96], ymm3\nvmovups [{out} + 128], ymm4\nvmovups [{out} + 160], ymm5\nvmovups [{out} + 192], ymm6\nvmovups [{out} + 224], ymm7\nvmovups [{out} + 256], ymm8\nvmovups [{out} + 288], ymm9\nvmovups [{out} + 320], ymm10\nvmovups [{out} + 352], ymm11\n",
             ),
             k = inout(reg) k => _,
             a0 = inout(reg) lhs => _,
@@ -250,12 +276,12 @@ unsafe fn sums(
             ps = in(reg) k * W * 4,
             pa = inout(reg) ahead.at => _,
             pf = inout(reg) ahead.lines => _,
-            out = in(reg) out,
-            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
-            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
-            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm0") c[0], out("ymm1") c[1], out("ymm2") c[2], out("ymm3") c[3],
+            out("ymm4") c[4], out("ymm5") c[5], out("ymm6") c[6], out("ymm7") c[7],
+            out("ymm8") c[8], out("ymm9") c[9], out("ymm10") c[10], out("ymm11") c[11],
             out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
             options(nostack),
         );
     }
+    c
 }

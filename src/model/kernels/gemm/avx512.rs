@@ -1,8 +1,9 @@
 //! The AVX-512 micro-kernel: 16-channel panels, blocks of up to 12 rows x 32 channels (24 of
 //! the 32 vector registers accumulate, two hold the weight, the input is broadcast from
 //! memory), or 13 rows where a few are left over (26 accumulate; [`super::row_blocks`]). The
-//! loop down `k` of a full or long block is in assembly ([`sums`]); the partial blocks at
-//! the edges run the same loop written with intrinsics, and all finish in [`store`].
+//! loop down `k` of a full or long block is in assembly ([`sums`]), its sums finished and
+//! stored from the registers they end in (`finish_sums!` in `mod.rs`); the partial blocks
+//! at the edges run the same loop written with intrinsics, and finish in [`store`].
 
 use std::arch::x86_64::*;
 
@@ -140,16 +141,39 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool, const HALF_LA
     ahead: Ahead,
 ) {
     if (R == ROWS || R == LONG) && V == 2 && !HALF_LAST {
-        // A full or long block: its sums from the assembly loop.
-        // Uninitialised: `sums` writes every vector (zeroing it first took a `memset` call of
-        // 1.5 KiB per block).
-        let mut acc = std::mem::MaybeUninit::<[[__m512; V]; R]>::uninit();
+        // A full or long block: its sums from the assembly loop, in registers, finished
+        // and stored there.
         let ahead = if FETCH { ahead } else { Ahead::NONE };
-        // SAFETY: the caller's contract; `acc` holds the R x 2 sums `sums` writes, all of them,
-        // so it is initialised after.
+        // SAFETY: the caller's contract.
+        let sums = unsafe { sums::<R>(k, lhs, lhs_rs, w, ahead) };
+        macro_rules! finished {
+            ($act:expr) => {
+                finish_sums!(
+                    R,
+                    sums,
+                    dst,
+                    dst_rs,
+                    finish,
+                    W,
+                    [_mm512_loadu_ps, _mm512_add_ps, _mm512_storeu_ps],
+                    $act
+                )
+            };
+        }
+        // SAFETY: the bias covers every column of the block, the residual every row and
+        // column, and the block's rows and columns of `dst` are the caller's to write.
         unsafe {
-            sums::<R>(k, lhs, lhs_rs, w, ahead, acc.as_mut_ptr().cast());
-            finish_and_store::<R, V, HALF_LAST>(acc.assume_init_ref(), dst, dst_rs, finish);
+            match finish.act {
+                Activation::Relu => finished!(|a| _mm512_max_ps(a, _mm512_setzero_ps())),
+                Activation::Relu6 => finished!(|a| _mm512_min_ps(
+                    _mm512_max_ps(a, _mm512_setzero_ps()),
+                    _mm512_set1_ps(6.0)
+                )),
+                Activation::HardSwish => {
+                    finished!(|a| registers::avx512(a, Activation::HardSwish))
+                }
+                _ => finished!(|a| a),
+            }
         }
         return;
     }
@@ -352,41 +376,27 @@ macro_rules! step_long {
     };
 }
 
-/// Assembly storing the 12-row block's 24 sums (`zmm0`-`zmm23`) to `{out}`.
-macro_rules! store_24 {
-    () => {
-        "vmovups [{out} + 0], zmm0\nvmovups [{out} + 64], zmm1\nvmovups [{out} + 128], zmm2\nvmovups [{out} + 192], zmm3\nvmovups [{out} + 256], zmm4\nvmovups [{out} + 320], zmm5\nvmovups [{out} + 384], zmm6\nvmovups [{out} + 448], zmm7\nvmovups [{out} + 512], zmm8\nvmovups [{out} + 576], zmm9\nvmovups [{out} + 640], zmm10\nvmovups [{out} + 704], zmm11\nvmovups [{out} + 768], zmm12\nvmovups [{out} + 832], zmm13\nvmovups [{out} + 896], zmm14\nvmovups [{out} + 960], zmm15\nvmovups [{out} + 1024], zmm16\nvmovups [{out} + 1088], zmm17\nvmovups [{out} + 1152], zmm18\nvmovups [{out} + 1216], zmm19\nvmovups [{out} + 1280], zmm20\nvmovups [{out} + 1344], zmm21\nvmovups [{out} + 1408], zmm22\nvmovups [{out} + 1472], zmm23\n"
-    };
-}
-
-/// Assembly storing the 13-row block's 26 sums (`zmm0`-`zmm25`) to `{out}`.
-macro_rules! store_26 {
-    () => {
-        concat!(
-            store_24!(),
-            "vmovups [{out} + 1536], zmm24\nvmovups [{out} + 1600], zmm25\n"
-        )
-    };
-}
-
 /// The sums of a full or long block ([`ROWS`] or [`LONG`] rows, `R`, x 2 panels) over all of
-/// `k`, written to `out` (`2 * R` vectors: row 0's two, then row 1's, ...), `ahead` fetched
-/// over the first steps, one line a step. The same products in the same order as [`block`]'s loop, so the same bits: the
-/// first step's products start the sums, then one fused multiply-add a step. In assembly
-/// because the compiler, short of registers for twelve row addresses, worked out most of
-/// them again at every step: a dozen integer instructions among the 24 multiply-adds, some
-/// on the ports the multiply-adds need. Here three row pointers and two strides address all
-/// twelve, and two steps share one pointer update. Intel Xeon (Sapphire Rapids class, its
-/// plain FMA peak 206 GFLOP/s a core that day), one thread, data in cache, GFLOP/s
-/// intrinsics -> assembly: m252 n256 k512 139 -> 160, k1024 131 -> 149, m192 n256 k1152 128
-/// -> 153, m252 n64 k256 148 -> 159, m12 n32 k256 155 -> 166. Whole networks, 2 threads,
-/// medians of 3-4 interleaved rounds (one binary, an environment switch since removed),
-/// images/s: ResNet-50 batch 16 33.9 -> 36.0, batch 1 30.4 -> 31.2; ResNet-18 batch 1 84.3
-/// -> 87.6, batch 16 104.0 -> 108.4; DenseNet-121 batch 1 43.7 -> 45.2, batch 16 48.7 ->
-/// 51.4; Lite0 batch 1 192.7 -> 202.1.
+/// `k`, returned in registers (`2 * R` vectors: row 0's two, then row 1's, ...; the rest
+/// zeros), `ahead` fetched over the first steps, one line a step. The same products in the
+/// same order as [`block`]'s loop, so the same bits: the first step's products start the
+/// sums, then one fused multiply-add a step. In assembly because the compiler, short of
+/// registers for twelve row addresses, worked out most of them again at every step: a dozen
+/// integer instructions among the 24 multiply-adds, some on the ports the multiply-adds
+/// need. Here three row pointers and two strides address all twelve, and two steps share
+/// one pointer update. Intel Xeon (Sapphire Rapids class, its plain FMA peak 206 GFLOP/s a
+/// core that day), one thread, data in cache, GFLOP/s intrinsics -> assembly: m252 n256 k512
+/// 139 -> 160, k1024 131 -> 149, m192 n256 k1152 128 -> 153, m252 n64 k256 148 -> 159, m12
+/// n32 k256 155 -> 166. Whole networks, 2 threads, medians of 3-4 interleaved rounds (one
+/// binary, an environment switch since removed), images/s: ResNet-50 batch 16 33.9 -> 36.0,
+/// batch 1 30.4 -> 31.2; ResNet-18 batch 1 84.3 -> 87.6, batch 16 104.0 -> 108.4;
+/// DenseNet-121 batch 1 43.7 -> 45.2, batch 16 48.7 -> 51.4; Lite0 batch 1 192.7 -> 202.1.
+///
+/// The sums leave in registers, for `finish_sums!` (`mod.rs`) to finish and store them there.
 ///
 /// # Safety
-/// As [`gemm`], for these rows and panels; `out` valid for `2 * R` vectors' writes.
+/// As [`gemm`], for these rows and panels.
+#[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn sums<const R: usize>(
     k: usize,
@@ -394,13 +404,15 @@ unsafe fn sums<const R: usize>(
     lhs_rs: usize,
     w: *const f32,
     ahead: Ahead,
-    out: *mut f32,
-) {
+) -> [__m512; 2 * LONG] {
     debug_assert!(k >= 1);
     let s = lhs_rs * 4;
-    /// The block's loop, stepped by `$step`, the second step's weights in `zmm28`/`zmm29`.
+    let mut c = [_mm512_setzero_ps(); 2 * LONG];
+    /// The block's loop, stepped by `$step`, the second step's weights in `zmm28`/`zmm29`;
+    /// the sums out of `zmm0`, `zmm1`, ... into `c[0]`, `c[1]`, ..., the other registers the
+    /// code writes (`$scratch`) declared as clobbered.
     macro_rules! asm_loop {
-        ($step:ident, [$wa:literal, $wb:literal], $store:ident) => {
+        ($step:ident, [$wa:literal, $wb:literal], [$($i:tt $sum:tt)*], [$($scratch:tt)*]) => {
             std::arch::asm!(
                 k_loop!(
                     $step,
@@ -409,7 +421,6 @@ unsafe fn sums<const R: usize>(
                     ["28", "29"],
                     "add {a0}, 4\nadd {a4}, 4\nadd {a8}, 4\nadd {w}, 64\n",
                     "add {a0}, 8\nadd {a4}, 8\nadd {a8}, 8\nadd {w}, 128\n",
-                    $store!(),
                 ),
                 k = inout(reg) k => _,
                 a0 = inout(reg) lhs => _,
@@ -421,27 +432,41 @@ unsafe fn sums<const R: usize>(
                 ps = in(reg) k * W * 4,
                 pa = inout(reg) ahead.at => _,
                 pf = inout(reg) ahead.lines => _,
-                out = in(reg) out,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-                out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-                out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-                out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
-                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-                out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                $(out($sum) c[$i],)*
+                $(out($scratch) _,)*
                 options(nostack),
             )
         };
     }
-    // SAFETY: every address is a row of `lhs` (up to step `k`), a panel's row (up to `k`) or
-    // `out`; prefetches never fault. Every vector register the code writes is declared.
+    // SAFETY: every address is a row of `lhs` (up to step `k`) or a panel's row (up to `k`);
+    // prefetches never fault. Every vector register the code writes is declared.
     unsafe {
         if R == LONG {
-            asm_loop!(step_long, ["26", "27"], store_26)
+            asm_loop!(
+                step_long,
+                ["26", "27"],
+                [
+                    0 "zmm0" 1 "zmm1" 2 "zmm2" 3 "zmm3" 4 "zmm4" 5 "zmm5" 6 "zmm6" 7 "zmm7"
+                    8 "zmm8" 9 "zmm9" 10 "zmm10" 11 "zmm11" 12 "zmm12" 13 "zmm13" 14 "zmm14"
+                    15 "zmm15" 16 "zmm16" 17 "zmm17" 18 "zmm18" 19 "zmm19" 20 "zmm20" 21 "zmm21"
+                    22 "zmm22" 23 "zmm23" 24 "zmm24" 25 "zmm25"
+                ],
+                ["zmm26" "zmm27" "zmm28" "zmm29" "zmm30" "zmm31"]
+            )
         } else {
             debug_assert_eq!(R, ROWS);
-            asm_loop!(step, ["24", "25"], store_24)
+            asm_loop!(
+                step,
+                ["24", "25"],
+                [
+                    0 "zmm0" 1 "zmm1" 2 "zmm2" 3 "zmm3" 4 "zmm4" 5 "zmm5" 6 "zmm6" 7 "zmm7"
+                    8 "zmm8" 9 "zmm9" 10 "zmm10" 11 "zmm11" 12 "zmm12" 13 "zmm13" 14 "zmm14"
+                    15 "zmm15" 16 "zmm16" 17 "zmm17" 18 "zmm18" 19 "zmm19" 20 "zmm20" 21 "zmm21"
+                    22 "zmm22" 23 "zmm23"
+                ],
+                ["zmm24" "zmm25" "zmm26" "zmm27" "zmm28" "zmm29" "zmm30" "zmm31"]
+            )
         }
     }
+    c
 }

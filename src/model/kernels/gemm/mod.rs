@@ -93,8 +93,8 @@ macro_rules! row {
 /// with `op`. The first step multiplies (`vmulps`), the rest multiply-add: one step at a
 /// time while `{pf}` lines of `{pa}` are left to fetch (one a step), then two at a time (the
 /// second `4` and `$row` bytes on, its weights in `wa2` and `wb2`), then a last lone step.
-/// `$advance` and `$advance2` move the row and weight pointers one and two steps on;
-/// `$store` writes the sums to `{out}`. `{k}` is the steps, at least one.
+/// `$advance` and `$advance2` move the row and weight pointers one and two steps on. The
+/// sums are left in their registers, for `finish_sums!`. `{k}` is the steps, at least one.
 #[cfg(target_arch = "x86_64")]
 macro_rules! k_loop {
     (
@@ -103,8 +103,7 @@ macro_rules! k_loop {
         [$wa:literal, $wb:literal],
         [$wa2:literal, $wb2:literal],
         $advance:literal,
-        $advance2:literal,
-        $store:expr $(,)?
+        $advance2:literal $(,)?
     ) => {
         concat!(
             $step!("vmulps", "0", "0", $wa, $wb),
@@ -140,9 +139,66 @@ macro_rules! k_loop {
             "4:\n",
             $step!("vfmadd231ps", "0", "0", $wa, $wb),
             "3:\n",
-            $store,
         )
     };
+}
+/// Finish and store the sums of a full register block as `sums` in `avx2.rs` and
+/// `avx512.rs` return them (`2 * $rows` vectors of `$w` values, row by row, two panels per
+/// row): each vector plus the bias, plus the residual, through `$act`, stored to its row of
+/// `$dst`, with the instruction set's `[load, add, store]` intrinsics. Written out once per
+/// vector rather than looped, and a macro rather than a function: a loop with a variable
+/// index, or a call the compiler does not inline (one block's stores for each of four
+/// activations are too many for it), puts the sums back in memory between the assembly
+/// and the stores (both kernels did: AVX-512's through a call, AVX2's through a loop).
+/// Intel Xeon (Sapphire Rapids class), one thread, data in cache, bias and ReLU, medians of
+/// 9 runs, two alternated runs each, sums through memory -> in registers:
+/// - AVX-512: m3136 k16 n96 101.7-102.2 -> 90.8 us, m784 k24 n144 46.5-46.9 -> 41.5-43.1,
+///   m196 k40 n240 27.8 -> 26.0-26.3, m3136 k64 n64 176.7-181.5 -> 168.4-172.4, m49 k1152
+///   n192 level (130-132).
+/// - AVX2: m3136 k16 n96 132.1-133.6 -> 122.8-129.7, m784 k24 n144 61.0-61.7 -> 58.6,
+///   m196 k40 n240 40.0-40.3 -> 38.4, m3136 k64 n64 271.0-276.4 -> 263.5-268.4, m49 k1152
+///   n192 level (218-221).
+///
+/// Whole networks, 2 threads, `bench/ab.sh` against the build before: within this VM's
+/// noise (Lite0 batch 1 239.9 -> 240.0 images/s over 10 rounds, batch 16 266.7 -> 272.4
+/// over 8; ResNet-50 batch 1 33.6 -> 33.0 over 6; AVX2 forced, Lite0 batch 1 168.8 ->
+/// 168.0 over 8): these short products are a small part of a network's time.
+#[cfg(target_arch = "x86_64")]
+macro_rules! finish_sums {
+    (
+        $rows:expr,
+        $sums:expr,
+        $dst:expr,
+        $dst_rs:expr,
+        $finish:expr,
+        $w:expr,
+        [$load:ident, $add:ident, $store:ident],
+        $act:expr $(,)?
+    ) => {{
+        let act = $act;
+        let bias = $finish.bias.map(|b: *const f32| [$load(b), $load(b.add($w))]);
+        finish_sums!(@each $rows, $sums, $dst, $dst_rs, $finish, $w, [$load, $add, $store], act, bias;
+            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25)
+    }};
+    (
+        @each $rows:expr, $sums:expr, $dst:expr, $dst_rs:expr, $finish:expr, $w:expr,
+        [$load:ident, $add:ident, $store:ident], $act:ident, $bias:ident; $($i:literal)*
+    ) => {{
+        $(
+            // (`get`: the index is past the end of AVX2's 12 sums, where the test is false.)
+            if let (true, Some(&sum)) = ($i < 2 * $rows, $sums.get($i)) {
+                let (r, v) = ($i / 2, $i % 2);
+                let mut a = sum;
+                if let Some(bias) = $bias {
+                    a = $add(a, bias[v]);
+                }
+                if let Some((res, rs)) = $finish.residual {
+                    a = $add(a, $load(res.add(r * rs + $w * v)));
+                }
+                $store($dst.add(r * $dst_rs + $w * v), $act(a));
+            }
+        )*
+    }};
 }
 #[cfg(target_arch = "x86_64")]
 mod avx2;
