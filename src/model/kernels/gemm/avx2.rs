@@ -7,7 +7,6 @@ use std::arch::x86_64::*;
 
 use super::{row_blocks, Ahead, Finish, LINE, WIDTH_AVX2 as W};
 use crate::model::kernels::math::registers;
-use crate::model::kernels::Activation;
 
 /// Rows per register block.
 pub(super) const ROWS: usize = 6;
@@ -113,34 +112,27 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
         let ahead = if FETCH { ahead } else { Ahead::NONE };
         // SAFETY: the caller's contract.
         let sums = unsafe { sums(k, lhs, lhs_rs, w, ahead) };
-        macro_rules! finished {
-            ($act:expr) => {
-                finish_sums!(
-                    R,
-                    sums,
-                    dst,
-                    dst_rs,
-                    finish,
-                    W,
-                    [_mm256_loadu_ps, _mm256_add_ps, _mm256_storeu_ps],
-                    $act
-                )
-            };
-        }
         // SAFETY: the bias covers every column of the block, the residual every row and
         // column, and the block's rows and columns of `dst` are the caller's to write.
         unsafe {
-            match finish.act {
-                Activation::Relu => finished!(|a| _mm256_max_ps(a, _mm256_setzero_ps())),
-                Activation::Relu6 => finished!(|a| _mm256_min_ps(
-                    _mm256_max_ps(a, _mm256_setzero_ps()),
-                    _mm256_set1_ps(6.0)
-                )),
-                Activation::HardSwish => {
-                    finished!(|a| registers::avx2(a, Activation::HardSwish))
-                }
-                _ => finished!(|a| a),
-            }
+            finish_sums!(
+                R,
+                sums,
+                dst,
+                dst_rs,
+                finish,
+                W,
+                [
+                    _mm256_loadu_ps,
+                    _mm256_add_ps,
+                    _mm256_storeu_ps,
+                    _mm256_max_ps,
+                    _mm256_min_ps,
+                    _mm256_setzero_ps,
+                    _mm256_set1_ps
+                ],
+                registers::avx2
+            )
         }
         return;
     }

@@ -146,34 +146,27 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool, const HALF_LA
         let ahead = if FETCH { ahead } else { Ahead::NONE };
         // SAFETY: the caller's contract.
         let sums = unsafe { sums::<R>(k, lhs, lhs_rs, w, ahead) };
-        macro_rules! finished {
-            ($act:expr) => {
-                finish_sums!(
-                    R,
-                    sums,
-                    dst,
-                    dst_rs,
-                    finish,
-                    W,
-                    [_mm512_loadu_ps, _mm512_add_ps, _mm512_storeu_ps],
-                    $act
-                )
-            };
-        }
         // SAFETY: the bias covers every column of the block, the residual every row and
         // column, and the block's rows and columns of `dst` are the caller's to write.
         unsafe {
-            match finish.act {
-                Activation::Relu => finished!(|a| _mm512_max_ps(a, _mm512_setzero_ps())),
-                Activation::Relu6 => finished!(|a| _mm512_min_ps(
-                    _mm512_max_ps(a, _mm512_setzero_ps()),
-                    _mm512_set1_ps(6.0)
-                )),
-                Activation::HardSwish => {
-                    finished!(|a| registers::avx512(a, Activation::HardSwish))
-                }
-                _ => finished!(|a| a),
-            }
+            finish_sums!(
+                R,
+                sums,
+                dst,
+                dst_rs,
+                finish,
+                W,
+                [
+                    _mm512_loadu_ps,
+                    _mm512_add_ps,
+                    _mm512_storeu_ps,
+                    _mm512_max_ps,
+                    _mm512_min_ps,
+                    _mm512_setzero_ps,
+                    _mm512_set1_ps
+                ],
+                registers::avx512
+            )
         }
         return;
     }
