@@ -122,15 +122,7 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool>(
                 dst_rs,
                 finish,
                 W,
-                [
-                    _mm256_loadu_ps,
-                    _mm256_add_ps,
-                    _mm256_storeu_ps,
-                    _mm256_max_ps,
-                    _mm256_min_ps,
-                    _mm256_setzero_ps,
-                    _mm256_set1_ps
-                ],
+                [_mm256_loadu_ps, _mm256_add_ps, _mm256_storeu_ps],
                 registers::avx2
             )
         }

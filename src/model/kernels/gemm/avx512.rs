@@ -156,15 +156,7 @@ unsafe fn block<const R: usize, const V: usize, const FETCH: bool, const HALF_LA
                 dst_rs,
                 finish,
                 W,
-                [
-                    _mm512_loadu_ps,
-                    _mm512_add_ps,
-                    _mm512_storeu_ps,
-                    _mm512_max_ps,
-                    _mm512_min_ps,
-                    _mm512_setzero_ps,
-                    _mm512_set1_ps
-                ],
+                [_mm512_loadu_ps, _mm512_add_ps, _mm512_storeu_ps],
                 registers::avx512
             )
         }

@@ -145,8 +145,8 @@ macro_rules! k_loop {
 /// Finish and store the sums of a full register block as `sums` in `avx2.rs` and
 /// `avx512.rs` return them (`2 * $rows` vectors of `$w` values, row by row, two panels per
 /// row): each vector plus the bias, plus the residual, through the activation of `$finish`,
-/// stored to its row of `$dst`, with the instruction set's intrinsics (`[load, add, store,
-/// max, min, setzero, set1]`) and its `registers` function for hard-swish. Written out once per
+/// stored to its row of `$dst`, with the instruction set's `[load, add, store]` intrinsics
+/// and its `registers` function for the activation. Written out once per
 /// vector rather than looped, and a macro rather than a function: a loop with a variable
 /// index, or a call the compiler does not inline (one block's stores for each of four
 /// activations are too many for it), puts the sums back in memory between the assembly
@@ -173,17 +173,19 @@ macro_rules! finish_sums {
         $dst_rs:expr,
         $finish:expr,
         $w:expr,
-        [$load:ident, $add:ident, $store:ident, $max:ident, $min:ident, $zero:ident, $set1:ident],
+        [$load:ident, $add:ident, $store:ident],
         $registers:path $(,)?
     ) => {{
         use $crate::model::kernels::Activation;
+        // One copy per activation, the activation a constant in each.
         match $finish.act {
             Activation::Relu => finish_sums!(@act $rows, $sums, $dst, $dst_rs, $finish, $w,
-                [$load, $add, $store], |a| $max(a, $zero())),
+                [$load, $add, $store], |a| $registers(a, Activation::Relu)),
             Activation::Relu6 => finish_sums!(@act $rows, $sums, $dst, $dst_rs, $finish, $w,
-                [$load, $add, $store], |a| $min($max(a, $zero()), $set1(6.0))),
+                [$load, $add, $store], |a| $registers(a, Activation::Relu6)),
             Activation::HardSwish => finish_sums!(@act $rows, $sums, $dst, $dst_rs, $finish, $w,
                 [$load, $add, $store], |a| $registers(a, Activation::HardSwish)),
+            // Identity, and the activations applied in a pass after the store.
             _ => finish_sums!(@act $rows, $sums, $dst, $dst_rs, $finish, $w,
                 [$load, $add, $store], |a| a),
         }
