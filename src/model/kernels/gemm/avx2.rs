@@ -219,13 +219,14 @@ macro_rules! step {
 
 /// The sums of a full block ([`ROWS`] rows x 2 panels) over all of `k`, returned in
 /// registers (12 vectors: row 0's two, then row 1's, ...), `ahead` fetched over the first
-/// steps, one line a step: the `k_loop!` of [`super::avx512`]'s, for 16 registers. The same
-/// products in the same order as [`sums_loop`], so the same bits. Intel Xeon (Sapphire
-/// Rapids class) with the AVX2 kernels forced (`CLASSIFY_CPU_ISA=avx2`), 2 threads, medians
-/// of 3 interleaved rounds (one binary, an environment switch since removed), images/s
-/// intrinsics -> assembly: ResNet-50 batch 16 22.4 -> 25.4, batch 1 19.9 -> 20.9; ResNet-18
-/// batch 1 58.4 -> 61.0; DenseNet-121 batch 16 34.7 -> 40.8; Lite0 batch 1 141.1 -> 154.0.
-/// Not measured on AMD, whose integer instructions do not share ports with the vector ones.
+/// steps, one line every two steps: the `k_loop!` of [`super::avx512`]'s, for 16 registers.
+/// The same products in the same order as [`sums_loop`], so the same bits. Intel Xeon
+/// (Sapphire Rapids class) with the AVX2 kernels forced (`CLASSIFY_CPU_ISA=avx2`), 2
+/// threads, medians of 3 interleaved rounds (one binary, an environment switch since
+/// removed), images/s intrinsics -> assembly: ResNet-50 batch 16 22.4 -> 25.4, batch 1 19.9
+/// -> 20.9; ResNet-18 batch 1 58.4 -> 61.0; DenseNet-121 batch 16 34.7 -> 40.8; Lite0 batch
+/// 1 141.1 -> 154.0. Not measured on AMD, whose integer instructions do not share ports
+/// with the vector ones.
 ///
 /// # Safety
 /// As [`gemm`], for these rows and panels.

@@ -361,21 +361,22 @@ macro_rules! step_long {
     };
 }
 
-/// The sums of a full or long block ([`ROWS`] or [`LONG`] rows, `R`, x 2 panels) over all of
-/// `k`, returned in registers (`2 * R` vectors: row 0's two, then row 1's, ...; the rest
-/// zeros), `ahead` fetched over the first steps, one line a step. The same products in the
-/// same order as [`block`]'s loop, so the same bits: the first step's products start the
-/// sums, then one fused multiply-add a step. In assembly because the compiler, short of
-/// registers for twelve row addresses, worked out most of them again at every step: a dozen
-/// integer instructions among the 24 multiply-adds, some on the ports the multiply-adds
-/// need. Here three row pointers and two strides address all twelve, and two steps share
-/// one pointer update. Intel Xeon (Sapphire Rapids class, its plain FMA peak 206 GFLOP/s a
-/// core that day), one thread, data in cache, GFLOP/s intrinsics -> assembly: m252 n256 k512
-/// 139 -> 160, k1024 131 -> 149, m192 n256 k1152 128 -> 153, m252 n64 k256 148 -> 159, m12
-/// n32 k256 155 -> 166. Whole networks, 2 threads, medians of 3-4 interleaved rounds (one
-/// binary, an environment switch since removed), images/s: ResNet-50 batch 16 33.9 -> 36.0,
-/// batch 1 30.4 -> 31.2; ResNet-18 batch 1 84.3 -> 87.6, batch 16 104.0 -> 108.4;
-/// DenseNet-121 batch 1 43.7 -> 45.2, batch 16 48.7 -> 51.4; Lite0 batch 1 192.7 -> 202.1.
+/// The sums of a full or long block ([`ROWS`] or [`LONG`] rows, `R`, x 2 panels) over all
+/// of `k`, returned in registers (`2 * R` vectors: row 0's two, then row 1's, ...; the rest
+/// zeros), `ahead` fetched over the first steps, one line every two steps. The same
+/// products in the same order as [`block`]'s loop, so the same bits: the first step's
+/// products start the sums, then one fused multiply-add a step. In assembly because the
+/// compiler, short of registers for twelve row addresses, worked out most of them again at
+/// every step: a dozen integer instructions among the 24 multiply-adds, some on the ports
+/// the multiply-adds need. Here three row pointers and two strides address all twelve, and
+/// two steps share one pointer update. Intel Xeon (Sapphire Rapids class, its plain FMA
+/// peak 206 GFLOP/s a core that day), one thread, data in cache, GFLOP/s intrinsics ->
+/// assembly: m252 n256 k512 139 -> 160, k1024 131 -> 149, m192 n256 k1152 128 -> 153, m252
+/// n64 k256 148 -> 159, m12 n32 k256 155 -> 166. Whole networks, 2 threads, medians of 3-4
+/// interleaved rounds (one binary, an environment switch since removed), images/s:
+/// ResNet-50 batch 16 33.9 -> 36.0, batch 1 30.4 -> 31.2; ResNet-18 batch 1 84.3 -> 87.6,
+/// batch 16 104.0 -> 108.4; DenseNet-121 batch 1 43.7 -> 45.2, batch 16 48.7 -> 51.4; Lite0
+/// batch 1 192.7 -> 202.1.
 ///
 /// The sums leave in registers, for `finish_sums!` (`mod.rs`) to finish and store them there.
 ///

@@ -90,11 +90,24 @@ macro_rules! row {
 /// The assembly of a full register block's loop down `k`, for the `sums` of [`avx2`] and
 /// [`avx512`]. `$step!(op, d, dw, wa, wb)` is one step of that file's block: the weight rows
 /// `dw` bytes on into registers `wa` and `wb`, the rows' values `d` bytes on, multiplied in
-/// with `op`. The first step multiplies (`vmulps`), the rest multiply-add: one step at a
-/// time while `{pf}` lines of `{pa}` are left to fetch (one a step), then two at a time (the
-/// second `4` and `$row` bytes on, its weights in `wa2` and `wb2`), then a last lone step.
-/// `$advance` and `$advance2` move the row and weight pointers one and two steps on. The
-/// sums are left in their registers, for `finish_sums!`. `{k}` is the steps, at least one.
+/// with `op`. The first step multiplies (`vmulps`), the rest multiply-add two at a time (the
+/// second `4` and `$row` bytes on, its weights in `wa2` and `wb2`), one line of `{pa}`
+/// fetched with each pair while `{pf}` lines are left, then a last lone step. `$advance`
+/// and `$advance2` move the row and weight pointers one and two steps on. The sums are left
+/// in their registers, for `finish_sums!`. `{k}` is the steps, at least one.
+///
+/// One line every two steps, not every step (session 42): at batch 1 the next block's
+/// weight comes from memory, one core reads about 12 GB/s of it, and a line a step asked
+/// for more than that, so the loop waited for its fetches. Intel Xeon (Sapphire Rapids
+/// class), AVX-512, one thread, bias and ReLU, medians of 9 runs, two alternated runs each,
+/// every step -> every two steps, weight cold (a new copy each call from 256 MB of them):
+/// m49 k2048 n256 487-494 -> 418-425 us, m49 k512 n1024 439 -> 389-409; in cache: m196
+/// k1024 n256 699 -> 650, m49 k4608 n512 1719 -> 1623, m49 k2048 n256 345 -> 337, m224 k64
+/// n256 level (48.6-48.9); AVX2 forced, weight cold: m49 k2048 n256 690 -> 663, m49 k4608
+/// n512 3442 -> 3279. Whole networks within this VM's noise (`bench/ab.sh`, 2 threads,
+/// medians: ResNet-50 batch 1 29.1 -> 29.5 images/s over 8 rounds, batch 16 37.4 -> 36.9
+/// over 4; DenseNet-121 batch 1 45.3 -> 45.6 over 6; Lite0 batch 1 225.8 -> 237.3 over 6;
+/// AVX2 forced, ResNet-50 batch 1 20.5 -> 21.3 over 5).
 #[cfg(target_arch = "x86_64")]
 macro_rules! k_loop {
     (
@@ -112,13 +125,16 @@ macro_rules! k_loop {
             "jz 3f\n",
             "test {pf}, {pf}\n",
             "jz 5f\n",
-            // Steps with one line of the next block fetched each.
+            // Pairs of steps with one line of the next block fetched each.
             "6:\n",
+            "cmp {k}, 2\n",
+            "jb 4f\n",
             $step!("vfmadd231ps", "0", "0", $wa, $wb),
+            $step!("vfmadd231ps", "4", $row, $wa2, $wb2),
             "prefetcht1 [{pa}]\n",
             "add {pa}, 64\n",
-            $advance,
-            "sub {k}, 1\n",
+            $advance2,
+            "sub {k}, 2\n",
             "jz 3f\n",
             "sub {pf}, 1\n",
             "jnz 6b\n",
@@ -410,10 +426,11 @@ pub(super) fn row_blocks(
 pub(super) const LINE: usize = 16;
 
 /// Cache lines of weight to fetch into L2 ahead of their use: a full block's assembly loop
-/// fetches one a step over its first steps, a partial block's loop spreads them over all of
-/// `k`. At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
-/// memory: fetched as it is needed, the first block of rows of every column block waits for
-/// it; fetched during the previous column block, it is waiting in L2.
+/// fetches one every two steps over its first steps, a partial block's loop spreads them
+/// over all of `k`. At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and
+/// arrives cold from memory: fetched as it is needed, the first block of rows of every
+/// column block waits for it; fetched during the previous column block, it is waiting in
+/// L2.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 pub(super) struct Ahead {
@@ -637,6 +654,8 @@ mod tests {
             (24, 64, 1),
             (12, 96, 2),
             (37, 64, 150),
+            // An odd `k` whose blocks run out of lines to fetch before their last steps.
+            (64, 64, 63),
             // A few rows left over: AVX-512's long blocks (49: 12 + 12 + 12 + 13) or halves
             // (27: 12 + 8 + 7), AVX2's halves (49: ... 6 + 4 + 3).
             (49, 64, 20),
