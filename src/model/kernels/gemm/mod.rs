@@ -88,13 +88,15 @@ macro_rules! row {
 }
 
 /// The assembly of a full register block's loop down `k`, for the `sums` of [`avx2`] and
-/// [`avx512`]. `$step!(op, d, dw, wa, wb)` is one step of that file's block: the weight rows
-/// `dw` bytes on into registers `wa` and `wb`, the rows' values `d` bytes on, multiplied in
-/// with `op`. The first step multiplies (`vmulps`), the rest multiply-add two at a time (the
-/// second `4` and `$row` bytes on, its weights in `wa2` and `wb2`), one line of `{pa}`
-/// fetched with each pair while `{pf}` lines are left, then a last lone step. `$advance`
-/// and `$advance2` move the row and weight pointers one and two steps on. The sums are left
-/// in their registers, for `finish_sums!`. `{k}` is the steps, at least one.
+/// [`avx512`]. `$step!(op, d, dw, wa, wb)` is one step of that file's block: the weight
+/// rows `dw` bytes on into registers `wa` and `wb`, the rows' values `d` bytes on,
+/// multiplied in with `op`. The first step multiplies (`vmulps`), the rest multiply-add two
+/// at a time (the second `4` and `$row` bytes on, its weights in `wa2` and `wb2`), one line
+/// of `{pa}` fetched with each pair while `{pf}` lines are left, then a last lone step;
+/// where the lines outnumber the pairs (by more than one), one step at a time with a line
+/// each until they are fetched. `$advance` and `$advance2` move the row and weight pointers
+/// one and two steps on. The sums are left in their registers, for `finish_sums!`. `{k}` is
+/// the steps, at least one.
 ///
 /// One line every two steps, not every step (session 42): at batch 1 the next block's
 /// weight comes from memory, one core reads about 12 GB/s of it, and a line a step asked
@@ -108,6 +110,16 @@ macro_rules! row {
 /// medians: ResNet-50 batch 1 29.1 -> 29.5 images/s over 8 rounds, batch 16 37.4 -> 36.9
 /// over 4; DenseNet-121 batch 1 45.3 -> 45.6 over 6; Lite0 batch 1 225.8 -> 237.3 over 6;
 /// AVX2 forced, ResNet-50 batch 1 20.5 -> 21.3 over 5).
+///
+/// But a GEMM of one or two register blocks of rows (16-24 rows: Winograd's products at
+/// 7x7) has more lines of the next column block to fetch in each than pairs of steps, and
+/// at one a pair half of them arrived late: weight cold, m16 k512 n256 63.3 -> 69.8 us, m24
+/// k512 n256 68.5 -> 76.5 (m36 level). There the loop keeps one line a step. Every step ->
+/// this rule: m16 k512 n256 62.4-64.0 -> 61.3-62.1 us, m24 k512 n256 68.2-70.3 -> 67.7-68.6,
+/// m49 k2048 n256 473 -> 420-429; AVX2 forced, m16 k512 n256 79.4 -> 73.9, m36 k512 n256
+/// 130.0 -> 117.9. Whole networks within the noise again (ResNet-50 batch 1 30.4 -> 31.0
+/// over 8 rounds, ResNet-18 batch 1 92.7 -> 93.7 over 6, DenseNet-121 batch 1 46.0 -> 45.8
+/// and Lite0 batch 1 229.1 -> 227.2 over 5).
 #[cfg(target_arch = "x86_64")]
 macro_rules! k_loop {
     (
@@ -125,6 +137,26 @@ macro_rules! k_loop {
             "jz 3f\n",
             "test {pf}, {pf}\n",
             "jz 5f\n",
+            // No more lines than the pairs of steps left, or one more (2 * pf - 2 < k):
+            // one line a pair, below.
+            "lea {pf}, [{pf} + {pf} - 2]\n",
+            "cmp {pf}, {k}\n",
+            "lea {pf}, [{pf} + 2]\n",
+            "jb 7f\n",
+            "shr {pf}, 1\n",
+            // Else one line a step.
+            "8:\n",
+            $step!("vfmadd231ps", "0", "0", $wa, $wb),
+            "prefetcht1 [{pa}]\n",
+            "add {pa}, 64\n",
+            $advance,
+            "sub {k}, 1\n",
+            "jz 3f\n",
+            "sub {pf}, 1\n",
+            "jnz 8b\n",
+            "jmp 5f\n",
+            "7:\n",
+            "shr {pf}, 1\n",
             // Pairs of steps with one line of the next block fetched each.
             "6:\n",
             "cmp {k}, 2\n",
