@@ -219,7 +219,7 @@ macro_rules! step {
 
 /// The sums of a full block ([`ROWS`] rows x 2 panels) over all of `k`, returned in
 /// registers (12 vectors: row 0's two, then row 1's, ...), `ahead` fetched over the first
-/// steps, one line every two steps: the `k_loop!` of [`super::avx512`]'s, for 16 registers.
+/// steps as `k_loop!` paces it: the `k_loop!` of [`super::avx512`]'s, for 16 registers.
 /// The same products in the same order as [`sums_loop`], so the same bits. Intel Xeon
 /// (Sapphire Rapids class) with the AVX2 kernels forced (`CLASSIFY_CPU_ISA=avx2`), 2
 /// threads, medians of 3 interleaved rounds (one binary, an environment switch since

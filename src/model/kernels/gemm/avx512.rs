@@ -363,7 +363,7 @@ macro_rules! step_long {
 
 /// The sums of a full or long block ([`ROWS`] or [`LONG`] rows, `R`, x 2 panels) over all
 /// of `k`, returned in registers (`2 * R` vectors: row 0's two, then row 1's, ...; the rest
-/// zeros), `ahead` fetched over the first steps, one line every two steps. The same
+/// zeros), `ahead` fetched over the first steps as `k_loop!` paces it. The same
 /// products in the same order as [`block`]'s loop, so the same bits: the first step's
 /// products start the sums, then one fused multiply-add a step. In assembly because the
 /// compiler, short of registers for twelve row addresses, worked out most of them again at

@@ -458,11 +458,11 @@ pub(super) fn row_blocks(
 pub(super) const LINE: usize = 16;
 
 /// Cache lines of weight to fetch into L2 ahead of their use: a full block's assembly loop
-/// fetches one every two steps over its first steps, a partial block's loop spreads them
-/// over all of `k`. At batch 1 a deep layer's weight is used by few rows (49 at 7x7) and
-/// arrives cold from memory: fetched as it is needed, the first block of rows of every
-/// column block waits for it; fetched during the previous column block, it is waiting in
-/// L2.
+/// fetches one every two steps over its first steps (one a step where they outnumber its
+/// pairs of steps, see `k_loop!`), a partial block's loop spreads them over all of `k`. At
+/// batch 1 a deep layer's weight is used by few rows (49 at 7x7) and arrives cold from
+/// memory: fetched as it is needed, the first block of rows of every column block waits for
+/// it; fetched during the previous column block, it is waiting in L2.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 pub(super) struct Ahead {
