@@ -423,6 +423,56 @@ fn winograd_matches_candle_at(isa: Isa, form: Algorithm) {
         .is_err());
 }
 
+/// F(4x4, 3x3) with a transformed weight too large to keep in L2 between blocks of tiles
+/// (128 channels in and out: 2.4 MB) takes blocks of up to an equal share of the tiles per
+/// thread: against candle, and the same to the bit on 1, 2 and 3 threads (blocks of 28, 25
+/// and 17 of the 49 tiles of a 28x28 image), with a residual.
+#[test]
+fn winograd_blocks_for_a_large_weight_match_candle_on_any_threads() {
+    let dev = Device::Cpu;
+    let (cin, cout, h, w) = (128, 128, 28, 28);
+    let x = Tensor::randn(0f32, 1.0, (1, cin, h, w), &dev).unwrap();
+    let xa = Act::from_nchw(&x).unwrap();
+    let wt = Tensor::randn(0f32, 0.1, (cout, cin, 3, 3), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+    let pad = Pad2d::uniform(1);
+    let reference = conv2d_reference(&x, &wt, 1, pad, 1).unwrap();
+    let res = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
+    let res_act = Act::from_nchw(&res).unwrap();
+    let expected = reference_epilogue(reference.clone(), &b, Some(&res), Activation::Relu);
+    let tol = F4_TOLERANCE * largest(&reference);
+    let form = Some(Algorithm::Winograd4);
+    for isa in levels() {
+        let conv = GemmConv::pack(&wt, Some(&b), 1, isa).unwrap();
+        let mut first: Option<Act> = None;
+        for pool in [threads(1), threads(2), threads(3)] {
+            let n = pool.current_num_threads();
+            let ours = pool
+                .install(|| {
+                    conv.forward_using(xa.view(), pad, None, Activation::Relu, Some(&res_act), form)
+                })
+                .unwrap();
+            let diff = max_abs_diff(&ours.to_nchw(&dev).unwrap(), &expected);
+            assert!(diff < tol, "{isa} {n} threads: {diff}");
+            match &first {
+                None => first = Some(ours),
+                Some(one) => assert!(
+                    ours.data
+                        .iter()
+                        .zip(&one.data)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa}: {n} threads against 1"
+                ),
+            }
+        }
+        let weight = conv.winograd[1].get().expect("made by the calls above");
+        assert!(
+            weight.len() * 4 > super::winograd::WEIGHT_KEPT_BYTES,
+            "{isa}"
+        );
+    }
+}
+
 #[test]
 fn winograd_form_follows_the_output_size_and_the_panel_kernel() {
     let dev = Device::Cpu;

@@ -41,6 +41,25 @@ use rayon::prelude::*;
 /// [`super::ROW_BLOCK`]): 64 tiles of F(2x2), 16 of F(4x4).
 const BLOCK_OUTPUTS: usize = 256;
 
+/// A transformed weight larger than this is not kept in L2 from one block of tiles to the
+/// next, beside the block's transforms (L2 is 1-2 MiB per core on the CPUs measured). Such a
+/// convolution takes blocks of as many tiles as [`BLOCK_BYTES`] of transforms hold, up to
+/// an equal share of the tiles per thread, so that each thread streams the weight as few
+/// times as it can: ResNet's F(4x4) 3x3 at 28x28x128 (a 2.4 MB weight, 49 tiles an image)
+/// took four blocks of 12-13 tiles, each thread reading the weight twice; now one block a
+/// thread (two threads) or two (one). Intel Xeon (Sapphire Rapids class, AVX-512), ResNet-50
+/// batch 1, a temporary per-layer timer, medians of 60-80 passes, us: one thread 1147-1230
+/// -> 921-1025, two threads 544-580 -> 444-529. `bench/ab.sh`, 2 threads, medians, images/s:
+/// ResNet-18 batch 1 81.4 -> 85.3 (8 rounds), batch 16 104.7 -> 106.8 (5); ResNet-50 batch
+/// 1 29.2 -> 30.3 (8), batch 16 level (35.1, 35.0). Smaller weights (DenseNet's, ResNet's
+/// 64-channel F(4x4): 590 KB) keep their blocks of [`BLOCK_OUTPUTS`]: blocks as large for
+/// them too measured DenseNet-121 batch 1 39.8 -> 38.2.
+pub(super) const WEIGHT_KEPT_BYTES: usize = 1 << 20;
+
+/// Bytes of the input and output transforms of a block of tiles at most where the weight
+/// is not kept ([`WEIGHT_KEPT_BYTES`]): 28 tiles of F(4x4) at 128 channels in and out.
+const BLOCK_BYTES: usize = 1 << 20;
+
 /// One Winograd algorithm F(M x M, 3x3), `P = M + 2` the side of its input patches.
 pub(super) trait Form<const P: usize> {
     /// Side of an output tile.
@@ -258,11 +277,19 @@ impl Launch<'_> {
         let (_, _, tiles) = self.tiles::<P, F>();
         let threads = rayon::current_num_threads();
         let block = BLOCK_OUTPUTS / (F::M * F::M);
+        let weight_bytes = u.len() * std::mem::size_of::<f32>();
+        // Tiles a block where they are many.
+        let many = if weight_bytes > WEIGHT_KEPT_BYTES {
+            let most = BLOCK_BYTES / (positions * (cin + cout) * std::mem::size_of::<f32>());
+            tiles.div_ceil(threads).clamp(block, most.max(block))
+        } else {
+            block
+        };
         // Few tiles but a small transformed weight: still blocks of tiles (one parallel
         // section instead of three), down to 4 tiles per thread.
-        let small_weight = u.len() * std::mem::size_of::<f32>() <= SMALL_WEIGHT_BYTES;
+        let small_weight = weight_bytes <= SMALL_WEIGHT_BYTES;
         if tiles >= block / 2 * threads || (small_weight && tiles >= 4 * threads) {
-            par_blocks(tiles, block, |t0, len| {
+            par_blocks(tiles, many, |t0, len| {
                 with_scratch(positions * len * (cin + cout), |buf| {
                     let (v, m) = buf.split_at_mut(positions * len * cin);
                     let (v, m) = (Planes::new(v, len, cin), Planes::new(m, len, cout));
