@@ -48,8 +48,9 @@ const BLOCK_OUTPUTS: usize = 256;
 /// times as it can: ResNet's F(4x4) 3x3 at 28x28x128 (a 2.4 MB weight, 49 tiles an image)
 /// took four blocks of 12-13 tiles, each thread reading the weight twice; now one block a
 /// thread (two threads) or two (one). Intel Xeon (Sapphire Rapids class, AVX-512), ResNet-50
-/// batch 1, a temporary per-layer timer, medians of 60-80 passes, us: one thread 1147-1230
-/// -> 921-1025, two threads 544-580 -> 444-529. `bench/ab.sh`, 2 threads, medians, images/s:
+/// batch 1, its three such layers, a temporary per-layer timer, medians of 60-80 passes, us:
+/// one thread 1195-1266 -> 941-1025, two threads 544-580 -> 478-530. `bench/ab.sh`, 2
+/// threads, medians, images/s:
 /// ResNet-18 batch 1 81.4 -> 85.3 (8 rounds), batch 16 104.7 -> 106.8 (5); ResNet-50 batch
 /// 1 29.2 -> 30.3 (8), batch 16 level (35.1, 35.0). Smaller weights (DenseNet's, ResNet's
 /// 64-channel F(4x4): 590 KB) keep their blocks of [`BLOCK_OUTPUTS`]: blocks as large for
