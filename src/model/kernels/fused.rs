@@ -238,17 +238,6 @@ mod tests {
     use crate::model::kernels::Isa;
     use candle_core::{Device, Tensor};
 
-    /// `ours` has `expected`'s shape and bits.
-    fn assert_same_bits(ours: &Act, expected: &Act, case: &str) {
-        assert_eq!(
-            (ours.n, ours.h, ours.w, ours.c),
-            (expected.n, expected.h, expected.w, expected.c),
-            "{case}"
-        );
-        let same = (ours.data.iter().zip(&expected.data)).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "{case}");
-    }
-
     /// The fused pair gives the two layers' result to the bit, whatever the strips, the
     /// threads and the rows each thread gets (across images too).
     #[test]

@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::{Activation, Isa, Pad2d};
+use super::{Act, Activation, Isa, Pad2d};
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
@@ -14,6 +14,21 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Whether `a` and `b` hold the same values to the bit.
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// `ours` has `expected`'s shape and bits.
+pub fn assert_same_bits(ours: &Act, expected: &Act, case: &str) {
+    assert_eq!(
+        (ours.n, ours.h, ours.w, ours.c),
+        (expected.n, expected.h, expected.w, expected.c),
+        "{case}"
+    );
+    assert!(same_bits(&ours.data, &expected.data), "{case}");
 }
 
 /// A pool of `n` threads, for tests that check how work splits between threads.

@@ -129,9 +129,7 @@ fn fields_by_columns_match_candle() {
                 }
                 for (data, case) in &results[1..] {
                     assert!(
-                        data.iter()
-                            .zip(&results[0].0)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        same_bits(data, &results[0].0),
                         "{case}: not the bits of {}",
                         results[0].1
                     );
@@ -456,13 +454,7 @@ fn winograd_blocks_for_a_large_weight_match_candle_on_any_threads() {
             assert!(diff < tol, "{isa} {n} threads: {diff}");
             match &first {
                 None => first = Some(ours),
-                Some(one) => assert!(
-                    ours.data
-                        .iter()
-                        .zip(&one.data)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{isa}: {n} threads against 1"
-                ),
+                Some(one) => assert_same_bits(&ours, one, &format!("{isa}: {n} threads against 1")),
             }
         }
         let weight = conv.winograd[1].get().expect("made by the calls above");
