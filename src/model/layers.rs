@@ -251,6 +251,18 @@ impl Conv2d {
         self.forward_nhwc_view(x.view(), None, act, residual)
     }
 
+    /// `act(conv(x) + bias + residual)` on an NHWC activation, written over `residual`
+    /// where the kernel can ([`kernels::GemmConv::forward_onto`]): for a block's last
+    /// convolution, whose residual is not needed after it.
+    pub fn forward_nhwc_onto(&self, x: &Act, act: Activation, residual: Act) -> Result<Act> {
+        match &self.packed {
+            Some(Packed::Dense(conv)) => {
+                conv.forward_onto(x.view(), self.padding_for(x.h, x.w), None, act, residual)
+            }
+            _ => self.forward_nhwc(x, act, Some(&residual)),
+        }
+    }
+
     /// `act(conv(pro(x)) + bias [+ residual])` on an NHWC view.
     pub fn forward_nhwc_view(
         &self,
@@ -692,6 +704,11 @@ impl ConvBn {
 
     pub fn forward_nhwc(&self, x: &Act, act: Activation, residual: Option<&Act>) -> Result<Act> {
         self.nhwc()?.forward_nhwc(x, act, residual)
+    }
+
+    /// [`Conv2d::forward_nhwc_onto`]: the output written over `residual` where it can be.
+    pub fn forward_nhwc_onto(&self, x: &Act, act: Activation, residual: Act) -> Result<Act> {
+        self.nhwc()?.forward_nhwc_onto(x, act, residual)
     }
 
     /// A stem: `max_pool_3x3_s2(act(self(x)))` ([`kernels::max_pool_3x3_s2`]), the two

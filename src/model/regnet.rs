@@ -162,16 +162,17 @@ impl Block {
             .all(ConvBn::has_nhwc_kernel)
     }
 
-    fn forward_nhwc(&self, x: &Act) -> Result<Act> {
+    /// The last convolution writes its output over the shortcut (or `x` itself).
+    fn forward_nhwc(&self, x: Act) -> Result<Act> {
         let shortcut = match &self.downsample {
-            Some(ds) => Some(ds.forward_nhwc(x, Activation::Identity, None)?),
+            Some(ds) => Some(ds.forward_nhwc(&x, Activation::Identity, None)?),
             None => None,
         };
-        let y = self.conv1.forward_nhwc(x, Activation::Relu, None)?;
+        let y = self.conv1.forward_nhwc(&x, Activation::Relu, None)?;
         let mut y = self.conv2.forward_nhwc(&y, Activation::Relu, None)?;
         self.se.forward_nhwc(&mut y)?;
         self.conv3
-            .forward_nhwc(&y, Activation::Relu, Some(shortcut.as_ref().unwrap_or(x)))
+            .forward_nhwc_onto(&y, Activation::Relu, shortcut.unwrap_or(x))
     }
 }
 
@@ -234,7 +235,7 @@ impl Module for RegNet {
                 .stem
                 .forward_nhwc(&Act::from_nchw(x)?, Activation::Relu, None)?;
             for block in &self.blocks {
-                y = block.forward_nhwc(&y)?;
+                y = block.forward_nhwc(y)?;
             }
             return self.fc.forward(&y.global_avg_pool(None, &Device::Cpu)?);
         }

@@ -133,18 +133,18 @@ impl Block {
 
 impl Block {
     /// The same block on the NHWC CPU kernels, the residual add and ReLU fused into the last
-    /// convolution.
-    fn forward_nhwc(&self, x: &Act) -> Result<Act> {
+    /// convolution, which writes its output over the shortcut (or `x` itself).
+    fn forward_nhwc(&self, x: Act) -> Result<Act> {
         let shortcut = match &self.downsample {
-            Some(ds) => Some(ds.forward_nhwc(x, Activation::Identity, None)?),
+            Some(ds) => Some(ds.forward_nhwc(&x, Activation::Identity, None)?),
             None => None,
         };
         let (last, first) = self.convs.split_last().expect("a block has convolutions");
-        let mut y = first[0].forward_nhwc(x, Activation::Relu, None)?;
+        let mut y = first[0].forward_nhwc(&x, Activation::Relu, None)?;
         for conv in &first[1..] {
             y = conv.forward_nhwc(&y, Activation::Relu, None)?;
         }
-        last.forward_nhwc(&y, Activation::Relu, Some(shortcut.as_ref().unwrap_or(x)))
+        last.forward_nhwc_onto(&y, Activation::Relu, shortcut.unwrap_or(x))
     }
 }
 
@@ -263,12 +263,12 @@ impl Module for ResNet {
                     .stem
                     .forward_nhwc_then_max_pool(x, Activation::Relu, self.isa)?;
                 for block in early {
-                    x = block.forward_nhwc(&x)?;
+                    x = block.forward_nhwc(x)?;
                 }
                 Ok(x)
             })?;
             for block in late {
-                x = block.forward_nhwc(&x)?;
+                x = block.forward_nhwc(x)?;
             }
             return self.fc.forward(&x.global_avg_pool(None, &Device::Cpu)?);
         }

@@ -18,7 +18,7 @@ pub(super) const SMALL_WEIGHT_BYTES: usize = 512 * 1024;
 
 /// Output channels below which the panel kernel adds a residual in registers rather than
 /// in a pass of its own over each block (MobileNet and EfficientNet projections: 16-192).
-const RESIDUAL_IN_REGISTERS_BELOW: usize = 256;
+pub(super) const RESIDUAL_IN_REGISTERS_BELOW: usize = 256;
 
 /// Where the products run on the AVX-512 panel kernel, a residual of at most this many
 /// bytes (the whole layer's) is added in registers however wide: it is still in cache from
@@ -26,8 +26,9 @@ const RESIDUAL_IN_REGISTERS_BELOW: usize = 256;
 /// Rapids class), 2 threads, 5 interleaved rounds with an environment switch on one binary:
 /// 37.2 -> 39.3 images/s (medians; every round faster); this rule against the one before,
 /// `bench/ab.sh`, 8 rounds: 38.6 -> 40.1. At batch 16 (residuals of 6-51 MB) in registers
-/// measured 43.5 -> 43.0, so there they keep their pass.
-const RESIDUAL_IN_REGISTERS_BYTES_AVX512: usize = 4 << 20;
+/// measured 43.5 -> 43.0, so there they keep their pass, unless the output is written over
+/// the residual ([`GemmConv::forward_onto`]).
+pub(super) const RESIDUAL_IN_REGISTERS_BYTES_AVX512: usize = 4 << 20;
 
 /// F(4x4, 3x3) tiles per image from which a 3x3 stride-1 convolution takes F(4x4) rather
 /// than F(2x2) (16: a 14x14 output).
@@ -44,6 +45,39 @@ const WINOGRAD4_TILES: usize = 16;
 /// 128-channel layer at batch 16: 732 against 880 us).
 const WINOGRAD4_TILES_AVX512: usize = 49;
 
+/// The residual a call adds, output row `r`'s `cout` values from `r * cout` on.
+#[derive(Clone, Copy)]
+pub(super) enum Residual<'a> {
+    /// In an array of its own, which nothing writes while the call runs.
+    Apart(&'a [f32]),
+    /// In the output array itself, `len` values at the pointer: each block of outputs adds
+    /// its residual in registers, reading each value before it writes the same address
+    /// ([`Launch::can_write_over_residual`]).
+    Under(ReadPtr, usize),
+}
+
+impl Residual<'_> {
+    fn len(self) -> usize {
+        match self {
+            Residual::Apart(values) => values.len(),
+            Residual::Under(_, len) => len,
+        }
+    }
+
+    /// The address of value `i` (at most `len`).
+    fn at(self, i: usize) -> *const f32 {
+        debug_assert!(i <= self.len());
+        match self {
+            Residual::Apart(values) => values.as_ptr().wrapping_add(i),
+            Residual::Under(ptr, _) => ptr.0.wrapping_add(i),
+        }
+    }
+
+    fn is_under(self) -> bool {
+        matches!(self, Residual::Under(..))
+    }
+}
+
 /// One convolution call: input, geometry and epilogue.
 pub(super) struct Launch<'a> {
     pub(super) conv: &'a GemmConv,
@@ -52,7 +86,7 @@ pub(super) struct Launch<'a> {
     pub(super) pro: Option<Prologue<'a>>,
     pub(super) act: Activation,
     /// `rows x cout`, added before the activation.
-    pub(super) residual: Option<&'a [f32]>,
+    pub(super) residual: Option<Residual<'a>>,
     pub(super) oh: usize,
     pub(super) ow: usize,
     /// Force an algorithm (tests); `None` picks one by shape.
@@ -82,6 +116,26 @@ impl Launch<'_> {
         } else {
             Algorithm::Winograd2
         }
+    }
+
+    /// Whether the output can be written over the residual ([`Residual::Under`]): one
+    /// group, the GEMM algorithm, and a panel kernel, whose blocks add the residual in
+    /// registers. Winograd's output transform and the passes after the general GEMM write
+    /// the sums before they add the residual.
+    pub(super) fn can_write_over_residual(&self) -> bool {
+        let kernel_adds = |kernel| kernel == Kernel::Avx512 || self.residual_in_registers(kernel);
+        self.conv.panels.is_some_and(kernel_adds)
+            && self.conv.groups == 1
+            && self.algorithm.unwrap_or_else(|| self.choose()) == Algorithm::Gemm
+    }
+
+    /// Whether the panel `kernel`'s blocks add a residual in registers, not a pass after
+    /// them (see [`Launch::tile`]).
+    fn residual_in_registers(&self, kernel: Kernel) -> bool {
+        // The residual is read for the output's rows alone, as many bytes.
+        self.conv.cout < RESIDUAL_IN_REGISTERS_BELOW
+            || (kernel == Kernel::Avx512
+                && self.output_bytes() <= RESIDUAL_IN_REGISTERS_BYTES_AVX512)
     }
 
     /// Bytes of the whole output, all images.
@@ -492,11 +546,8 @@ impl Launch<'_> {
             // better in its own pass over the block than in the kernel's row-by-row finish,
             // and then that pass does all three. An activation with `exp` or `erf` inside
             // gets a pass over the block just stored.
-            // The residual is read for the output's rows alone.
-            let residual_bytes = self.output_bytes();
-            let fused_residual = conv.cout < RESIDUAL_IN_REGISTERS_BELOW
-                || (kernel == Kernel::Avx512
-                    && residual_bytes <= RESIDUAL_IN_REGISTERS_BYTES_AVX512);
+            let under = self.residual.is_some_and(Residual::is_under);
+            let fused_residual = under || self.residual_in_registers(kernel);
             let finish = match self.residual {
                 Some(_) if !fused_residual => Finish {
                     fetch_rows: self.fetch_rows,
@@ -506,8 +557,7 @@ impl Launch<'_> {
                     fetch_rows: self.fetch_rows,
                     bias: Some(conv.bias[chans.start..].as_ptr()),
                     // Row `r0`, column `chans.start` of the residual.
-                    residual: residual
-                        .map(|res| (res[r0 * conv.cout + chans.start..].as_ptr(), conv.cout)),
+                    residual: residual.map(|res| (res.at(r0 * conv.cout + chans.start), conv.cout)),
                     act: if self.act.in_registers() {
                         self.act
                     } else {
@@ -555,7 +605,7 @@ impl Launch<'_> {
         let cout = self.conv.cout;
         let bias = &self.conv.bias[chans.clone()];
         match self.residual {
-            Some(res) => {
+            Some(Residual::Apart(res)) => {
                 let res = &res[r * cout..][chans];
                 for ((v, &b), &s) in row.iter_mut().zip(bias).zip(res) {
                     *v = *v + b + s;
@@ -565,6 +615,9 @@ impl Launch<'_> {
                 for (v, &b) in row.iter_mut().zip(bias) {
                     *v += b;
                 }
+            }
+            Some(Residual::Under(..)) => {
+                unreachable!("a residual under the output added after its sums were stored")
             }
         }
         self.act.apply(row, self.conv.isa);

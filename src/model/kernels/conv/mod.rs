@@ -15,9 +15,9 @@ use std::sync::OnceLock;
 use candle_core::{Result, Tensor};
 
 use super::gemm::Kernel;
-use super::par::SendPtr;
+use super::par::{ReadPtr, SendPtr};
 use super::{bias_to_host, to_host, Act, Activation, Isa, Pad2d, Prologue, View};
-use launch::Launch;
+use launch::{Launch, Residual};
 
 /// A dense or grouped convolution packed for GEMM (depthwise ones have their own kernel).
 #[derive(Debug, Clone)]
@@ -251,16 +251,11 @@ impl GemmConv {
         residual: Option<&Act>,
         algorithm: Option<Algorithm>,
     ) -> Result<Act> {
-        let conv = self.launch(x, pad, pro, act, residual.map(|r| &r.data[..]), algorithm)?;
+        let residual_data = residual.map(|r| Residual::Apart(&r.data));
+        let conv = self.launch(x, pad, pro, act, residual_data, algorithm)?;
         let (oh, ow) = (conv.oh, conv.ow);
         if let Some(r) = residual {
-            if (r.n, r.h, r.w, r.c) != (x.n, oh, ow, self.cout) {
-                candle_core::bail!(
-                    "residual {:?} does not match the convolution output {:?}",
-                    (r.n, r.h, r.w, r.c),
-                    (x.n, oh, ow, self.cout)
-                )
-            }
+            self.check_residual(r, x.n, oh, ow)?;
         }
         let len = x.n * oh * ow * self.cout;
         let mut data = Vec::with_capacity(len);
@@ -277,6 +272,82 @@ impl GemmConv {
             c: self.cout,
             data,
         })
+    }
+
+    /// `act(conv(pro(x)) + bias + residual)`, written over `residual` where the call runs as
+    /// one GEMM on a panel kernel that adds the residual in registers
+    /// ([`Launch::can_write_over_residual`]; as a new activation otherwise): the same bits
+    /// as [`GemmConv::forward`], in one array where that makes two. A block's last
+    /// convolution reads its residual once and the residual dies with the block, so the
+    /// output need not claim lines of its own from memory: a wide output (ResNet's 64 -> 256
+    /// at 56x56: 3.2 MB) is three streams beside its residual (the residual read, the
+    /// output's lines claimed, then written back) and two over it.
+    ///
+    /// On the AVX-512 kernel the output goes over the residual however wide (beside it, a
+    /// residual over [`launch::RESIDUAL_IN_REGISTERS_BYTES_AVX512`] takes a pass of its
+    /// own). Intel Xeon (Sapphire Rapids class), AVX-512, one thread, bias, residual and
+    /// ReLU, output and residual cold, rows fetched ahead, medians of 9 runs (a temporary
+    /// kernel benchmark), us:
+    /// - m3136 k64 n256 in calls of 256 rows (ResNet-50's 56x56 64 -> 256, one image):
+    ///   beside 1222-1229, over 1034-1064;
+    /// - m784 k128 n512 (28x28 128 -> 512): beside 994, over 856;
+    /// - m256 k256 n1024 (a 256-row call of the 14x14 256 -> 1024 at batch 16): the pass
+    ///   1156, in registers beside 1237, over 990;
+    /// - m784 k512 n1024 (half the channels of the 7x7 512 -> 2048 at batch 16): the pass
+    ///   6715, in registers beside 6590, over 6224.
+    ///
+    /// Whole networks, 2 threads, one binary with an environment switch to the call beside
+    /// the residual, interleaved rounds, medians, images/s: ResNet-50 batch 16 39.3 -> 40.8
+    /// (6 rounds, each faster), batch 1 34.3 -> 34.5 (8 rounds, level). Over the residual
+    /// only up to the 4 MiB bound and beside it past that: batch 16 40.6, against 41.2 over
+    /// it everywhere (5 rounds). On the AVX2 kernel a residual of 256 channels or more keeps
+    /// its pass, beside it (ResNet-50 with AVX2 forced, the same switch: 26.7 against 26.6,
+    /// 6 rounds); written over it in registers there measured 28.0 -> 27.7 (4 rounds).
+    pub fn forward_onto(
+        &self,
+        x: View,
+        pad: Pad2d,
+        pro: Option<Prologue>,
+        act: Activation,
+        residual: Act,
+    ) -> Result<Act> {
+        self.forward_onto_using(x, pad, pro, act, residual, None)
+    }
+
+    /// [`GemmConv::forward_onto`] by `algorithm` (`None`: chosen by shape).
+    fn forward_onto_using(
+        &self,
+        x: View,
+        pad: Pad2d,
+        pro: Option<Prologue>,
+        act: Activation,
+        mut residual: Act,
+        algorithm: Option<Algorithm>,
+    ) -> Result<Act> {
+        let mut conv = self.launch(x, pad, pro, act, None, algorithm)?;
+        self.check_residual(&residual, x.n, conv.oh, conv.ow)?;
+        if !conv.can_write_over_residual() {
+            return self.forward_using(x, pad, pro, act, Some(&residual), algorithm);
+        }
+        // `residual` is owned here: nothing else reads or writes it during the call.
+        let out = residual.data.as_mut_ptr();
+        conv.residual = Some(Residual::Under(ReadPtr(out), residual.data.len()));
+        // SAFETY: the residual holds every output row, `cout` apart; each block reads its
+        // residual values before it writes them.
+        unsafe { conv.run(SendPtr(out), self.cout)? };
+        Ok(residual)
+    }
+
+    /// Refuse a residual that is not the shape of the output (`n` images of `oh` x `ow`).
+    fn check_residual(&self, r: &Act, n: usize, oh: usize, ow: usize) -> Result<()> {
+        if (r.n, r.h, r.w, r.c) != (n, oh, ow, self.cout) || r.data.len() != r.rows() * r.c {
+            candle_core::bail!(
+                "residual {:?} does not match the convolution output {:?}",
+                (r.n, r.h, r.w, r.c),
+                (n, oh, ow, self.cout)
+            )
+        }
+        Ok(())
     }
 
     /// Write `act(conv(pro(x)) + bias)` into the first `cout` columns of `out`, whose rows
@@ -341,7 +412,7 @@ impl GemmConv {
         pad: Pad2d,
         pro: Option<Prologue<'a>>,
         act: Activation,
-        residual: Option<&'a [f32]>,
+        residual: Option<Residual<'a>>,
         algorithm: Option<Algorithm>,
     ) -> Result<Launch<'a>> {
         let (oh, ow) = self.output_size(x.h, x.w, pad)?;

@@ -165,7 +165,8 @@ struct Reference<'a> {
 }
 
 /// `conv` on `x` (by `algorithm`, `None`: its own choice), without and with the residual,
-/// within `tol` of the reference with the same epilogue.
+/// within `tol` of the reference with the same epilogue; and with the output written over
+/// the residual ([`GemmConv::forward_onto`]), the same bits as beside it.
 #[allow(clippy::too_many_arguments)]
 fn check_epilogues(
     conv: &GemmConv,
@@ -178,24 +179,35 @@ fn check_epilogues(
     case: &str,
 ) {
     let dev = x.device();
+    let input = Act::from_nchw(x).unwrap();
     for with_res in [false, true] {
         let res_act = with_res.then(|| Act::from_nchw(reference.residual).unwrap());
         let ours = conv
-            .forward_using(
-                Act::from_nchw(x).unwrap().view(),
-                pad,
-                None,
-                act,
-                res_act.as_ref(),
-                algorithm,
-            )
-            .unwrap()
-            .to_nchw(dev)
+            .forward_using(input.view(), pad, None, act, res_act.as_ref(), algorithm)
             .unwrap();
         let residual = with_res.then_some(reference.residual);
         let expected = reference_epilogue(reference.conv.clone(), reference.bias, residual, act);
-        let diff = max_abs_diff(&ours, &expected);
+        let diff = max_abs_diff(&ours.to_nchw(dev).unwrap(), &expected);
         assert!(diff < tol, "{case} res {with_res}: {diff}");
+        let Some(res_act) = res_act else { continue };
+        let under = res_act.data.as_ptr();
+        let onto = conv
+            .forward_onto_using(input.view(), pad, None, act, res_act, algorithm)
+            .unwrap();
+        assert_same_bits(&onto, &ours, &format!("{case}, written over the residual"));
+        // Only a GEMM of one group on a panel kernel can write over its residual (not
+        // Winograd's output transform, nor groups or the general GEMM, whose passes add it
+        // after the sums are stored), and where its blocks add a narrow residual in
+        // registers, it does.
+        let over = onto.data.as_ptr() == under;
+        let gemm = algorithm.unwrap_or(Algorithm::Gemm) == Algorithm::Gemm;
+        let may = gemm && conv.groups == 1 && conv.panels.is_some();
+        assert!(
+            may || !over,
+            "{case}: written over a residual added after the store"
+        );
+        let narrow = conv.cout < launch::RESIDUAL_IN_REGISTERS_BELOW;
+        assert!(!(may && narrow) || over, "{case}: a new output array");
     }
 }
 
@@ -533,7 +545,7 @@ fn rows_are_fetched_ahead_for_large_outputs_only() {
             Pad2d::uniform(0),
             None,
             Activation::Relu,
-            residual,
+            residual.map(launch::Residual::Apart),
             None,
         );
         launch.unwrap().fetch_rows

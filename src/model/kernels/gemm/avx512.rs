@@ -310,8 +310,10 @@ fn fetch_rows(
             }
         };
         fetch(dst.wrapping_add(r * dst_rs));
-        if let Some((res, rs)) = finish.residual {
-            fetch(res.wrapping_add(r * rs));
+        match finish.residual {
+            // (Not where the output is written over it: the same lines.)
+            Some((res, rs)) if res != dst => fetch(res.wrapping_add(r * rs)),
+            _ => {}
         }
     }
 }

@@ -382,7 +382,9 @@ impl Kernel {
     /// # Safety
     /// The CPU must have this kernel's instruction set (it was chosen by
     /// [`Kernel::for_channels`] from a supported [`Isa`]); the pointers must be valid for
-    /// those rows and panels, and `dst` not overlap the inputs.
+    /// those rows and panels, and `dst` not overlap `lhs` or `w`. It may be the residual of
+    /// `finish` itself (the same address and row stride): each block reads a residual value
+    /// before it writes the output at the same address, and no other.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(
         self,
@@ -505,7 +507,8 @@ impl Ahead {
 pub(super) struct Finish {
     /// The bias of column 0 on.
     pub bias: Option<*const f32>,
-    /// The residual of row 0, column 0 on, and its row stride (values).
+    /// The residual of row 0, column 0 on, and its row stride (values); it may be the output
+    /// itself ([`Kernel::gemm`]).
     pub residual: Option<(*const f32, usize)>,
     pub act: Activation,
     /// Fetch the output and residual rows of the next register block into L2 while a block
