@@ -3,7 +3,9 @@
 //! memory), or 13 rows where a few are left over (26 accumulate; [`super::row_blocks`]). The
 //! loop down `k` of a full or long block is in assembly ([`sums`]), its sums finished and
 //! stored from the registers they end in (`finish_sums!` in `mod.rs`); the partial blocks
-//! at the edges run the same loop written with intrinsics, and finish in [`store`].
+//! at the edges run the same loop written with intrinsics, and finish in [`store`]. A few
+//! rows under a large weight (Winograd's products for a 7x7 output at batch 1) run as
+//! [`stream_block`]s instead, which read each line of the weight from memory once.
 
 use std::arch::x86_64::*;
 
@@ -51,6 +53,16 @@ pub(super) unsafe fn gemm(
 ) {
     debug_assert!(n.is_multiple_of(HALF));
     let mut j = 0;
+    if streams(m, n, k) {
+        while j + 2 * W <= n {
+            // SAFETY: column block `j` lies inside the `n` columns the caller covers.
+            unsafe {
+                let (w, dst, f) = (w.add(j * k), dst.add(j), finish.skip_columns(j));
+                stream_block(m, k, lhs, lhs_rs, w, dst, dst_rs, f);
+            }
+            j += 2 * W;
+        }
+    }
     // SAFETY (all calls): column block `j` lies inside the `n` columns the caller covers.
     while j + 2 * W <= n {
         let (w, dst, f) = unsafe { (w.add(j * k), dst.add(j), finish.skip_columns(j)) };
@@ -76,6 +88,164 @@ pub(super) unsafe fn gemm(
             _ => rows::<2, false, true>(m, k, lhs, lhs_rs, w, dst, dst_rs, f, none),
         }
     }
+}
+
+/// Rows from which, up to [`STREAM_ROWS`], a GEMM with a weight of at least
+/// [`STREAM_WEIGHT_BYTES`] runs as [`stream_block`]s.
+pub(super) const STREAM_FROM: usize = 9;
+
+/// The most rows of a [`stream_block`]: two halves of at most 8.
+pub(super) const STREAM_ROWS: usize = 16;
+
+/// The weight, in bytes, from which a GEMM of a few rows is streamed: Winograd's products
+/// for a 7x7 output at batch 1 (16 tiles) read 1 MB of weight each, from memory.
+const STREAM_WEIGHT_BYTES: usize = 512 * 1024;
+
+/// Steps of `k` a [`stream_block`] runs its two halves over in turn: 8 KB of the two
+/// panels' weight, which the first half brings in and the second reads from L1.
+const STREAM_CHUNK: usize = 64;
+
+/// How far ahead of its use, in bytes, the first half of a [`stream_block`] fetches each
+/// panel's weight.
+const STREAM_AHEAD: usize = 2048;
+
+/// Whether an `m`-row GEMM of a `k x n` weight runs as [`stream_block`]s.
+fn streams(m: usize, n: usize, k: usize) -> bool {
+    (STREAM_FROM..=STREAM_ROWS).contains(&m)
+        && k * n * std::mem::size_of::<f32>() >= STREAM_WEIGHT_BYTES
+        && n >= 2 * W
+}
+
+/// All `m` rows ([`STREAM_FROM`] to [`STREAM_ROWS`]) of one 32-channel column block, its
+/// weight read from memory once: the rows in two halves of at most 8, each half's sums
+/// carried in memory from one chunk of [`STREAM_CHUNK`] steps to the next, both halves over
+/// a chunk before the next one, and the first half fetching each panel's weight
+/// [`STREAM_AHEAD`] bytes ahead. The register blocks of [`rows`] read each column block's
+/// weight once per block of 12 rows: at 16 rows (12 + 4) the second read came from L2 or
+/// further, and the first waited on memory. Each row's sums are the same products in the
+/// same order as in a register block, so the same bits.
+///
+/// Intel Xeon (Sapphire Rapids class), AVX-512:
+/// - One thread, the weight cold (a new copy each call, from 256 MB of copies), medians of
+///   9 runs, three alternated runs each, register blocks -> stream blocks: 16 x 512 -> 256
+///   58.8-61.3 -> 54.9-55.2 us, 16 x 512 -> 512 115.4-118.8 -> 109.0-110.9 (1 MB of
+///   weight at 9.5 GB/s, against the 12-13.5 a core reads in a plain stream).
+/// - Whole networks, 2 threads, one binary with an environment switch, 8 interleaved
+///   rounds, medians: ResNet-18 batch 1 97.4 -> 101.5 images/s (7 rounds of 8 faster; its
+///   three 7x7 3x3 layers are a third of its time), ResNet-50 batch 1 35.6 -> 36.2 (6 of
+///   8).
+///
+/// # Safety
+/// As [`gemm`], for this column block, with `m` in `STREAM_FROM..=STREAM_ROWS`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_block(
+    m: usize,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_rs: usize,
+    f: Finish,
+) {
+    const HALF_ROWS: usize = STREAM_ROWS / 2;
+    macro_rules! sized {
+        ($($r:literal)*) => {
+            match m - HALF_ROWS {
+                // SAFETY: the caller's contract, for these rows.
+                $($r => unsafe { stream_halves::<HALF_ROWS, $r>(k, lhs, lhs_rs, w, dst, dst_rs, f) },)*
+                _ => unreachable!("stream blocks hold {STREAM_FROM} to {STREAM_ROWS} rows"),
+            }
+        };
+    }
+    sized!(1 2 3 4 5 6 7 8);
+}
+
+/// [`stream_block`] for halves of `A` and `B` rows.
+///
+/// # Safety
+/// As [`stream_block`], with `m = A + B`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_halves<const A: usize, const B: usize>(
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_rs: usize,
+    f: Finish,
+) {
+    let mut first = [[_mm512_setzero_ps(); 2]; A];
+    let mut second = [[_mm512_setzero_ps(); 2]; B];
+    // SAFETY: row `A` is within the caller's rows.
+    let lhs_b = unsafe { lhs.add(A * lhs_rs) };
+    let mut k0 = 0;
+    while k0 < k {
+        let k1 = (k0 + STREAM_CHUNK).min(k);
+        // SAFETY (both): the caller's contract, for steps `k0..k1`.
+        unsafe {
+            stream_steps::<A, true>(k0..k1, k, lhs, lhs_rs, w, &mut first);
+            stream_steps::<B, false>(k0..k1, k, lhs_b, lhs_rs, w, &mut second);
+        }
+        k0 = k1;
+    }
+    // SAFETY: as `store`'s contract, for each half's rows.
+    unsafe {
+        finish_and_store::<A, 2, false>(&first, dst, dst_rs, f);
+        finish_and_store::<B, 2, false>(&second, dst.add(A * dst_rs), dst_rs, f.skip_rows(A));
+    }
+}
+
+/// The sums of `R` rows x 2 panels over `steps` of `k`: started by the first step's
+/// products where `steps` starts at 0 ([`block`]'s order), else carried on from `sums`;
+/// left in `sums`. Each panel's weight [`STREAM_AHEAD`] bytes on fetched at every step if
+/// `FETCH`.
+///
+/// # Safety
+/// As [`gemm`], for these rows, two panels and steps.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_steps<const R: usize, const FETCH: bool>(
+    steps: std::ops::Range<usize>,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    w: *const f32,
+    sums: &mut [[__m512; 2]; R],
+) {
+    // SAFETY: the two panels hold `k` rows of `W` values each, one after the other.
+    let weights = |kk: usize| -> [__m512; 2] {
+        std::array::from_fn(|v| unsafe { _mm512_loadu_ps(w.add((v * k + kk) * W)) })
+    };
+    // SAFETY: row `r` of `lhs` holds `k` values.
+    let input = |r: usize, kk: usize| _mm512_set1_ps(unsafe { *lhs.add(r * lhs_rs + kk) });
+    let mut acc = *sums;
+    let mut from = steps.start;
+    if from == 0 {
+        // x * w + 0 rounds as x * w: the first step's products start the sums.
+        let w0 = weights(0);
+        acc = std::array::from_fn(|r| std::array::from_fn(|v| _mm512_mul_ps(input(r, 0), w0[v])));
+        from = 1;
+    }
+    for kk in from..steps.end {
+        if FETCH {
+            for v in 0..2 {
+                // A hint: never faults, whatever the address.
+                let at = w.wrapping_add((v * k + kk) * W).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(STREAM_AHEAD));
+            }
+        }
+        let wv = weights(kk);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = input(r, kk);
+            for (a, &wv) in acc.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(x, wv, *a);
+            }
+        }
+    }
+    *sums = acc;
 }
 
 /// All `m` rows of one `16 * V`-channel column block, [`ROWS`] rows at a time; only the

@@ -575,7 +575,9 @@ mod tests {
     /// A full block of rows (on AVX-512, the assembly loop) gives each row the bits a block
     /// one row shorter (the intrinsics' loop) gives it: the same products in the same order.
     /// So do AVX-512's long block (13 rows against 12 + 4) and AVX2's halves (7 rows as 4 +
-    /// 3 against one block of 6), which [`row_blocks`] picks for a few rows left over.
+    /// 3 against one block of 6), which [`row_blocks`] picks for a few rows left over, and
+    /// AVX-512's stream blocks (a few rows under a large weight, 9 to 16, against 32 rows in
+    /// register blocks; the shape 264 x 520 is large enough).
     #[test]
     fn full_blocks_match_shorter_blocks_to_the_bit() {
         let value = |i: usize| ((i * 7919) % 29) as f32 * 0.37 - 4.1;
@@ -597,6 +599,9 @@ mod tests {
                 &[
                     (avx512::ROWS, avx512::ROWS - 1),
                     (avx512::LONG, avx512::LONG + 3),
+                    (avx512::STREAM_ROWS, 32),
+                    (avx512::STREAM_FROM, 32),
+                    (13, 32),
                 ],
             ),
         ];
@@ -608,6 +613,7 @@ mod tests {
                 (96, 150),
                 (48, 37),
                 (40, 5),
+                (264, 520),
             ] {
                 let lhs_rs = k + 5;
                 let most = pairs.iter().map(|&(a, b)| a.max(b)).max().unwrap_or(0);
@@ -695,6 +701,10 @@ mod tests {
             // (27: 12 + 8 + 7), AVX2's halves (49: ... 6 + 4 + 3).
             (49, 64, 20),
             (27, 32, 9),
+            // A few rows under a large weight: AVX-512's stream blocks (16 rows: 8 + 8; 11:
+            // 8 + 3), over chunks of `k` and a last half-full panel.
+            (16, 264, 520),
+            (11, 264, 520),
         ] {
             // Every kernel takes multiples of 8; AVX-512's last panel is then half full
             // (n = 8, 24, 40).
