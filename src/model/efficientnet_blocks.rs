@@ -550,15 +550,28 @@ enum Head {
 pub struct MobileNet {
     stem: Stage,
     blocks: Vec<Block>,
-    /// The stem and this many blocks (those whose output is at most 8x smaller than the
-    /// input) run one image at a time on the CPU kernels, the rest on the whole chunk of
-    /// [`BATCH_CHUNK`] images that `forward` gives, as ResNet's and DenseNet's first two
-    /// stages do. Their expanded activations (96
-    /// channels at 112x112 in EfficientNet-Lite0: 4.8 MB an image, 77 MB at batch 16)
-    /// then stay in the cache. tf_efficientnet_lite0 at batch 16, `classify bench -n 8`,
-    /// 5 interleaved rounds on an AMD EPYC Zen 4 (2 cores, AVX-512), medians: whole chunks
-    /// 157.1 img/s; per image the first 3 blocks 171.3, 5 (to stride 8) 170.6, 8 174.1,
-    /// all 16 160.3.
+    /// The stem and this many blocks (those whose output is at most 16x smaller than the
+    /// input) run one image at a time on the CPU kernels, an image a thread
+    /// ([`Act::in_chunks`]); the rest on the whole chunk of [`BATCH_CHUNK`] images that
+    /// `forward` gives, as ResNet's and DenseNet's first stages do. Their expanded
+    /// activations (96 channels at 112x112 in EfficientNet-Lite0: 4.8 MB an image, 77 MB
+    /// at batch 16; 672 at 14x14, 527 KB an image) then stay in the cache.
+    ///
+    /// Up to stride 8 at first, when an image's layers were still split between the cores:
+    /// tf_efficientnet_lite0 at batch 16, `classify bench -n 8`, 5 interleaved rounds on an
+    /// AMD EPYC Zen 4 (2 cores, AVX-512), medians: whole chunks 157.1 img/s; per image the
+    /// first 3 blocks 171.3, 5 (to stride 8) 170.6, 8 174.1, all 16 160.3. Since each core
+    /// takes an image of its own, up to stride 16 gains. Intel Xeon (Sapphire Rapids class),
+    /// 2 threads, one binary with an environment switch, interleaved rounds, medians,
+    /// images/s, stride 8 -> 16:
+    /// - AVX-512: Lite0 batch 16 259.9 -> 285.4 (6 rounds; every block per image 296.3 in
+    ///   another run against 292.8 for stride 16), batch 8 259.3 -> 276.5 (8 rounds), batch
+    ///   4 261.7 -> 267.9, batch 2 260.5 -> 265.3; at batch 16 (4 rounds)
+    ///   efficientnet_b0 167.6 -> 175.1, mobilenetv3_large_100 359.5 -> 381.5,
+    ///   mobilenetv4_conv_medium 117.2 -> 118.5, tf_efficientnet_lite4 28.5 -> 28.8.
+    /// - AVX2 forced: Lite0 batch 16 189.8 -> 197.0 (5 rounds; every block 195.4).
+    ///
+    /// A batch of one runs the same code either way.
     per_image_blocks: usize,
     head: Head,
     classifier: Classifier,
@@ -589,7 +602,7 @@ impl MobileNet {
                 blocks.push(Block::load(vb.pp("blocks").pp(s).pp(i), b, cfg, opts)?);
                 last = b.out_channels;
                 stride *= b.stride;
-                if stride <= 8 {
+                if stride <= 16 {
                     per_image_blocks = blocks.len();
                 }
             }

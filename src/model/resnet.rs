@@ -170,17 +170,29 @@ impl Module for Block {
 pub struct ResNet {
     stem: ConvBn,
     blocks: Vec<Block>,
-    /// The stem and this many blocks run one image at a time on the CPU kernels, the rest
-    /// on the whole batch. Bottleneck blocks up to stride 8 (ResNet-50's first two stages)
-    /// write 256- and 512-channel activations of 56x56 and 28x28 pixels: 3.2 and 1.6 MB
-    /// an image, 51 and 26 MB at batch 16, which stream from memory between layers. One
-    /// image's stay in the cache. ResNet-50 at batch 16, `classify bench -n 6`, 6
-    /// interleaved rounds on an AMD EPYC Zen 4 (2 cores, AVX-512): 25.4 img/s median with
-    /// the whole batch everywhere, 26.9 with the first two stages per image; the first
-    /// stage alone, or two images at a time, gained less; every stage per image lost
-    /// (22.9: the deep layers' GEMMs want the rows of the whole batch). Basic blocks
-    /// (ResNet-18/34: 64 and 128 channels) lost too: ResNet-18 81.6 -> 77.6 img/s with
-    /// its first stage per image.
+    /// The stem and this many blocks, the first two stages (up to stride 8), run one image
+    /// at a time on the CPU kernels, an image a thread ([`Act::in_chunks`]); the rest on
+    /// the whole batch. ResNet-50's bottleneck blocks there write 256- and 512-channel
+    /// activations of 56x56 and 28x28 pixels: 3.2 and 1.6 MB an image, 51 and 26 MB at
+    /// batch 16, which stream from memory between layers. One image's stay in the cache.
+    /// ResNet-50 at batch 16, `classify bench -n 6`, 6 interleaved rounds on an AMD EPYC
+    /// Zen 4 (2 cores, AVX-512): 25.4 img/s median with the whole batch everywhere, 26.9
+    /// with the first two stages per image; the first stage alone, or two images at a
+    /// time, gained less; every stage per image lost (22.9: the deep layers' GEMMs want
+    /// the rows of the whole batch).
+    ///
+    /// Basic blocks (ResNet-18/34) lost then (ResNet-18 81.6 -> 77.6 img/s with its first
+    /// stage per image), when an image's layers were still split between the cores; since
+    /// each core takes an image of its own, they gain. Intel Xeon (Sapphire Rapids class),
+    /// 2 threads, one binary with an environment switch, interleaved rounds, medians,
+    /// images/s, whole batch -> first two stages per image:
+    /// - AVX-512: ResNet-18 batch 16 121.9 -> 127.6 (4 rounds; 123.1 -> 126.6 with the third
+    ///   stage too), batch 8 116.4 -> 124.1, batch 4 107.1 -> 111.9, batch 2 101.4 ->
+    ///   109.0; ResNet-34 batch 16 69.2 -> 70.6.
+    /// - AVX2 forced: ResNet-18 batch 16 89.0 -> 92.2 (5 rounds).
+    ///
+    /// ResNet-50's third stage per image as well: AVX-512 batch 16 41.2 -> 41.7 (8 rounds,
+    /// within the noise), AVX2 forced 27.2 -> 26.4 (6 rounds): not taken.
     per_image_blocks: usize,
     fc: Classifier,
     /// The instruction set of the pooling kernel.
@@ -220,10 +232,7 @@ impl ResNet {
             }
         }
         let fc = Classifier::load(vb.pp("fc"), cfg.num_features(), num_classes, opts)?;
-        let per_image_blocks = match cfg.block {
-            BlockKind::Basic => 0,
-            BlockKind::Bottleneck => cfg.layers[0] + cfg.layers[1],
-        };
+        let per_image_blocks = cfg.layers[0] + cfg.layers[1];
         Ok(Self {
             stem,
             blocks,
