@@ -14,7 +14,9 @@ a ratio of two medians taken minutes apart measures that state as much as the en
 
 The table shows each engine's median images/s over the rounds, the largest peak RSS (each
 engine's own process), and for each reference the median of the per-round ratios with
-their quartiles. Every burst also goes to a JSON-lines file (its path is printed), with the
+their quartiles. On a CPU with AVX-512 it adds classify with its AVX2 kernels forced and
+OpenVINO with oneDNN held to AVX2, and their ratio: the two engines' AVX2 paths on one
+CPU, the nearest this gives to a machine without AVX-512. Every burst also goes to a JSON-lines file (its path is printed), with the
 round trip of a cache line between CPU 0 and CPU 1 measured just before it by
 bench/pingpong.c (`pingpong_ns`; where a C compiler is found): about 55 ns in the fast state
 of the Zen 4 VM, 330 in the slow one.
@@ -35,6 +37,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABELS = {"pytorch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 SHORT = {"pytorch": "PyTorch", "onnxruntime": "ORT", "openvino": "OpenVINO"}
+# Caps oneDNN, and so OpenVINO's convolutions, at AVX2 (its fully connected layers run on
+# MLAS, which has no such cap).
+AVX2_ONEDNN = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 class Classify:
@@ -57,13 +62,14 @@ class Classify:
 
 
 class Reference:
-    """A `reference.py --worker` process: loaded and warmed up once, timed on request."""
+    """A `reference.py --worker` process: loaded and warmed up once, timed on request. `env`:
+    variables added to its environment."""
 
-    def __init__(self, a, framework, model, batch, size):
+    def __init__(self, a, framework, model, batch, size, env=None):
         self.proc = subprocess.Popen(
             [a.python, os.path.join(HERE, "reference.py"), "--worker", framework, model, str(batch),
              "--threads", str(a.threads), "--warmup", str(a.warmup), "--input-size", str(size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            env=dict(os.environ, **(env or {})), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"reference worker {framework} {model} batch {batch} failed to start")
 
@@ -109,6 +115,10 @@ def measure(a, model, batch, log):
         engines["classify_avx2"] = Classify(a, model, batch, "avx2")
     for fw in a.frameworks:
         engines[fw] = Reference(a, fw, model, batch, size)
+    if a.avx2 and "openvino" in a.frameworks:
+        # OpenVINO's convolutions (oneDNN) held to AVX2 as well: the like-for-like partner of
+        # classify's AVX2 column on this CPU. ONNX Runtime has no such switch.
+        engines["openvino_avx2"] = Reference(a, "openvino", model, batch, size, AVX2_ONEDNN)
     iters = {}
     for name, e in engines.items():
         r = first.get(name) or e.burst(3)
@@ -178,10 +188,14 @@ def table(a, cases, isa, cpu=None, date=None):
           f"(peak RSS MiB); ratios: median of the per-round ratios [quartiles]\n")
     refs = list(a.frameworks)
     # The AVX2-forced and stock columns only where some case has them.
-    extra = [(n, label) for n, label in [("classify_avx2", "classify, AVX2 forced"), ("stock", "stock candle ops")]
+    extra = [(n, label) for n, label in [("classify_avx2", "classify, AVX2 forced"), ("stock", "stock candle ops"),
+                                         ("openvino_avx2", "OpenVINO, AVX2")]
              if any(runs.get(n) for _, runs in cases)]
+    # The AVX2 pair's ratio, where both ran.
+    pair = [("classify_avx2", "openvino_avx2", "AVX2: classify / OpenVINO")]
+    pair = [p for p in pair if any(runs.get(p[0]) and runs.get(p[1]) for _, runs in cases)]
     head = [f"classify ({isa})"] + [label for _, label in extra] + [LABELS[f] for f in refs]
-    head += [f"classify / {SHORT[f]}" for f in refs]
+    head += [f"classify / {SHORT[f]}" for f in refs] + [label for _, _, label in pair]
     print("| model | batch | " + " | ".join(head) + " |")
     print("|---|---|" + "---|" * len(head))
     for (model, batch), runs in cases:
@@ -190,12 +204,14 @@ def table(a, cases, isa, cpu=None, date=None):
         cell = lambda n: f"{ips(n):.1f} ({rss(n):.0f})" if runs.get(n) else "n/a"
         plain = lambda n: f"{ips(n):.1f}" if runs.get(n) else "n/a"
 
-        def ratio(f):
-            per = [c["images_per_sec"] / r["images_per_sec"] for c, r in zip(runs["classify"], runs[f])]
+        def ratio(f, mine="classify"):
+            if not (runs.get(mine) and runs.get(f)):
+                return "n/a"
+            per = [c["images_per_sec"] / r["images_per_sec"] for c, r in zip(runs[mine], runs[f])]
             q = statistics.quantiles(per, n=4) if len(per) > 1 else per * 3
             return f"{statistics.median(per):.2f} [{q[0]:.2f}-{q[2]:.2f}]"
         cells = [cell("classify")] + [plain(n) for n, _ in extra]
-        cells += [cell(f) for f in refs] + [ratio(f) for f in refs]
+        cells += [cell(f) for f in refs] + [ratio(f) for f in refs] + [ratio(f, c) for c, f, _ in pair]
         done = len(runs["classify"])
         short = f" ({done} of {a.rounds} rounds)" if done < a.rounds else ""
         print(f"| {model}{short} | {batch} | " + " | ".join(cells) + " |")
@@ -214,7 +230,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "densenet121", "tf_efficientnet_lite0"])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--frameworks", nargs="+", default=list(LABELS), choices=list(LABELS))
-    ap.add_argument("--no-avx2", dest="avx2", action="store_false", help="skip classify with AVX2 forced")
+    ap.add_argument("--no-avx2", dest="avx2", action="store_false", help="skip classify with AVX2 forced (and OpenVINO held to AVX2)")
     ap.add_argument("--stock", action="store_true", help="also time candle's stock ops once a case")
     ap.add_argument("--log", help="JSON-lines file for every burst (default: a temporary file)")
     a = ap.parse_args()

@@ -9,11 +9,12 @@
 # BURST seconds (default 2) one after the other, PAUSE seconds (default 1) idle before each;
 # the ratios are medians of the per-round ratios, so that each compares engines measured
 # seconds apart, in the same state of a shared machine. On a CPU with AVX-512, classify is
-# also timed with its AVX2 kernels forced (CLASSIFY_CPU_ISA=avx2), for information: the
-# references still use AVX-512 there.
+# also timed with its AVX2 kernels forced (CLASSIFY_CPU_ISA=avx2), and OpenVINO with oneDNN
+# held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2; ONNX Runtime has no such switch): the two make an
+# AVX2 pair on the same CPU, with its own ratio column.
 # Environment: MODELS (architecture names; torchvision's for resnet/densenet as listed in
 # reference.py, timm's otherwise), FRAMEWORKS (default "pytorch onnxruntime openvino"),
-# BATCHES (default "1 16"), AVX2=0 skips the AVX2-forced column, STOCK=1 adds candle's stock
+# BATCHES (default "1 16"), AVX2=0 skips the AVX2 columns, STOCK=1 adds candle's stock
 # ops (one burst a case), LOG a file for every burst as JSON lines, CLASSIFY_BIN a classify
 # binary built elsewhere (a machine without cargo; default: build target/release).
 set -euo pipefail
