@@ -30,6 +30,24 @@ pub(super) const RESIDUAL_IN_REGISTERS_BELOW: usize = 256;
 /// the residual ([`GemmConv::forward_onto`]).
 pub(super) const RESIDUAL_IN_REGISTERS_BYTES_AVX512: usize = 4 << 20;
 
+/// Output rows a thread from which a convolution whose receptive fields are gathered splits
+/// its rows between threads, each gathering and multiplying its own, rather than its output
+/// channels, each multiplying every row by its part of the weight: the 3x3 stride-2 layers
+/// of ResNet's third stage at batch 1 (196 rows; weights of 1.2 and 2.4 MB). Split by
+/// channels, each thread gathered half the fields and read all of them, half from the other
+/// core's cache; split by rows each reads the whole weight, which the first column block's
+/// row blocks bring into L2 for the rest. Intel Xeon (Sapphire Rapids class, AVX-512), 2
+/// threads, one binary with an environment switch: per-layer timer, two runs each,
+/// ResNet-50's 28x28 256 -> 256 3x3 stride 2 998-1001 -> 863-870 us, ResNet-18's 128 -> 256
+/// 449-450 -> 382-386; whole networks, 6 interleaved rounds, medians, ResNet-18 batch 1
+/// 112.6 -> 115.7 images/s, ResNet-50 37.8 -> 38.1, DenseNet-121 level (54.5, 53.8 over 5);
+/// with the AVX2 kernel forced, ResNet-18 74.0 -> 75.1, ResNet-50 level (24.2, 24.4). Rows
+/// of plain 1x1 convolutions, split the same way, made ResNet-50's 14x14 projections faster
+/// (378 -> 320 us) but the Winograd layers between them slower, and ResNet-18 too (112.6
+/// -> 111.4): they keep their rule. At 49 rows (7x7 at batch 1) each thread's 24 rows fill
+/// two register blocks poorly: ResNet-50 level at 20 rows a thread.
+const GATHERED_ROWS_PER_THREAD: usize = 64;
+
 /// F(4x4, 3x3) tiles per image from which a 3x3 stride-1 convolution takes F(4x4) rather
 /// than F(2x2) (16: a 14x14 output).
 const WINOGRAD4_TILES: usize = 16;
@@ -220,6 +238,9 @@ impl Launch<'_> {
         // Rapids class, AVX-512), 2 threads, Lite0 batch 1, with the depthwise change:
         // `bench/ab.sh`, medians of 8 interleaved rounds, 230.4 -> 248.4 images/s; per-layer
         // timer, 14x14x672 -> 112 152-156 -> 98-102 us.
+        //
+        // Receptive fields to gather are split by rows from [`GATHERED_ROWS_PER_THREAD`]
+        // rows a thread, whatever the weight: see there.
         let small_weight = kk * conv.cout * std::mem::size_of::<f32>() <= SMALL_WEIGHT_BYTES;
         let panels = threads.min(conv.cout / 16).max(1);
         if conv.by_columns() {
@@ -233,6 +254,7 @@ impl Launch<'_> {
             });
         } else if (rows >= 128 * threads && rows >= conv.cout)
             || (small_weight && rows >= 16 * threads)
+            || (!direct && rows >= GATHERED_ROWS_PER_THREAD * threads)
         {
             // Blocks of rows, as many per thread, each gathered, multiplied by a
             // single-threaded GEMM and finished while it is in this core's cache.
