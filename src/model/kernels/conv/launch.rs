@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::winograd::{F2, F4};
 use super::{Algorithm, GemmConv, ROW_BLOCK};
-use crate::model::kernels::gemm::{general_gemm, Finish, Kernel};
+use crate::model::kernels::gemm::{self, general_gemm, Finish, Kernel, Panels};
 use crate::model::kernels::isa::compiled_for;
 use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
 use crate::model::kernels::scratch::with_scratch;
@@ -141,7 +141,10 @@ impl Launch<'_> {
     /// registers. Winograd's output transform and the passes after the general GEMM write
     /// the sums before they add the residual.
     pub(super) fn can_write_over_residual(&self) -> bool {
-        let kernel_adds = |kernel| kernel == Kernel::Avx512 || self.residual_in_registers(kernel);
+        let kernel_adds = |kernel| {
+            (kernel == Kernel::Avx512 && self.fused_residual_matches_pass())
+                || self.residual_in_registers(kernel)
+        };
         self.conv.panels.is_some_and(kernel_adds)
             && self.conv.groups == 1
             && self.algorithm.unwrap_or_else(|| self.choose()) == Algorithm::Gemm
@@ -153,7 +156,16 @@ impl Launch<'_> {
         // The residual is read for the output's rows alone, as many bytes.
         self.conv.cout < RESIDUAL_IN_REGISTERS_BELOW
             || (kernel == Kernel::Avx512
-                && self.output_bytes() <= RESIDUAL_IN_REGISTERS_BYTES_AVX512)
+                && self.output_bytes() <= RESIDUAL_IN_REGISTERS_BYTES_AVX512
+                && self.fused_residual_matches_pass())
+    }
+
+    /// Whether a residual added in registers gives the bits of the pass after the product,
+    /// so that the choice between them may depend on the output's size (and so the batch):
+    /// not where `k` is multiplied in chunks ([`gemm::in_chunks`]), whose first chunk adds
+    /// the residual and last the bias, where the pass adds the bias first.
+    fn fused_residual_matches_pass(&self) -> bool {
+        !gemm::in_chunks(self.conv.k * self.conv.k * self.conv.cin_g())
     }
 
     /// Bytes of the whole output, all images.
@@ -556,12 +568,11 @@ impl Launch<'_> {
         let conv = self.conv;
         // SAFETY: the caller guarantees `dst` holds `len` rows.
         let base = unsafe { dst.add(chans.start) };
-        let (weight, w_rs) = conv.weight_from(chans.start);
+        let (weight, col) = conv.group_weight(chans.start);
         if let Some(kernel) = conv.panels {
             // Every split of the channels is a whole number of panels.
-            debug_assert!((chans.start % conv.cout_g()).is_multiple_of(kernel.width()));
-            // Channel `chans.start` begins a panel of the packed weight.
-            let w = weight.as_ptr();
+            debug_assert!(col.is_multiple_of(kernel.width()));
+            let w = Panels::new(weight, conv.cout_g()).columns_from(col);
             let (n, k) = (chans.len(), lhs.k);
             // Bias, residual and activation in registers, so the output is written once. But
             // a wide residual (cold, from an earlier layer, rows of thousands of bytes) streams
@@ -605,7 +616,7 @@ impl Launch<'_> {
             }
         } else {
             // Column `chans.start` of the row-major weight.
-            let w = weight.as_ptr();
+            let (w, w_rs) = (weight[col..].as_ptr(), conv.cout_g());
             let (x, x_rs, n) = (lhs.ptr.0, lhs.row_stride, chans.len());
             // SAFETY: as the panel call above.
             unsafe { general_gemm(len, n, lhs.k, x, x_rs, w, w_rs, base, out_stride, threads) };

@@ -187,17 +187,12 @@ impl GemmConv {
         self.cout / self.groups
     }
 
-    /// The packed weight from output channel `c0` on (within one group), and the row stride
-    /// of the row-major layout.
-    fn weight_from(&self, c0: usize) -> (&[f32], usize) {
+    /// The weight of the group output channel `c0` is in, and `c0`'s column within it.
+    fn group_weight(&self, c0: usize) -> (&[f32], usize) {
         let (cout_g, kk) = (self.cout_g(), self.k * self.k * self.cin_g());
         let (g, local) = (c0 / cout_g, c0 % cout_g);
-        let group = &self.weight[g * self.weight_len(kk, cout_g)..];
-        match self.panels {
-            // Panel `j` of a group starts at `j * width * kk`: channel `c` at `c * kk`.
-            Some(_) => (&group[local * kk..], cout_g),
-            None => (&group[local..], cout_g),
-        }
+        let len = self.weight_len(kk, cout_g);
+        (&self.weight[g * len..][..len], local)
     }
 
     /// Values of a `k x n` weight as this convolution stores it: [`Kernel::packed_len`] in

@@ -45,6 +45,11 @@ fn gemm_conv_matches_candle_at(isa: Isa) {
         // An output and a residual of 1 MiB each: the AVX-512 kernel fetches each next
         // block's rows ahead (`FETCH_ROWS_FROM_BYTES`), the residual in registers.
         (4, 8, 256, 16, 16, 1, 1, p(0, 0, 0, 0), Activation::Relu),
+        // `k` in chunks (`gemm::k_chunks`): 1170 steps split by channels, 1080 by rows, and
+        // 1100 with 256 channels (the residual in a pass, on AVX-512 too).
+        (1, 130, 32, 7, 7, 3, 2, p(1, 1, 1, 1), Activation::Relu),
+        (9, 120, 48, 10, 10, 3, 2, p(1, 1, 1, 1), Activation::Relu),
+        (2, 1100, 256, 4, 4, 1, 1, p(0, 0, 0, 0), Activation::Relu),
     ] {
         let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
         let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();

@@ -395,7 +395,7 @@ impl Launch<'_> {
             (
                 v.ptr.0.add(p * v.plane),
                 m.ptr.0.add(p * m.plane),
-                &u[p * self.conv.weight_len(cin, cout)..],
+                &u[p * self.conv.weight_len(cin, cout)..][..self.conv.weight_len(cin, cout)],
             )
         };
         if let Some(kernel) = self.conv.panels {
@@ -408,7 +408,7 @@ impl Launch<'_> {
                     cin,
                     v,
                     cin,
-                    u.as_ptr(),
+                    panel::Panels::new(u, cout),
                     m,
                     cout,
                     panel::Finish::NONE,

@@ -348,15 +348,19 @@ impl Kernel {
 
     /// The row-major `k x n` weight (`n` a multiple of 8) as panels of `width` columns, each
     /// `k x width` row-major, one after another; the columns of the last panel past `n`
-    /// are zeros.
+    /// are zeros. A long `k` is stored in the chunks [`k_chunks`] gives, each chunk's rows
+    /// packed so in turn.
     pub fn pack(self, weight: &[f32], k: usize, n: usize) -> Vec<f32> {
         let width = self.width();
         let mut panels = Vec::with_capacity(self.packed_len(k, n));
-        for j in (0..n).step_by(width) {
-            let cols = width.min(n - j);
-            for row in weight.chunks_exact(n).take(k) {
-                panels.extend_from_slice(&row[j..j + cols]);
-                panels.extend(std::iter::repeat_n(0.0, width - cols));
+        for steps in k_chunks(k) {
+            let rows = &weight[steps.start * n..steps.end * n];
+            for j in (0..n).step_by(width) {
+                let cols = width.min(n - j);
+                for row in rows.chunks_exact(n) {
+                    panels.extend_from_slice(&row[j..j + cols]);
+                    panels.extend(std::iter::repeat_n(0.0, width - cols));
+                }
             }
         }
         panels
@@ -366,18 +370,26 @@ impl Kernel {
     pub fn unpack(self, panels: &[f32], k: usize, n: usize) -> Vec<f32> {
         let width = self.width();
         let mut weight = vec![0f32; k * n];
-        for (j, panel) in panels.chunks_exact(k * width).enumerate() {
-            let cols = width.min(n - j * width);
-            for (row, values) in weight.chunks_exact_mut(n).zip(panel.chunks_exact(width)) {
-                row[j * width..j * width + cols].copy_from_slice(&values[..cols]);
+        for steps in k_chunks(k) {
+            let chunk =
+                &panels[self.packed_len(steps.start, n)..][..self.packed_len(steps.len(), n)];
+            let rows = &mut weight[steps.start * n..steps.end * n];
+            for (j, panel) in chunk.chunks_exact(steps.len() * width).enumerate() {
+                let cols = width.min(n - j * width);
+                for (row, values) in rows.chunks_exact_mut(n).zip(panel.chunks_exact(width)) {
+                    row[j * width..j * width + cols].copy_from_slice(&values[..cols]);
+                }
             }
         }
         weight
     }
 
     /// `dst[r][j] = finish(sum_k lhs[r][k] * w[k][j])` for `m` rows and `n` columns (a
-    /// multiple of 8), `w` the [`Kernel::pack`]ed weight from the panel of column 0
-    /// on; rows of `lhs` and `dst` are `lhs_rs` and `dst_rs` values apart.
+    /// multiple of 8) of the [`Kernel::pack`]ed weight `w`, from the column it starts at;
+    /// rows of `lhs` and `dst` are `lhs_rs` and `dst_rs` values apart. A `k` stored in
+    /// chunks ([`k_chunks`]) is multiplied a chunk at a time, each over every row and column
+    /// of the call, each later chunk adding the sums stored before it
+    /// ([`Finish::for_chunk`]).
     ///
     /// # Safety
     /// The CPU must have this kernel's instruction set (it was chosen by
@@ -393,25 +405,101 @@ impl Kernel {
         k: usize,
         lhs: *const f32,
         lhs_rs: usize,
-        w: *const f32,
+        w: Panels,
         dst: *mut f32,
         dst_rs: usize,
         finish: Finish,
     ) {
         debug_assert!(self.isa() <= Isa::best(), "{self:?} on a CPU without it");
-        // SAFETY: the caller guarantees the instruction set and the pointers.
-        unsafe {
-            match self {
-                Kernel::Portable => portable::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => avx2::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 => avx512::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => unreachable!("x86-64 kernels are never chosen elsewhere"),
+        debug_assert!(w.col.is_multiple_of(self.width()) && w.col + n <= w.cols);
+        let mut chunks = k_chunks(k).peekable();
+        while let Some(steps) = chunks.next() {
+            let (first, last) = (steps.start == 0, chunks.peek().is_none());
+            let finish = finish.for_chunk(first, last, dst, dst_rs);
+            let at = self.packed_len(steps.start, w.cols) + w.col * steps.len();
+            let k = steps.len();
+            // SAFETY: the caller guarantees the instruction set and the pointers; chunk
+            // `steps` of column `col` lies `at` values into the packed weight, and the
+            // chunk's steps `steps.start` values into each row of `lhs`.
+            unsafe {
+                let (lhs, w) = (lhs.add(steps.start), w.start.add(at));
+                match self {
+                    Kernel::Portable => {
+                        portable::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => avx2::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => avx512::gemm(m, n, k, lhs, lhs_rs, w, dst, dst_rs, finish),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => unreachable!("x86-64 kernels are never chosen elsewhere"),
+                }
             }
         }
     }
+}
+
+/// Columns `col..` of a [`Kernel::pack`]ed weight of `cols` columns: what [`Kernel::gemm`]
+/// multiplies by.
+#[derive(Clone, Copy)]
+pub(super) struct Panels {
+    start: *const f32,
+    cols: usize,
+    col: usize,
+}
+
+impl Panels {
+    /// Every column of `packed`, a weight of `cols` columns.
+    pub fn new(packed: &[f32], cols: usize) -> Self {
+        Self {
+            start: packed.as_ptr(),
+            cols,
+            col: 0,
+        }
+    }
+
+    /// The same weight from column `col` on (the first of a panel).
+    pub fn columns_from(self, col: usize) -> Self {
+        Self { col, ..self }
+    }
+}
+
+/// The most steps of `k` in a chunk ([`k_chunks`]).
+const CHUNK_STEPS: usize = 512;
+
+/// Whether a `k` is stored and multiplied in more than one chunk ([`k_chunks`]).
+pub(super) fn in_chunks(k: usize) -> bool {
+    k > 2 * CHUNK_STEPS
+}
+
+/// The ranges of `k` a [`Kernel::pack`]ed weight of `k` rows is stored and multiplied in:
+/// all of it up to two chunks' worth of steps, else as few equal chunks as hold at most
+/// [`CHUNK_STEPS`] each. They depend on `k` alone, so an output row gets the same bits in
+/// whatever call, block or thread it is computed.
+///
+/// A register block runs down all of a chunk's steps, the next block down the same steps,
+/// and so on over the call's rows and columns before the next chunk: its rows of the input
+/// and its panels of the weight (512 steps: 32 KB a panel) are read again from L1 and L2
+/// instead of from further. ResNet-50's 3x3 stride-2 layers at batch 1 (`k` = 1152, 2304
+/// and 4608, 49-784 rows) had each of their register blocks run down 4.5-18 KB of each
+/// input row and up to 590 KB of each column block's weight.
+///
+/// Intel Xeon (Sapphire Rapids class), AVX-512, 2 threads, per-layer timer, no chunks ->
+/// chunks (two runs each): ResNet-50 batch 1 14x14 512 -> 512 stride 2 1138-1175 -> 959-961
+/// us, 28x28 256 -> 256 stride 2 805-817 -> 770-772, 56x56 128 -> 128 stride 2 865 -> 836;
+/// whole networks, one binary with an environment switch, medians of 6-8 interleaved
+/// rounds, images/s: ResNet-18 batch 1 107.0 -> 111.6, ResNet-50 batch 1 37.8 -> 38.0,
+/// batch 16 level (43.0, 42.9); Lite0 batch 1 (its 1152-channel 1x1 layers) level (252.1,
+/// 255.7); AVX2 forced, ResNet-50 batch 1 24.1 -> 24.3, ResNet-18 level (75.2, 75.3).
+/// Chunks from `k` = 2048 on (not the 1152-step layers): ResNet-18 batch 1 109.3, AVX2
+/// forced 76.7, ResNet-50 37.8; chunks of 256 steps did no better than of 512.
+fn k_chunks(k: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = if in_chunks(k) {
+        k.div_ceil(CHUNK_STEPS)
+    } else {
+        1
+    };
+    (0..count).map(move |c| k * c / count..k * (c + 1) / count)
 }
 
 /// Rows below which a register block is as slow per step as a block of this many: its
@@ -530,6 +618,22 @@ impl Finish {
         fetch_rows: false,
     };
 
+    /// The finish of one chunk of `k` ([`k_chunks`]) of a product into `dst`: the first
+    /// chunk adds this residual, each later one the sums stored before it (`dst` itself),
+    /// and the last the bias and the activation as well.
+    fn for_chunk(self, first: bool, last: bool, dst: *const f32, dst_rs: usize) -> Self {
+        Self {
+            bias: self.bias.filter(|_| last),
+            residual: if first {
+                self.residual
+            } else {
+                Some((dst, dst_rs))
+            },
+            act: if last { self.act } else { Activation::Identity },
+            fetch_rows: self.fetch_rows,
+        }
+    }
+
     /// The same finish from column `j` on.
     ///
     /// # Safety
@@ -631,7 +735,7 @@ mod tests {
                     let mut dst = vec![f32::NAN; m * n];
                     // SAFETY: a supported kernel; `lhs` holds `m` rows, `dst` `m` rows of `n`.
                     unsafe {
-                        let (l, p, d) = (lhs.as_ptr(), panels.as_ptr(), dst.as_mut_ptr());
+                        let (l, p, d) = (lhs.as_ptr(), Panels::new(&panels, n), dst.as_mut_ptr());
                         kernel.gemm(m, n, k, l, lhs_rs, p, d, n, finish)
                     };
                     dst
@@ -643,6 +747,67 @@ mod tests {
                     assert_eq!(
                         differs, None,
                         "{kernel:?} {a} against {b} rows, n{n} k{k}: the first value that differs"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A `k` in chunks ([`k_chunks`]) gives each output the same bits whatever part of the
+    /// rows and columns a call covers, as the threads of a convolution split them (by rows, or
+    /// by columns from a panel on), with and without a residual.
+    #[test]
+    fn chunks_of_k_give_every_split_the_same_bits() {
+        let value = |i: usize| ((i * 7919) % 31) as f32 * 0.21 - 3.2;
+        let kernels = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512];
+        for kernel in kernels.into_iter().filter(|k| k.isa() <= Isa::best()) {
+            for (m, n, k) in [(29usize, 96usize, 1500usize), (16, 48, 2600)] {
+                assert!(k_chunks(k).count() > 1);
+                let lhs_rs = k + 1;
+                let lhs: Vec<f32> = (0..m * lhs_rs).map(value).collect();
+                let w: Vec<f32> = (0..k * n).map(|i| value(i + 3)).collect();
+                let panels = kernel.pack(&w, k, n);
+                assert_eq!(kernel.unpack(&panels, k, n), w);
+                let bias: Vec<f32> = (0..n).map(|j| value(j + 1)).collect();
+                let residual: Vec<f32> = (0..m * n).map(|i| value(i + 9)).collect();
+                for res in [None, Some((residual.as_ptr(), n))] {
+                    let finish = Finish {
+                        bias: Some(bias.as_ptr()),
+                        residual: res,
+                        act: Activation::Relu,
+                        fetch_rows: false,
+                    };
+                    // Rows `rows`, columns `cols` of the product into `dst` (m x n).
+                    let part = |dst: &mut [f32], rows: std::ops::Range<usize>, c0: usize, c1| {
+                        // SAFETY: a supported kernel; every pointer covers these rows and
+                        // columns (the bias and residual from column `c0`, row `rows.start`).
+                        unsafe {
+                            let f = finish.skip_columns(c0).skip_rows(rows.start);
+                            kernel.gemm(
+                                rows.len(),
+                                c1 - c0,
+                                k,
+                                lhs.as_ptr().add(rows.start * lhs_rs),
+                                lhs_rs,
+                                Panels::new(&panels, n).columns_from(c0),
+                                dst.as_mut_ptr().add(rows.start * n + c0),
+                                n,
+                                f,
+                            )
+                        }
+                    };
+                    let mut whole = vec![f32::NAN; m * n];
+                    part(&mut whole, 0..m, 0, n);
+                    let mut split = vec![f32::NAN; m * n];
+                    let (r, c) = (m / 2 + 1, 2 * kernel.width());
+                    part(&mut split, 0..r, 0, c);
+                    part(&mut split, 0..r, c, n);
+                    part(&mut split, r..m, 0, n);
+                    let differs =
+                        (whole.iter().zip(&split)).position(|(x, y)| x.to_bits() != y.to_bits());
+                    assert_eq!(
+                        differs, None,
+                        "{kernel:?} {m}x{n}x{k}: the first that differs"
                     );
                 }
             }
@@ -705,6 +870,9 @@ mod tests {
             // 8 + 3), over chunks of `k` and a last half-full panel.
             (16, 264, 520),
             (11, 264, 520),
+            // `k` in chunks ([`k_chunks`]): 3 of 366-367 steps, 5 of 409-410.
+            (30, 48, 1100),
+            (13, 64, 2049),
         ] {
             // Every kernel takes multiples of 8; AVX-512's last panel is then half full
             // (n = 8, 24, 40).
@@ -716,11 +884,12 @@ mod tests {
             let lhs: Vec<f32> = (0..m * lhs_rs).map(value).collect();
             let w: Vec<f32> = (0..k * n).map(|i| value(i + 11)).collect();
             let panels = kernel.pack(&w, k, n);
+            let chunked = k_chunks(k).count() > 1;
             assert_eq!(panels.len(), kernel.packed_len(k, n));
             assert_eq!(kernel.unpack(&panels, k, n), w);
             let mut dst = vec![f32::NAN; m * dst_rs];
             // SAFETY: the kernel came from a supported level; every pointer covers the rows.
-            let (lhs_p, w_p) = (lhs.as_ptr(), panels.as_ptr());
+            let (lhs_p, w_p) = (lhs.as_ptr(), Panels::new(&panels, n));
             unsafe {
                 kernel.gemm(
                     m,
@@ -778,7 +947,20 @@ mod tests {
                 for j in 0..n {
                     let plain = dst[r * dst_rs + j];
                     let expect = ((plain + bias[j]) + residual[r * res_rs + j]).clamp(0.0, 6.0);
-                    assert_eq!(finished[r * n + j], expect, "finished [{r}][{j}]");
+                    let got = finished[r * n + j];
+                    if chunked {
+                        // The first chunk adds the residual, the last the bias: a few more
+                        // roundings, none larger than f32's epsilon of the products' sum of
+                        // magnitudes.
+                        let magnitude: f32 = (0..k)
+                            .map(|i| (lhs[r * lhs_rs + i] * w[i * n + j]).abs())
+                            .sum();
+                        let scale = magnitude + bias[j].abs() + residual[r * res_rs + j].abs();
+                        let tol = (k_chunks(k).count() + 2) as f32 * f32::EPSILON * scale;
+                        assert!((got - expect).abs() <= tol, "finished [{r}][{j}]: {got}");
+                    } else {
+                        assert_eq!(got, expect, "finished [{r}][{j}]");
+                    }
                 }
             }
         }
