@@ -13,7 +13,7 @@
 //! - [`fused`]: a dense convolution and the depthwise one after it, a strip of rows at a
 //!   time (the expanded activation between them stays in L2).
 //! - [`excite`]: squeeze-excite (channel means, two small layers, a gate, a scaling pass).
-//! - [`linear`]: the classifier head (`nn.Linear`), batch-independent dot products.
+//! - [`linear`]: the classifier head (`nn.Linear`) on the GEMM micro-kernels.
 //! - [`math`]: the element-wise activations (SiLU, GELU, hard-swish) and gates, per ISA.
 //! - [`norm`]: LayerNorm over each pixel's channels, ConvNeXt V2's response norm.
 //! - [`pool`]: max, average and global average pooling.
