@@ -75,7 +75,7 @@ impl SqueezeExcite {
                 .zip(self.reduce_w.chunks_exact(x.c))
                 .zip(&self.reduce_b)
             {
-                *h = b + math::dots(mean, [w])[0];
+                *h = b + math::dot(mean, w);
             }
             self.act.apply(&mut hidden, self.isa);
             for ((o, w), &b) in out
@@ -83,7 +83,7 @@ impl SqueezeExcite {
                 .zip(self.expand_w.chunks_exact(self.reduced))
                 .zip(&self.expand_b)
             {
-                *o = b + math::dots(&hidden, [w])[0];
+                *o = b + math::dot(&hidden, w);
             }
             math::gate(self.gate, out, self.isa);
         }

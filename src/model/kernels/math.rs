@@ -112,29 +112,25 @@ fn gate_generic(gate: Gate, xs: &mut [f32]) {
     }
 }
 
-/// `R` dot products of `x` with the rows `w` (each as long as `x`), computed together so
-/// that they share each load of `x`. Each is summed in one fixed order whatever `R` and the
-/// instruction set: eight interleaved partial sums (so the loop vectorises without
-/// reordering anything a compiler may not reorder) added in order, plus the tail's sum.
+/// The dot product of `x` and `w` (at least as long as `x`), summed in one fixed order
+/// whatever the instruction set: eight interleaved partial sums (so the loop vectorises
+/// without reordering anything a compiler may not reorder) added in order, plus the tail's
+/// sum.
 #[inline(always)]
-pub fn dots<const R: usize>(x: &[f32], w: [&[f32]; R]) -> [f32; R] {
+pub fn dot(x: &[f32], w: &[f32]) -> f32 {
     const LANES: usize = 8;
     let len = x.len() / LANES * LANES;
-    let w = w.map(|w| &w[..x.len()]);
-    let mut acc = [[0f32; LANES]; R];
+    let w = &w[..x.len()];
+    let mut acc = [0f32; LANES];
     for c in (0..len).step_by(LANES) {
         let xs: &[f32; LANES] = x[c..c + LANES].try_into().expect("LANES values");
-        for (acc, w) in acc.iter_mut().zip(&w) {
-            let ws: &[f32; LANES] = w[c..c + LANES].try_into().expect("LANES values");
-            for l in 0..LANES {
-                acc[l] += xs[l] * ws[l];
-            }
+        let ws: &[f32; LANES] = w[c..c + LANES].try_into().expect("LANES values");
+        for l in 0..LANES {
+            acc[l] += xs[l] * ws[l];
         }
     }
-    std::array::from_fn(|r| {
-        let tail: f32 = x[len..].iter().zip(&w[r][len..]).map(|(x, w)| x * w).sum();
-        acc[r].iter().sum::<f32>() + tail
-    })
+    let tail: f32 = x[len..].iter().zip(&w[len..]).map(|(x, w)| x * w).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The gate of a squeeze-excite block.
