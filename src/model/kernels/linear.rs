@@ -14,6 +14,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{Finish, Kernel, Panels};
+use super::par::panel_parts;
 use super::{to_host, Isa};
 
 /// A fully connected layer, its weight packed for a panel kernel.
@@ -84,13 +85,10 @@ impl Linear {
             return Ok((0..n).flat_map(|_| self.bias[..outputs].to_vec()).collect());
         }
         // Whole panels a thread.
-        let width = self.kernel.width();
-        let parts = rayon::current_num_threads().min(columns.div_ceil(width));
-        let part = columns.div_ceil(parts).next_multiple_of(width);
-        let pieces: Vec<(usize, Vec<f32>)> = (0..columns.div_ceil(part))
+        let parts = panel_parts(columns, rayon::current_num_threads(), self.kernel.width());
+        let pieces: Vec<(usize, Vec<f32>)> = parts
             .into_par_iter()
-            .map(|p| {
-                let cols = p * part..((p + 1) * part).min(columns);
+            .map(|cols| {
                 let mut dst = vec![0f32; n * cols.len()];
                 let finish = Finish {
                     bias: Some(self.bias[cols.start..].as_ptr()),

@@ -3,6 +3,8 @@
 //! wrapped pointer is only used, as its users document, to read data that outlives the
 //! parallel section or to write regions no other thread writes.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 /// Run `f(start, len)` in parallel over `0..total` cut into ranges of about `block` (at
@@ -18,6 +20,20 @@ pub(super) fn par_blocks(total: usize, block: usize, f: impl Fn(usize, usize) + 
             f(start, len);
         }
     });
+}
+
+/// `0..columns` cut into at most `parts` ranges of whole panels of `width` columns (the last
+/// range may end inside one), in order, none empty: how output channels are split between
+/// threads so that each range begins a panel of the packed weight.
+pub(super) fn panel_parts(columns: usize, parts: usize, width: usize) -> Vec<Range<usize>> {
+    let part = columns
+        .div_ceil(parts.max(1))
+        .next_multiple_of(width)
+        .max(1);
+    (0..columns)
+        .step_by(part)
+        .map(|start| start..(start + part).min(columns))
+        .collect()
 }
 
 /// A read-only pointer shared by threads (the left-hand matrix of a GEMM).
@@ -75,4 +91,37 @@ pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         done.store(true, Ordering::Release);
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panel_parts_cover_the_columns_in_whole_panels() {
+        for columns in [0, 1, 8, 15, 16, 24, 1000, 1008] {
+            for parts in [1, 2, 3, 7, 200] {
+                for width in [8, 16] {
+                    let split = panel_parts(columns, parts, width);
+                    let case = format!("{columns} columns, {parts} parts of {width}: {split:?}");
+                    assert!(split.len() <= parts, "{case}");
+                    assert!(split.iter().all(|r| !r.is_empty()), "{case}");
+                    assert!(split.iter().all(|r| r.start % width == 0), "{case}");
+                    let ends: Vec<usize> = split.iter().map(|r| r.end).collect();
+                    let starts: Vec<usize> = split.iter().map(|r| r.start).collect();
+                    assert_eq!(starts.first().copied().unwrap_or(0), 0, "{case}");
+                    assert_eq!(ends.last().copied().unwrap_or(0), columns, "{case}");
+                    assert_eq!(
+                        &starts[1.min(starts.len())..],
+                        &ends[..ends.len().saturating_sub(1)],
+                        "{case}"
+                    );
+                    // More than one panel is never left to one thread.
+                    if parts >= 2 && columns > width {
+                        assert!(split.len() >= 2, "{case}");
+                    }
+                }
+            }
+        }
+    }
 }

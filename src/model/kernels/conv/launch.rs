@@ -8,7 +8,7 @@ use super::winograd::{F2, F4};
 use super::{Algorithm, GemmConv, ROW_BLOCK};
 use crate::model::kernels::gemm::{self, general_gemm, Finish, Kernel, Panels};
 use crate::model::kernels::isa::compiled_for;
-use crate::model::kernels::par::{par_blocks, ReadPtr, SendPtr};
+use crate::model::kernels::par::{panel_parts, par_blocks, ReadPtr, SendPtr};
 use crate::model::kernels::scratch::with_scratch;
 use crate::model::kernels::{Activation, Pad2d, Prologue, View};
 
@@ -285,16 +285,10 @@ impl Launch<'_> {
                     unsafe { self.tile(lhs, dst.get(), out_stride, 0, rows, 0..conv.cout, par) }
                     return;
                 }
-                let width = conv
-                    .cout
-                    .div_ceil(panels)
-                    .next_multiple_of(conv.panel_width());
-                (0..panels).into_par_iter().for_each(|p| {
-                    let chans = (p * width).min(conv.cout)..((p + 1) * width).min(conv.cout);
-                    if !chans.is_empty() {
-                        // SAFETY: panels are disjoint channel ranges of the output.
-                        unsafe { self.tile(lhs, dst.get(), out_stride, 0, rows, chans, None) }
-                    }
+                let parts = panel_parts(conv.cout, panels, conv.panel_width());
+                parts.into_par_iter().for_each(|chans| {
+                    // SAFETY: the parts are disjoint channel ranges of the output.
+                    unsafe { self.tile(lhs, dst.get(), out_stride, 0, rows, chans, None) }
                 });
             };
             if direct {
