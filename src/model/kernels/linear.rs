@@ -14,7 +14,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{Finish, Kernel, Panels};
-use super::par::panel_parts;
+use super::par::{panel_parts, SendPtr};
 use super::{to_host, Isa};
 
 /// A fully connected layer, its weight packed for a panel kernel.
@@ -84,39 +84,42 @@ impl Linear {
         if inputs == 0 {
             return Ok((0..n).flat_map(|_| self.bias[..outputs].to_vec()).collect());
         }
-        // Whole panels a thread.
+        // Whole panels a thread, each writing its columns of every image's row of `scores`
+        // (`columns` wide; the classes past `outputs` are dropped after).
+        let mut scores = vec![0f32; n * columns];
+        let dst = SendPtr(scores.as_mut_ptr());
         let parts = panel_parts(columns, rayon::current_num_threads(), self.kernel.width());
-        let pieces: Vec<(usize, Vec<f32>)> = parts
-            .into_par_iter()
-            .map(|cols| {
-                let mut dst = vec![0f32; n * cols.len()];
-                let finish = Finish {
-                    bias: Some(self.bias[cols.start..].as_ptr()),
-                    ..Finish::NONE
-                };
-                let w = Panels::new(&self.weight, columns).columns_from(cols.start);
-                // SAFETY: the kernel was chosen at load from a level this CPU has; `x` holds
-                // `n` rows of `inputs` values, `dst` `n` rows of the part's columns, the bias
-                // every column from `cols.start` on, and `cols.start` begins a panel.
-                unsafe {
-                    let (x, d) = (x.as_ptr(), dst.as_mut_ptr());
-                    self.kernel
-                        .gemm(n, cols.len(), inputs, x, inputs, w, d, cols.len(), finish)
-                };
-                (cols.start, dst)
-            })
-            .collect();
-        // Each part's classes (those below `outputs`) into every image's row.
-        let mut scores = vec![0f32; n * outputs];
-        for (c0, piece) in pieces.into_iter().filter(|&(c0, _)| c0 < outputs) {
-            let len = piece.len() / n;
-            let kept = len.min(outputs - c0);
-            for (row, values) in scores
-                .chunks_exact_mut(outputs)
-                .zip(piece.chunks_exact(len))
-            {
-                row[c0..c0 + kept].copy_from_slice(&values[..kept]);
-            }
+        parts.into_par_iter().for_each(|cols| {
+            let finish = Finish {
+                bias: Some(self.bias[cols.start..].as_ptr()),
+                ..Finish::NONE
+            };
+            let w = Panels::new(&self.weight, columns).columns_from(cols.start);
+            // SAFETY: the kernel was chosen at load from a level this CPU has; `x` holds `n`
+            // rows of `inputs` values, `scores` `n` rows of `columns` values of which this
+            // part alone writes `cols`, the bias covers every column from `cols.start` on,
+            // and `cols.start` begins a panel.
+            unsafe {
+                let d = dst.get().add(cols.start);
+                self.kernel.gemm(
+                    n,
+                    cols.len(),
+                    inputs,
+                    x.as_ptr(),
+                    inputs,
+                    w,
+                    d,
+                    columns,
+                    finish,
+                )
+            };
+        });
+        if columns != outputs {
+            scores = scores
+                .chunks_exact(columns)
+                .flat_map(|row| &row[..outputs])
+                .copied()
+                .collect();
         }
         Ok(scores)
     }
