@@ -22,13 +22,15 @@ Examples:
   classify serve --port 5000
 
 Exit codes: 0 all inputs classified, 1 some inputs failed (each reported), 2 usage or model error.
-Environment: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, RUST_LOG, NO_COLOR.";
+Environment: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, CLASSIFY_MODEL,
+  RUST_LOG, NO_COLOR, RAYON_NUM_THREADS, CLASSIFY_API_KEYS (serve), CLASSIFY_CPU_ISA
+  (README.md, Environment, says what each does).";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "classify",
     version,
-    about = "Classify images with ImageNet models (ResNet, DenseNet, EfficientNet-Lite), matching PyTorch's predictions",
+    about = "Classify images with timm's ImageNet models (ResNet, DenseNet, EfficientNet, MobileNet, ConvNeXt, RegNetY, ViT, DeiT, RepVGG), matching PyTorch's predictions",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     arg_required_else_help = true,
@@ -570,6 +572,58 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    const README: &str = include_str!("../README.md");
+
+    /// Every long flag of every subcommand, as `(subcommand, --flag)`.
+    fn long_flags(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        for arg in cmd.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                if long != "help" && long != "version" {
+                    out.push((path.to_string(), format!("--{long}")));
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            long_flags(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn readme_documents_every_flag() {
+        let mut flags = Vec::new();
+        long_flags(&Cli::command(), "classify", &mut flags);
+        assert!(flags.len() > 40, "{flags:?}");
+        let missing: Vec<_> = flags
+            .iter()
+            .filter(|(_, flag)| {
+                // In a table cell or an example: `--flag`, `--flag VALUE`, `-x, --flag`.
+                ![format!("{flag}`"), format!("{flag} "), format!("{flag}=")]
+                    .iter()
+                    .any(|f| README.contains(f.as_str()))
+            })
+            .collect();
+        assert!(missing.is_empty(), "README.md never names {missing:?}");
+    }
+
+    #[test]
+    fn help_names_every_variable_the_readme_lists() {
+        let table = README
+            .split("### Environment")
+            .nth(1)
+            .and_then(|rest| rest.split("\n#").next())
+            .expect("README.md has an Environment section");
+        let variables: Vec<&str> = table
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split(['`', '=']).next())
+            .collect();
+        assert!(variables.len() >= 10, "{variables:?}");
+        let missing: Vec<_> = variables
+            .iter()
+            .filter(|v| !AFTER_HELP.contains(*v))
+            .collect();
+        assert!(missing.is_empty(), "--help does not name {missing:?}");
     }
 
     #[test]
