@@ -25,7 +25,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let hub = HubOptions::from_env();
     match cli.command {
         Some(Command::Models { json }) => {
-            classify::app::list_models(&mut std::io::stdout().lock(), &hub, json)?;
+            to_stdout(|out| classify::app::list_models(out, &hub, json))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve(args)) => {
@@ -40,20 +40,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Bench(args)) => {
             set_threads(args.threads);
             let report = classify::bench::run(&args.settings()?)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
+            let text = if args.json {
+                serde_json::to_string(&report)? + "\n"
             } else {
-                print!("{report}");
-            }
+                report.to_string()
+            };
+            to_stdout(|out| out.write_all(text.as_bytes()))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "classify",
-                &mut std::io::stdout(),
-            );
+            // Generated into memory: clap_complete panics where a write fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "classify", &mut script);
+            to_stdout(|out| out.write_all(&script))?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -75,6 +74,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+/// Write a subcommand's output to stdout. A reader that went away (`classify models | head
+/// -1`) is not an error: what it read is whole, and nobody is left to tell (exit 0, as a
+/// classify run does in the same case, `app::classify`). Every other write error is one.
+fn to_stdout(
+    write: impl FnOnce(&mut std::io::StdoutLock) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result,
     }
 }
 

@@ -455,6 +455,46 @@ fn closed_stdout_exits_quietly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Each subcommand that prints, with its stdout a pipe nobody reads (`classify models |
+/// head -1` once head has gone): exit 0, no panic, no error message.
+#[test]
+fn subcommands_exit_quietly_when_stdout_is_closed() {
+    let hub = HubCache::new();
+    let cases: [&[&str]; 4] = [
+        &["models"],
+        &["models", "--json"],
+        &["completions", "bash"],
+        &[
+            "bench",
+            "--model",
+            "resnet18",
+            "--batch-size",
+            "1",
+            "--iterations",
+            "1",
+        ]
+        .as_slice(),
+    ];
+    for args in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = hub
+            .command()
+            .args(args)
+            .args(if args[0] == "bench" {
+                ["--warmup", "0", "--input-size", "64", "--no-stock"].as_slice()
+            } else {
+                &[]
+            })
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn models_and_completions() {
     let hub = HubCache::new();
