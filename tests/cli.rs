@@ -460,35 +460,30 @@ fn closed_stdout_exits_quietly() {
 #[test]
 fn subcommands_exit_quietly_when_stdout_is_closed() {
     let hub = HubCache::new();
+    let bench = [
+        "bench",
+        "--model",
+        "resnet18",
+        "--batch-size",
+        "1",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--input-size",
+        "64",
+        "--no-stock",
+    ];
     let cases: [&[&str]; 4] = [
         &["models"],
         &["models", "--json"],
         &["completions", "bash"],
-        &[
-            "bench",
-            "--model",
-            "resnet18",
-            "--batch-size",
-            "1",
-            "--iterations",
-            "1",
-        ]
-        .as_slice(),
+        &bench,
     ];
     for args in cases {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let out = hub
-            .command()
-            .args(args)
-            .args(if args[0] == "bench" {
-                ["--warmup", "0", "--input-size", "64", "--no-stock"].as_slice()
-            } else {
-                &[]
-            })
-            .stdout(writer)
-            .output()
-            .unwrap();
+        let out = hub.command().args(args).stdout(writer).output().unwrap();
         let err = stderr(&out);
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
         assert!(err.is_empty(), "{args:?}: {err}");
