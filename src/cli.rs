@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    parse_triple, ClassifySettings, DeviceChoice, ModelSettings, OutputFormat, Shard,
+    parse_crop_pct, parse_mean, parse_std, ClassifySettings, DeviceChoice, ModelSettings,
+    OutputFormat, Shard,
 };
 use crate::hub::HubError;
 use crate::preprocess::DEFAULT_MAX_PIXELS;
@@ -111,7 +112,7 @@ pub struct ModelArgs {
 
     /// Fraction of the resized image kept by the center crop: the short side is resized to
     /// floor(input_size / crop_pct) [default: from the model config].
-    #[arg(long, value_name = "F", conflicts_with = "resize_size")]
+    #[arg(long, value_name = "F", conflicts_with = "resize_size", value_parser = parse_crop_pct)]
     pub crop_pct: Option<f64>,
 
     /// Resize the short side to exactly N before cropping (e.g. 255 for the PyTorch Flask tutorial).
@@ -123,11 +124,11 @@ pub struct ModelArgs {
     pub interpolation: Option<InterpolationArg>,
 
     /// Per-channel mean for normalisation, e.g. 0.485,0.456,0.406 [default: from the model config].
-    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    #[arg(long, value_name = "R,G,B", value_parser = parse_mean)]
     pub mean: Option<[f32; 3]>,
 
     /// Per-channel standard deviation for normalisation [default: from the model config].
-    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    #[arg(long, value_name = "R,G,B", value_parser = parse_std)]
     pub std: Option<[f32; 3]>,
 
     /// Where to run the network: cpu, cuda[:N], metal[:N], or auto.
@@ -797,6 +798,13 @@ queue_size = 8
         assert!(err.contains("unknown variant `nearest`"), "{err}");
         let err = bad("models = []\n");
         assert!(err.contains("no models listed"), "{err}");
+        let err = bad("[[models]]\nmodel = \"resnet18\"\nstd = [0.0, 0.0, 0.0]\n");
+        assert!(
+            err.contains("model 1 (`resnet18`): std [0.0, 0.0, 0.0] is not three positive"),
+            "{err}"
+        );
+        let err = bad("[[models]]\nmodel = \"resnet18\"\ncrop_pct = 0.0\n");
+        assert!(err.contains("crop_pct 0 is not a positive number"), "{err}");
         let err = serve(&["--models-file", "/nonexistent/models.toml"]).unwrap_err();
         assert!(
             err.contains("/nonexistent/models.toml: cannot read"),

@@ -171,6 +171,27 @@ pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
         .map_err(|_| format!("expected three comma-separated numbers, got `{s}`"))
 }
 
+/// `--crop-pct`: a positive number.
+pub fn parse_crop_pct(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    crate::preprocess::crop_pct_problem(v).map_or(Ok(v), Err)
+}
+
+/// `--mean R,G,B`: three numbers.
+pub fn parse_mean(s: &str) -> Result<[f32; 3], String> {
+    let v = parse_triple(s)?;
+    crate::preprocess::mean_problem(&v).map_or(Ok(v), Err)
+}
+
+/// `--std R,G,B`: three positive numbers.
+pub fn parse_std(s: &str) -> Result<[f32; 3], String> {
+    let v = parse_triple(s)?;
+    crate::preprocess::std_problem(&v).map_or(Ok(v), Err)
+}
+
 /// `--shard I/N`: the I-th (0-based) of N slices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -303,8 +324,13 @@ impl ModelList {
             check(e.resize_size.map(u64::from), 8, 8192, "resize_size")?;
             check(e.max_batch_size.map(|v| v as u64), 1, 256, "max_batch_size")?;
             check(e.queue_size.map(|v| v as u64), 1, u64::MAX, "queue_size")?;
-            if e.crop_pct.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
-                return Err(at("crop_pct must be a positive number".into()));
+            let problems = [
+                e.crop_pct.and_then(crate::preprocess::crop_pct_problem),
+                e.mean.as_ref().and_then(crate::preprocess::mean_problem),
+                e.std.as_ref().and_then(crate::preprocess::std_problem),
+            ];
+            if let Some(problem) = problems.into_iter().flatten().next() {
+                return Err(at(problem));
             }
             for path in [&mut e.weights, &mut e.labels].into_iter().flatten() {
                 if path.is_relative() {

@@ -82,6 +82,9 @@ fn preprocess_from_config(
         }
     }
     if let Some(p) = pc.crop_pct {
+        if let Some(problem) = preprocess::crop_pct_problem(p) {
+            return Err(EngineError::Config(format!("config.json: {problem}")));
+        }
         crop_pct = p;
     }
     cfg.resize_size = preprocess::resize_size_for(cfg.input_size, crop_pct);
@@ -105,6 +108,8 @@ fn preprocess_from_config(
     if let Some(s) = &pc.std {
         cfg.std = triple(s, "std")?;
     }
+    cfg.check()
+        .map_err(|problem| EngineError::Config(format!("config.json: {problem}")))?;
     Ok((cfg, crop_pct))
 }
 
@@ -125,6 +130,9 @@ impl Engine {
             Network::from_checkpoint(arch, checkpoint, &device, opts)?;
         let (base, crop_pct) = preprocess_from_config(arch, config.as_ref())?;
         let preprocess = settings.preprocess.apply(&base, crop_pct);
+        preprocess
+            .check()
+            .map_err(|problem| EngineError::Config(format!("preprocessing: {problem}")))?;
         let labels = match (
             &settings.labels,
             config.as_ref().and_then(|c| c.label_names.clone()),
@@ -278,5 +286,33 @@ mod tests {
             cfg,
             Arch::from_name("resnet50").unwrap().default_preprocess()
         );
+    }
+
+    /// A config.json whose preprocessing would divide by zero, or ask for an absurd resize,
+    /// is refused with what it asks for, never run.
+    #[test]
+    fn config_preprocessing_that_cannot_work_is_refused() {
+        let arch = Arch::from_name("resnet50").unwrap();
+        for (cfg, says) in [
+            (
+                r#""std": [0.0, 0.0, 0.0]"#,
+                "config.json: std [0.0, 0.0, 0.0]",
+            ),
+            (
+                r#""std": [0.5, -0.5, 0.5]"#,
+                "config.json: std [0.5, -0.5, 0.5]",
+            ),
+            (r#""crop_pct": 0.0"#, "config.json: crop_pct 0 is not"),
+            (r#""crop_pct": -0.9"#, "config.json: crop_pct -0.9 is not"),
+            (r#""crop_pct": 0.01"#, "resized to 22400 pixels"),
+            (r#""crop_pct": 100.0"#, "resized to 2 pixels"),
+        ] {
+            let config: ModelConfig =
+                serde_json::from_str(&format!(r#"{{"pretrained_cfg": {{{cfg}}}}}"#)).unwrap();
+            let err = preprocess_from_config(arch, Some(&config))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{cfg}: {err}");
+        }
     }
 }

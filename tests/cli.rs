@@ -107,6 +107,49 @@ fn readme_first_example_prints_what_the_readme_shows() {
     assert_eq!(printed.lines().collect::<Vec<_>>(), shown, "{command}");
 }
 
+/// Preprocessing flags that would divide by zero or NaN, or resize to an absurd size, are
+/// refused before any image is read (exit 2, the value named), never run into noise or a
+/// panic (`--crop-pct nan` once panicked with "capacity overflow"; `--std 0,0,0` printed
+/// 2.7% matchstick).
+#[test]
+fn preprocessing_that_cannot_work_is_refused() {
+    let weights = common::lite0_pth();
+    for (flag, value, says) in [
+        ("--crop-pct", "nan", "crop_pct NaN is not a positive number"),
+        ("--crop-pct", "0", "crop_pct 0 is not a positive number"),
+        (
+            "--crop-pct",
+            "-0.5",
+            "crop_pct -0.5 is not a positive number",
+        ),
+        (
+            "--std",
+            "0,0,0",
+            "std [0.0, 0.0, 0.0] is not three positive numbers",
+        ),
+        ("--std", "nan,1,1", "is not three positive numbers"),
+        (
+            "--mean",
+            "inf,0,0",
+            "mean [inf, 0.0, 0.0] is not three numbers",
+        ),
+        ("--crop-pct", "0.001", "resized to 224000 pixels"),
+    ] {
+        let out = HubCache::empty()
+            .command()
+            .args(["--model", "tf_efficientnet_lite0", "--weights"])
+            .arg(&weights)
+            .arg(format!("{flag}={value}"))
+            .arg(photo("chelsea.png"))
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(says), "{flag} {value}: {err}");
+        assert!(out.stdout.is_empty() && !err.contains("panicked"), "{err}");
+    }
+}
+
 #[test]
 fn directory_json_matches_pytorch_in_input_order() {
     let hub = HubCache::new();

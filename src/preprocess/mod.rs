@@ -50,6 +50,56 @@ pub fn resize_size_for(input_size: u32, crop_pct: f64) -> u32 {
     (input_size as f64 / crop_pct).floor() as u32
 }
 
+/// The crop sides classify takes (`--input-size`), and the resized short sides
+/// (`--resize-size`, or `input_size / crop_pct`).
+pub const INPUT_SIZES: std::ops::RangeInclusive<u32> = 8..=2048;
+pub const RESIZE_SIZES: std::ops::RangeInclusive<u32> = 8..=8192;
+
+/// Why `crop_pct` cannot be used, if it cannot: it divides the input size.
+pub fn crop_pct_problem(crop_pct: f64) -> Option<String> {
+    (!(crop_pct.is_finite() && crop_pct > 0.0))
+        .then(|| format!("crop_pct {crop_pct} is not a positive number"))
+}
+
+/// Why a normalisation `mean` cannot be used, if it cannot: a value that is not a number.
+pub fn mean_problem(mean: &[f32; 3]) -> Option<String> {
+    mean.iter()
+        .any(|m| !m.is_finite())
+        .then(|| format!("mean {mean:?} is not three numbers"))
+}
+
+/// Why a normalisation `std` cannot be used, if it cannot: it divides, so every value must
+/// be a positive number.
+pub fn std_problem(std: &[f32; 3]) -> Option<String> {
+    (!std.iter().all(|s| s.is_finite() && *s > 0.0))
+        .then(|| format!("std {std:?} is not three positive numbers"))
+}
+
+impl PreprocessConfig {
+    /// Refuse what would turn every image into noise or fail on the first one: a
+    /// normalisation that divides by zero or by NaN, a crop or resize outside the sizes
+    /// classify takes (a `crop_pct` near 0 asks for a short side of millions of pixels).
+    pub fn check(&self) -> Result<(), String> {
+        if !INPUT_SIZES.contains(&self.input_size) {
+            return Err(format!(
+                "input size {} is outside {INPUT_SIZES:?}",
+                self.input_size
+            ));
+        }
+        if !RESIZE_SIZES.contains(&self.resize_size) {
+            return Err(format!(
+                "the short side would be resized to {} pixels (input_size / crop_pct), \
+                 outside {RESIZE_SIZES:?}",
+                self.resize_size
+            ));
+        }
+        match mean_problem(&self.mean).or_else(|| std_problem(&self.std)) {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("empty input (0 bytes)")]
@@ -274,6 +324,28 @@ pub fn preprocess(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_refuses_what_would_be_noise() {
+        let ok = PreprocessConfig::default();
+        assert_eq!(ok.check(), Ok(()));
+        let with = |f: &dyn Fn(&mut PreprocessConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.check().unwrap_err()
+        };
+        assert!(with(&|c| c.std = [0.0; 3]).contains("std [0.0, 0.0, 0.0]"));
+        assert!(with(&|c| c.std[1] = f32::NAN).contains("std"));
+        assert!(with(&|c| c.mean[2] = f32::INFINITY).contains("mean"));
+        assert!(with(&|c| c.resize_size = 0).contains("resized to 0 pixels"));
+        assert!(with(&|c| c.resize_size = 8193).contains("8..=8192"));
+        assert!(with(&|c| c.input_size = 4).contains("input size 4"));
+        assert_eq!(crop_pct_problem(0.875), None);
+        assert_eq!(crop_pct_problem(1.5), None);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(crop_pct_problem(bad).is_some(), "{bad}");
+        }
+    }
 
     #[test]
     fn resized_dims_follow_torchvision() {
