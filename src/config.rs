@@ -116,8 +116,17 @@ impl DeviceChoice {
     /// Open the device this choice names (see [`DeviceChoice::place`]).
     pub fn open(self) -> candle_core::Result<candle_core::Device> {
         use candle_core::Device;
-        let (placement, device) = self.place(Backends::COMPILED, |p| match p {
+        let missing = |gpu: &str, feature: &str| {
+            candle_core::Error::Msg(format!(
+                "this classify was built without {gpu} support (reinstall with `cargo install \
+                 --locked --path . --features {feature}`)"
+            ))
+        };
+        let built = Backends::COMPILED;
+        let (placement, device) = self.place(built, |p| match p {
             Placement::Cpu => Ok(Device::Cpu),
+            Placement::Cuda(_) if !built.cuda => Err(missing("CUDA", "cuda")),
+            Placement::Metal(_) if !built.metal => Err(missing("Metal", "metal")),
             Placement::Cuda(i) => Device::new_cuda(i),
             Placement::Metal(i) => Device::new_metal(i),
         })?;

@@ -1,7 +1,7 @@
 //! The `classify` binary: parse arguments, set up logging, call the library, map the outcome
 //! to an exit code (0 all classified, 1 some inputs failed, 2 usage or model error).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -11,14 +11,24 @@ use classify::hub::HubOptions;
 const EXIT_SOME_FAILED: u8 = 1;
 const EXIT_ERROR: u8 = 2;
 
-fn init_tracing() {
+/// Log lines (warnings by default, `RUST_LOG` for more) on stderr: coloured only on a
+/// terminal and without `NO_COLOR`, so a redirected stderr holds no escape codes; stamped
+/// with the time only under `serve`, whose log runs for days (a one-off command's lines
+/// are read as they come).
+fn init_tracing(timestamps: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_ansi(colour)
+        .with_target(false);
+    if timestamps {
+        fmt.init();
+    } else {
+        fmt.without_time().init();
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -77,6 +87,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `e` and its causes, `: `-separated, leaving out a cause whose text the message already
+/// holds (many errors here say their source in their own text, as `cannot open device: ...`
+/// does, so that they read whole wherever they are printed alone).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text += ": ";
+            }
+            text += &cause;
+        }
+    }
+    text
+}
+
 /// Write a subcommand's output to stdout. A reader that went away (`classify models | head
 /// -1`) is not an error: what it read is whole, and nobody is left to tell (exit 0, as a
 /// classify run does in the same case, `app::classify`). Every other write error is one.
@@ -124,14 +150,15 @@ static ALLOCATOR: classify::allocator::CacheAligned = classify::allocator::Cache
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Some(Command::Serve(_))) {
+    let serve = matches!(cli.command, Some(Command::Serve(_)));
+    if !serve {
         tune_allocator();
     }
-    init_tracing();
+    init_tracing(serve);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "classify: {e:#}");
+            let _ = writeln!(std::io::stderr(), "classify: {}", describe(&e));
             ExitCode::from(EXIT_ERROR)
         }
     }

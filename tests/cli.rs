@@ -150,6 +150,56 @@ fn preprocessing_that_cannot_work_is_refused() {
     }
 }
 
+/// Errors that stop the run read once, whole: each cause said once (the device and file
+/// errors carry their cause in their own text, and the chain printed it a second time), a
+/// GPU this build lacks names the feature to build with, and log lines carry no colour codes
+/// or timestamps when stderr is not a terminal.
+#[test]
+fn fatal_errors_and_warnings_read_cleanly() {
+    let weights = common::lite0_pth();
+    let run = |args: &[&str]| {
+        HubCache::empty()
+            .command()
+            .env_remove("NO_COLOR")
+            .args(["--model", "tf_efficientnet_lite0", "--weights"])
+            .arg(&weights)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut cases = vec![(
+        vec!["--labels", "/nonexistent/labels.txt"],
+        "classify: cannot load the model: cannot read labels file /nonexistent/labels.txt: \
+         No such file or directory (os error 2)\n"
+            .to_string(),
+    )];
+    for (gpu, feature, built) in [
+        ("CUDA", "cuda", cfg!(feature = "cuda")),
+        ("Metal", "metal", cfg!(feature = "metal")),
+    ] {
+        if !built {
+            cases.push((
+                vec!["--device", feature],
+                format!(
+                    "classify: cannot load the model: cannot open device: this classify was \
+                     built without {gpu} support (reinstall with `cargo install --locked --path \
+                     . --features {feature}`)\n"
+                ),
+            ));
+        }
+    }
+    for (args, said) in cases {
+        let out = run(&[args.as_slice(), &[photo("chelsea.png").to_str().unwrap()]].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr(&out), said, "{args:?}");
+    }
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(&[empty.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(stderr(&out), " WARN no images found in the given inputs\n");
+}
+
 #[test]
 fn directory_json_matches_pytorch_in_input_order() {
     let hub = HubCache::new();
