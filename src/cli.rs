@@ -47,6 +47,16 @@ pub struct Cli {
     pub classify: ClassifyArgs,
 }
 
+/// `--host`: an IP address, or `localhost` (127.0.0.1, as Flask and uvicorn take it).
+fn parse_host(s: &str) -> Result<std::net::IpAddr, String> {
+    if s.eq_ignore_ascii_case("localhost") {
+        return Ok(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an IP address (for example 127.0.0.1, 0.0.0.0, ::) or localhost")
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List supported architectures, their default hub repos, and what is cached locally.
@@ -206,8 +216,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Address to bind; use 0.0.0.0 to accept connections from other machines.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address to bind (an IP address, or localhost); use 0.0.0.0 to accept connections from
+    /// other machines.
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_host)]
     pub host: std::net::IpAddr,
 
     /// Port to listen on (0 picks a free one; the address is printed on stderr).
@@ -796,6 +807,13 @@ queue_size = 8
         );
         let err = bad("[[models]]\nmodel = \"resnet18\"\ninterpolation = \"nearest\"\n");
         assert!(err.contains("unknown variant `nearest`"), "{err}");
+        let host = |h: &str| serve(&["--host", h]).map(|s| s.host.to_string());
+        assert_eq!(host("localhost").unwrap(), "127.0.0.1");
+        assert_eq!(host("LOCALHOST").unwrap(), "127.0.0.1");
+        assert_eq!(host("::").unwrap(), "::");
+        assert!(host("example.com")
+            .unwrap_err()
+            .contains("not an IP address"));
         let err = bad("models = []\n");
         assert!(err.contains("no models listed"), "{err}");
         let err = bad("[[models]]\nmodel = \"resnet18\"\nstd = [0.0, 0.0, 0.0]\n");
