@@ -133,19 +133,27 @@ impl Engine {
         preprocess
             .check()
             .map_err(|problem| EngineError::Config(format!("preprocessing: {problem}")))?;
-        let labels = match (
+        let (labels, source) = match (
             &settings.labels,
             config.as_ref().and_then(|c| c.label_names.clone()),
         ) {
-            (Some(path), _) => Labels::from_file(path)?,
-            (None, Some(names)) => Labels::from_config_names(names),
-            (None, None) if num_classes == 1000 => Labels::imagenet(),
-            (None, None) => Labels::from_names(Vec::new()),
+            (Some(path), _) => (
+                Labels::from_file(path)?,
+                format!("labels file {}", path.display()),
+            ),
+            (None, Some(names)) => (
+                Labels::from_config_names(names),
+                "config.json's label_names".to_string(),
+            ),
+            (None, None) => (
+                Labels::default_for(num_classes),
+                "the built-in labels".to_string(),
+            ),
         };
-        if labels.len() != num_classes {
+        if labels.check_count(num_classes, &source)? {
             tracing::warn!(
-                "{} labels for a model with {num_classes} classes; unnamed classes are shown as class_N",
-                labels.len()
+                "{source} does not name all {num_classes} classes of the model; the others \
+                 are shown as class_N"
             );
         }
         Ok(Self {
@@ -174,11 +182,7 @@ impl Engine {
             network,
             num_classes,
             preprocess: arch.default_preprocess(),
-            labels: if num_classes == 1000 {
-                Labels::imagenet()
-            } else {
-                Labels::from_names(Vec::new())
-            },
+            labels: Labels::default_for(num_classes),
             device,
             max_pixels: preprocess::DEFAULT_MAX_PIXELS,
         }

@@ -11,6 +11,10 @@ const IMAGENET: &str = include_str!("imagenet_classes.txt");
 pub struct Labels {
     names: Vec<String>,
     wnids: Vec<Option<String>>,
+    /// Whether each name came with its class index (`index_to_name.json`), or there are
+    /// none: fewer names than classes then leaves classes unnamed. In a list, the index is
+    /// the position, and a count that differs from the model's shifts or mismatches names.
+    indexed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,16 @@ pub enum LabelsError {
     },
     #[error("labels file {path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(
+        "{from} names {names} classes and the model has {classes}: the names would not \
+         line up with the classes{hint}, so they are refused"
+    )]
+    Count {
+        from: String,
+        names: usize,
+        classes: usize,
+        hint: &'static str,
+    },
 }
 
 fn looks_like_wnid(s: &str) -> bool {
@@ -38,12 +52,59 @@ impl Labels {
                 (Some(wnid.to_string()), name.to_string())
             })
             .unzip();
-        Self { names, wnids }
+        Self {
+            names,
+            wnids,
+            indexed: false,
+        }
     }
 
+    /// A list of names, class `i` the `i`-th.
     pub fn from_names(names: Vec<String>) -> Self {
         let wnids = vec![None; names.len()];
-        Self { names, wnids }
+        Self {
+            names,
+            wnids,
+            indexed: false,
+        }
+    }
+
+    /// Names for a model that comes with none: ImageNet's for 1000 classes, else none.
+    pub fn default_for(classes: usize) -> Self {
+        if classes == 1000 {
+            Self::imagenet()
+        } else {
+            Self::unnamed()
+        }
+    }
+
+    /// No names: every class is shown as `class_N`.
+    pub fn unnamed() -> Self {
+        Self {
+            indexed: true,
+            ..Self::from_names(Vec::new())
+        }
+    }
+
+    /// Refuse names that cannot be the model's (`source` says where they came from): a
+    /// list whose length is not the class count, or indices past it. Fewer indexed names
+    /// than classes are fine (the rest are `class_N`); `Ok(true)` says so.
+    pub fn check_count(&self, classes: usize, source: &str) -> Result<bool, LabelsError> {
+        let names = self.len();
+        if names == classes || (self.indexed && names < classes) {
+            return Ok(names < classes);
+        }
+        Err(LabelsError::Count {
+            from: source.to_string(),
+            names,
+            classes,
+            hint: if names == classes + 1 {
+                " (one too many: a list with `background` first, as TensorFlow's 1001-class \
+                 ones have?)"
+            } else {
+                ""
+            },
+        })
     }
 
     /// Labels from a model config's `label_names`. ImageNet-1k WordNet ids (what timm puts
@@ -61,7 +122,11 @@ impl Labels {
         if names.iter().all(|n| looks_like_wnid(n)) {
             // WordNet ids of another label set: keep them as names, and as ids.
             let wnids = names.iter().cloned().map(Some).collect();
-            return Self { names, wnids };
+            return Self {
+                names,
+                wnids,
+                indexed: false,
+            };
         }
         Self::from_names(names)
     }
@@ -116,6 +181,7 @@ impl Labels {
                 _ => Err(format!("expected a name or [\"id\", \"name\"], got {v}")),
             }
         };
+        let indexed = matches!(value, Value::Object(_));
         let entries: Vec<(Option<String>, String)> = match value {
             Value::Array(items) => items.iter().map(entry).collect::<Result<_, _>>()?,
             Value::Object(map) => {
@@ -151,7 +217,11 @@ impl Labels {
             return Err("no labels in file".into());
         }
         let (wnids, names) = entries.into_iter().unzip();
-        Ok(Self { names, wnids })
+        Ok(Self {
+            names,
+            wnids,
+            indexed,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -202,6 +272,34 @@ mod tests {
         assert_eq!(l.name(1), "class_1");
         let l = Labels::parse(r#"{"1": "dog", "0": "cat"}"#).unwrap();
         assert_eq!((l.name(0), l.name(1)), ("cat".into(), "dog".into()));
+    }
+
+    #[test]
+    fn a_count_that_cannot_line_up_is_refused() {
+        let list = |n: usize| Labels::from_names((0..n).map(|i| format!("c{i}")).collect());
+        assert!(!list(1000).check_count(1000, "x").unwrap());
+        // TensorFlow-slim's 1001 names, `background` first: every name one class off.
+        let err = list(1001)
+            .check_count(1000, "labels file l.txt")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "labels file l.txt names 1001 classes and the model has 1000: the names would not \
+             line up with the classes (one too many: a list with `background` first, as \
+             TensorFlow's 1001-class ones have?), so they are refused"
+        );
+        assert!(list(10).check_count(1000, "x").is_err());
+        assert!(Labels::parse(r#"["a", "b"]"#)
+            .unwrap()
+            .check_count(3, "x")
+            .is_err());
+        // Names with their indices may leave classes unnamed, but not name classes past
+        // the model's.
+        let indexed = Labels::parse(r#"{"0": "cat", "2": "dog"}"#).unwrap();
+        assert!(indexed.check_count(5, "x").unwrap());
+        assert!(indexed.check_count(2, "x").is_err());
+        assert!(Labels::default_for(10).check_count(10, "x").unwrap());
+        assert!(!Labels::default_for(1000).check_count(1000, "x").unwrap());
     }
 
     #[test]

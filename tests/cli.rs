@@ -444,6 +444,44 @@ fn labels_files_and_top_k_clamp() {
     assert_eq!(preds[0].label, "line 967");
     let total: f32 = preds.iter().map(|p| p.score).sum();
     assert!((total - 1.0).abs() < 1e-3);
+
+    // A list one longer than the classes (TensorFlow's `background` first) would shift
+    // every name by one: refused. Names given with their indices may leave classes unnamed.
+    let shifted = dir.path().join("tf_labels.txt");
+    std::fs::write(
+        &shifted,
+        std::iter::once("background\n".to_string())
+            .chain((0..1000).map(|i| format!("line {i}\n")))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out = hub
+        .command()
+        .args(["--model", "tf_efficientnet_lite0", "--labels"])
+        .arg(&shifted)
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("names 1001 classes and the model has 1000"),
+        "{}",
+        stderr(&out)
+    );
+    let partial = dir.path().join("partial.json");
+    std::fs::write(&partial, r#"{"967": "coffee"}"#).unwrap();
+    let out = hub
+        .command()
+        .args(["--model", "tf_efficientnet_lite0", "--json", "--labels"])
+        .arg(&partial)
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not name all 1000 classes of the model"));
+    let preds = records(&out).remove(0).predictions.unwrap();
+    assert_eq!(preds[0].label, "coffee");
+    assert!(preds[1].label.starts_with("class_"), "{:?}", preds[1]);
 }
 
 #[test]
