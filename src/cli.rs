@@ -526,6 +526,12 @@ impl ModelArgs {
     }
 }
 
+/// Whether what goes to `stream` may be coloured: it is a terminal, and `NO_COLOR` is not
+/// set (the table on stdout, the log lines on stderr).
+pub fn colour_on(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 impl ClassifyArgs {
     pub fn settings(&self) -> anyhow::Result<ClassifySettings> {
         let color = match self.color {
@@ -533,8 +539,7 @@ impl ClassifyArgs {
             ColorChoice::Never => false,
             ColorChoice::Auto => {
                 self.output.as_ref().is_none_or(|p| p.as_os_str() == "-")
-                    && std::io::stdout().is_terminal()
-                    && std::env::var_os("NO_COLOR").is_none()
+                    && colour_on(&std::io::stdout())
             }
         };
         Ok(ClassifySettings {

@@ -1,7 +1,7 @@
 //! The `classify` binary: parse arguments, set up logging, call the library, map the outcome
 //! to an exit code (0 all classified, 1 some inputs failed, 2 usage or model error).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -18,7 +18,7 @@ const EXIT_ERROR: u8 = 2;
 fn init_tracing(timestamps: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour = classify::cli::colour_on(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
