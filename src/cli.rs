@@ -11,7 +11,7 @@ use crate::config::{
     OutputFormat, Shard,
 };
 use crate::hub::HubError;
-use crate::preprocess::DEFAULT_MAX_PIXELS;
+use crate::preprocess::{DEFAULT_MAX_PIXELS, INPUT_SIZES, RESIZE_SIZES};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -45,6 +45,11 @@ pub struct Cli {
 
     #[command(flatten)]
     pub classify: ClassifyArgs,
+}
+
+/// The sizes classify takes ([`INPUT_SIZES`], [`RESIZE_SIZES`]) as clap's range.
+fn sizes(r: std::ops::RangeInclusive<u32>) -> std::ops::RangeInclusive<i64> {
+    i64::from(*r.start())..=i64::from(*r.end())
 }
 
 /// `--host`: an IP address, or `localhost` (127.0.0.1, as Flask and uvicorn take it).
@@ -117,7 +122,7 @@ pub struct ModelArgs {
     pub labels: Option<PathBuf>,
 
     /// Side of the square crop fed to the network [default: from the model config].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(8..=2048))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(sizes(INPUT_SIZES)))]
     pub input_size: Option<u32>,
 
     /// Fraction of the resized image kept by the center crop: the short side is resized to
@@ -126,7 +131,7 @@ pub struct ModelArgs {
     pub crop_pct: Option<f64>,
 
     /// Resize the short side to exactly N before cropping (e.g. 255 for the PyTorch Flask tutorial).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(8..=8192))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(sizes(RESIZE_SIZES)))]
     pub resize_size: Option<u32>,
 
     /// Resampling filter (PIL-style, antialiased) [default: from the model config].

@@ -323,16 +323,25 @@ impl ModelList {
                     )));
                 }
             }
-            let check = |v: Option<u64>, lo: u64, hi: u64, key: &str| match v {
+            let check = |v: Option<u64>, (lo, hi): (u64, u64), key: &str| match v {
                 Some(v) if !(lo..=hi).contains(&v) => {
                     Err(at(format!("{key} = {v} is outside {lo}..={hi}")))
                 }
                 _ => Ok(()),
             };
-            check(e.input_size.map(u64::from), 8, 2048, "input_size")?;
-            check(e.resize_size.map(u64::from), 8, 8192, "resize_size")?;
-            check(e.max_batch_size.map(|v| v as u64), 1, 256, "max_batch_size")?;
-            check(e.queue_size.map(|v| v as u64), 1, u64::MAX, "queue_size")?;
+            // The flags' ranges (`--input-size`, `--resize-size`).
+            let sizes =
+                |r: std::ops::RangeInclusive<u32>| (u64::from(*r.start()), u64::from(*r.end()));
+            let input = sizes(crate::preprocess::INPUT_SIZES);
+            check(e.input_size.map(u64::from), input, "input_size")?;
+            let resize = sizes(crate::preprocess::RESIZE_SIZES);
+            check(e.resize_size.map(u64::from), resize, "resize_size")?;
+            check(
+                e.max_batch_size.map(|v| v as u64),
+                (1, 256),
+                "max_batch_size",
+            )?;
+            check(e.queue_size.map(|v| v as u64), (1, u64::MAX), "queue_size")?;
             let problems = [
                 e.crop_pct.and_then(crate::preprocess::crop_pct_problem),
                 e.mean.as_ref().and_then(crate::preprocess::mean_problem),
