@@ -122,9 +122,12 @@ pub enum DecodeError {
     Image(#[from] image::ImageError),
 }
 
-/// Decode an image to 8-bit RGB with EXIF orientation applied. Greyscale is replicated,
-/// alpha is dropped (as PIL's `convert("RGB")` does), 16-bit is scaled to 8-bit, palettes
-/// are expanded; GIFs give their first frame.
+/// Decode an image to 8-bit RGB with EXIF orientation applied, as PIL's `open` then
+/// `convert("RGB")` do: greyscale is replicated, alpha is dropped (not composited),
+/// palettes are expanded, 16-bit samples keep their high byte, CMYK JPEGs are converted
+/// with PIL's formula; GIFs give their first frame. One deliberate difference: PIL clips a
+/// 16-bit greyscale image (its mode `I;16`) to 255, which turns most of it white; here it
+/// keeps its high byte like 16-bit colour does.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
@@ -170,7 +173,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
-    Ok(img.into_rgb8())
+    Ok(rgb8_like_pil(img))
 }
 
 /// HEIC/AVIF files (ISO media with an image brand): named, so the error is useful.
@@ -213,30 +216,81 @@ pub fn jpeg_simd() -> bool {
 }
 
 /// Decode a JPEG with libjpeg-turbo's algorithms (islow IDCT, fancy upsampling), which is
-/// what PIL uses, so decoded pixels are identical to torchvision's. `None` for what this
-/// path does not handle (CMYK/YCCK, corrupt data): the caller falls back to the `image`
-/// crate, which reports errors properly.
+/// what PIL uses, so decoded pixels are identical to torchvision's; CMYK and YCCK as PIL
+/// converts them. `None` for what this path does not handle (other colour spaces, corrupt
+/// data): the caller falls back to the `image` crate, which reports errors properly.
 fn decode_jpeg_like_pil(bytes: &[u8], width: u32, height: u32) -> Option<RgbImage> {
     use mozjpeg::ColorSpace;
     // libjpeg reports fatal errors by unwinding out of the C code; catch that here.
     std::panic::catch_unwind(|| {
         let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
-        if !matches!(
-            d.color_space(),
-            ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB
-        ) {
-            return None;
-        }
-        let mut started = d.rgb().ok()?;
+        let cmyk = match d.color_space() {
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB => false,
+            // libjpeg turns YCCK into CMYK itself, as it does for PIL.
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => true,
+            _ => return None,
+        };
+        let mut started = if cmyk {
+            d.to_colorspace(ColorSpace::JCS_CMYK).ok()?
+        } else {
+            d.rgb().ok()?
+        };
         if (started.width(), started.height()) != (width as usize, height as usize) {
             return None;
         }
-        let pixels = started.read_scanlines::<u8>().ok()?;
+        let mut pixels = started.read_scanlines::<u8>().ok()?;
         started.finish().ok()?;
+        if cmyk {
+            pixels = pixels
+                .chunks_exact(4)
+                .flat_map(cmyk_to_rgb_like_pil)
+                .collect();
+        }
         RgbImage::from_raw(width, height, pixels)
     })
     .ok()
     .flatten()
+}
+
+/// 8-bit RGB from any decoded image. 16-bit samples keep their high byte, as PIL reads
+/// 16-bit PNG and TIFF; `image`'s own conversion rounds (`v / 257`), one level above PIL's
+/// for a sample whose low byte is far from its high byte.
+fn rgb8_like_pil(img: DynamicImage) -> RgbImage {
+    fn high_bytes(width: u32, height: u32, samples: &[u16], channels: usize) -> RgbImage {
+        let rgb = samples
+            .chunks_exact(channels)
+            .flat_map(|p| {
+                let high = |c: usize| (p[c] >> 8) as u8;
+                if channels >= 3 {
+                    [high(0), high(1), high(2)]
+                } else {
+                    [high(0); 3]
+                }
+            })
+            .collect();
+        RgbImage::from_raw(width, height, rgb).expect("one RGB pixel per decoded pixel")
+    }
+    let (width, height) = (img.width(), img.height());
+    match img {
+        DynamicImage::ImageLuma16(i) => high_bytes(width, height, i.as_raw(), 1),
+        DynamicImage::ImageLumaA16(i) => high_bytes(width, height, i.as_raw(), 2),
+        DynamicImage::ImageRgb16(i) => high_bytes(width, height, i.as_raw(), 3),
+        DynamicImage::ImageRgba16(i) => high_bytes(width, height, i.as_raw(), 4),
+        other => other.into_rgb8(),
+    }
+}
+
+/// PIL's conversion of a JPEG's CMYK samples, as libjpeg hands them over: PIL takes them as
+/// Adobe's inverted CMYK (its raw mode `CMYK;I`, for every 4-channel JPEG), then
+/// `cmyk2rgb`: each channel is `(255 - k) - (c * (255 - k)) / 255`, rounded as PIL does.
+fn cmyk_to_rgb_like_pil(raw: &[u8]) -> [u8; 3] {
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let inverted = |i: usize| 255 - i32::from(raw[i]);
+    let nk = 255 - inverted(3);
+    [0, 1, 2].map(|c| (nk - muldiv255(inverted(c), nk)).clamp(0, 255) as u8)
 }
 
 /// torchvision's `Resize(int)` output size: short side to `size`, long side truncated.
@@ -405,6 +459,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(normalize(&img, &cfg), vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn sixteen_bit_grey_keeps_its_high_byte() {
+        // PIL would clip these to 255 (white) but for the first row; the high byte is what
+        // any viewer shows, and what PIL keeps for 16-bit colour (tests/preprocess.rs).
+        let samples: Vec<u16> = (0..64u16).map(|i| i * 1031 + 255 - i).collect();
+        let grey = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(8, 8, samples.clone());
+        let mut png = Cursor::new(Vec::new());
+        DynamicImage::ImageLuma16(grey.unwrap())
+            .write_to(&mut png, image::ImageFormat::Png)
+            .unwrap();
+        let rgb = decode_rgb(png.get_ref(), DEFAULT_MAX_PIXELS).unwrap();
+        let want: Vec<u8> = samples.iter().flat_map(|&v| [(v >> 8) as u8; 3]).collect();
+        assert_eq!(rgb.as_raw(), &want);
     }
 
     #[test]
