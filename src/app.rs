@@ -120,7 +120,7 @@ pub fn classify(settings: &ClassifySettings, hub: &HubOptions) -> anyhow::Result
     };
     let mut summary = RunSummary::default();
     let mut in_shard = pipeline::shard_filter(settings.shard);
-    let inputs = pipeline::expand_inputs(&settings.inputs, settings.recursive, |input| {
+    let inputs = pipeline::expand_inputs(&settings.inputs, settings.walk, |input| {
         in_shard(input)
             && match recorded.take(&input.name) {
                 Some(failed) => {

@@ -203,6 +203,11 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub no_recursive: bool,
 
+    /// In directories, also take files and subdirectories whose name starts with a dot
+    /// (skipped by default: macOS `._NAME` files, thumbnail caches).
+    #[arg(long)]
+    pub hidden: bool,
+
     /// Process only the I-th (0-based) of N deterministic slices of the inputs.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
@@ -550,7 +555,10 @@ impl ClassifyArgs {
         Ok(ClassifySettings {
             model: self.model.model_settings()?,
             inputs: self.inputs.clone(),
-            recursive: !self.no_recursive,
+            walk: crate::pipeline::Walk {
+                recursive: !self.no_recursive,
+                hidden: self.hidden,
+            },
             top_k: self.top_k as usize,
             batch_size: self.batch_size as usize,
             shard: self.shard,

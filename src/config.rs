@@ -232,7 +232,7 @@ impl FromStr for Shard {
 pub struct ClassifySettings {
     pub model: ModelSettings,
     pub inputs: Vec<PathBuf>,
-    pub recursive: bool,
+    pub walk: crate::pipeline::Walk,
     pub top_k: usize,
     pub batch_size: usize,
     pub shard: Option<Shard>,

@@ -86,14 +86,35 @@ fn is_image_name(path: &Path) -> bool {
         .is_some_and(|ext| IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)))
 }
 
-/// Expand command-line arguments into inputs: files as given, directories walked in sorted
-/// order (recursively unless `recursive` is false; symlink loops are visited once), `-` is
-/// standard input. The order is deterministic. Only the inputs `keep` accepts are kept;
-/// `keep` sees every input once, in order, as the walk finds it, so a shard or a resumed
-/// run never holds the paths it skips.
+/// How a directory given as an input is walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walk {
+    /// Descend into subdirectories (`--no-recursive` turns it off).
+    pub recursive: bool,
+    /// Also take files and directories whose name starts with a dot (`--hidden`). Skipped by
+    /// default: macOS leaves a `._NAME` AppleDouble file (not an image) beside every photo on
+    /// a FAT, exFAT or network drive, and `.thumbnails`-style caches hold copies of the
+    /// library's own photos.
+    pub hidden: bool,
+}
+
+impl Default for Walk {
+    fn default() -> Self {
+        Walk {
+            recursive: true,
+            hidden: false,
+        }
+    }
+}
+
+/// Expand command-line arguments into inputs: files as given (hidden or not), directories
+/// walked in sorted order as `walk` says (symlink loops are visited once), `-` is standard
+/// input. The order is deterministic. Only the inputs `keep` accepts are kept; `keep` sees
+/// every input once, in order, as the walk finds it, so a shard or a resumed run never
+/// holds the paths it skips.
 pub fn expand_inputs(
     args: &[PathBuf],
-    recursive: bool,
+    walk_opts: Walk,
     mut keep: impl FnMut(&Input) -> bool,
 ) -> Vec<Input> {
     let mut out = Vec::new();
@@ -110,7 +131,7 @@ pub fn expand_inputs(
             });
         } else if arg.is_dir() {
             let mut seen = HashSet::new();
-            walk(arg, recursive, &mut seen, &mut push);
+            walk(arg, walk_opts, &mut seen, &mut push);
         } else {
             push(Input {
                 name: display(arg),
@@ -121,7 +142,7 @@ pub fn expand_inputs(
     out
 }
 
-fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut impl FnMut(Input)) {
+fn walk(dir: &Path, opts: Walk, seen: &mut HashSet<PathBuf>, out: &mut impl FnMut(Input)) {
     // Canonical paths identify directories reached through different symlinks.
     let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     if !seen.insert(key) {
@@ -142,10 +163,17 @@ fn walk(dir: &Path, recursive: bool, seen: &mut HashSet<PathBuf>, out: &mut impl
     };
     let mut entries = entries;
     entries.sort();
+    let hidden = |path: &Path| {
+        path.file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+    };
     for path in entries {
+        if !opts.hidden && hidden(&path) {
+            continue;
+        }
         if path.is_dir() {
-            if recursive {
-                walk(&path, recursive, seen, out);
+            if opts.recursive {
+                walk(&path, opts, seen, out);
             }
         } else if is_image_name(&path) {
             out(Input {
@@ -286,19 +314,48 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         std::fs::create_dir_all(d.join("sub")).unwrap();
-        for f in ["b.JPG", "a.png", "notes.txt", "sub/c.webp"] {
+        std::fs::create_dir_all(d.join(".thumbnails")).unwrap();
+        for f in [
+            "b.JPG",
+            "a.png",
+            "notes.txt",
+            "sub/c.webp",
+            "._b.JPG",
+            ".thumbnails/a.png",
+        ] {
             std::fs::write(d.join(f), b"x").unwrap();
         }
-        let names = |inputs: Vec<Input>| inputs.into_iter().map(|i| i.name).collect::<Vec<_>>();
-        let all = names(expand_inputs(&[d.to_path_buf()], true, |_| true));
-        let rel: Vec<String> = all
-            .iter()
-            .map(|n| n.strip_prefix(&*d.to_string_lossy()).unwrap().to_string())
-            .collect();
-        assert_eq!(rel, ["/a.png", "/b.JPG", "/sub/c.webp"]);
-        assert_eq!(expand_inputs(&[d.to_path_buf()], false, |_| true).len(), 2);
+        let rel = |walk: Walk| {
+            expand_inputs(&[d.to_path_buf()], walk, |_| true)
+                .into_iter()
+                .map(|i| i.name[d.to_string_lossy().len()..].to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rel(Walk::default()), ["/a.png", "/b.JPG", "/sub/c.webp"]);
+        let flat = Walk {
+            recursive: false,
+            ..Walk::default()
+        };
+        assert_eq!(rel(flat), ["/a.png", "/b.JPG"]);
+        let hidden = Walk {
+            hidden: true,
+            ..Walk::default()
+        };
         assert_eq!(
-            expand_inputs(&[PathBuf::from("-")], true, |_| true)[0].kind,
+            rel(hidden),
+            [
+                "/._b.JPG",
+                "/.thumbnails/a.png",
+                "/a.png",
+                "/b.JPG",
+                "/sub/c.webp"
+            ]
+        );
+        // A hidden file named on the command line is taken: it was asked for.
+        let named = expand_inputs(&[d.join("._b.JPG")], Walk::default(), |_| true);
+        assert_eq!(named.len(), 1);
+        assert_eq!(
+            expand_inputs(&[PathBuf::from("-")], Walk::default(), |_| true)[0].kind,
             InputKind::Stdin
         );
     }
@@ -310,7 +367,7 @@ mod tests {
         std::fs::create_dir(d.join("a")).unwrap();
         std::fs::write(d.join("a/x.png"), b"x").unwrap();
         std::os::unix::fs::symlink(d, d.join("a/loop")).unwrap();
-        let inputs = expand_inputs(&[d.to_path_buf()], true, |_| true);
+        let inputs = expand_inputs(&[d.to_path_buf()], Walk::default(), |_| true);
         assert_eq!(inputs.len(), 1);
     }
 

@@ -201,6 +201,62 @@ fn fatal_errors_and_warnings_read_cleanly() {
 }
 
 #[test]
+fn directory_walk_skips_hidden_names_unless_asked() {
+    // A library copied from a Mac to a FAT/exFAT or network drive: every photo has a `._`
+    // AppleDouble file beside it (not an image), and viewers leave thumbnail caches.
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("trip");
+    std::fs::create_dir_all(lib.join(".thumbnails")).unwrap();
+    std::fs::copy(common::photo("chelsea.jpg"), lib.join("IMG_1.JPG")).unwrap();
+    std::fs::copy(
+        common::photo("chelsea.jpg"),
+        lib.join(".thumbnails/IMG_1.JPG"),
+    )
+    .unwrap();
+    std::fs::write(
+        lib.join("._IMG_1.JPG"),
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X",
+    )
+    .unwrap();
+    let hub = HubCache::new();
+    let run = |extra: &[&str]| {
+        hub.command()
+            .args(["--model", "tf_efficientnet_lite0", "--json"])
+            .args(extra)
+            .arg(&lib)
+            .output()
+            .unwrap()
+    };
+    let paths = |out: &std::process::Output| {
+        let lib = lib.to_string_lossy();
+        records(out)
+            .iter()
+            .map(|r| r.path[lib.len()..].to_string())
+            .collect::<Vec<_>>()
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(paths(&out), ["/IMG_1.JPG"]);
+
+    let out = run(&["--hidden"]);
+    assert_eq!(out.status.code(), Some(1), "the AppleDouble file fails");
+    assert_eq!(
+        paths(&out),
+        ["/._IMG_1.JPG", "/.thumbnails/IMG_1.JPG", "/IMG_1.JPG"]
+    );
+
+    // Named on the command line, a hidden file is taken without --hidden.
+    let out = hub
+        .command()
+        .args(["--model", "tf_efficientnet_lite0", "--json"])
+        .arg(lib.join(".thumbnails/IMG_1.JPG"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(records(&out).len(), 1);
+}
+
+#[test]
 fn directory_json_matches_pytorch_in_input_order() {
     let hub = HubCache::new();
     let out = hub
