@@ -151,6 +151,50 @@ async fn several_files_answer_a_list_in_order() {
     assert_eq!(list[1]["status"], 415);
     assert_eq!(list[1]["filename"], "notes.txt");
     assert_eq!(list[2]["class_id"], 967);
+
+    // Each entry is written exactly as a one-file answer is (key order, f32 scores), so a
+    // client comparing the two sees the same text and the same numbers.
+    let one = |name: &str| {
+        let (ct, body) = multipart(&[("file", name, &read(name))]);
+        post("/predict", &ct, body)
+    };
+    let (_, _, single) = send(state(), one("rocket.jpg")).await;
+    let (ct, body) = multipart(&[
+        ("file", "rocket.jpg", &read("rocket.jpg")),
+        ("file", "notes.txt", b"hello"),
+    ]);
+    let (_, _, listed) = send(state(), post("/predict", &ct, body)).await;
+    let (single, listed) = (
+        String::from_utf8(single).unwrap(),
+        String::from_utf8(listed).unwrap(),
+    );
+    assert!(single.contains(r#""filename":"rocket.jpg""#), "{single}");
+    assert!(
+        listed.starts_with(&format!("[{single},{{")),
+        "{single}\n{listed}"
+    );
+}
+
+#[tokio::test]
+async fn a_form_without_the_file_field_names_the_fields_it_has() {
+    let (ct, body) = multipart(&[("image", "rocket.jpg", &read("rocket.jpg"))]);
+    let (status, v) = send_json(state(), post("/predict", &ct, body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        v["error"],
+        "missing form field `file` (the form has `image`)"
+    );
+    let (ct, body) = multipart(&[("image", "rocket.jpg", &read("rocket.jpg"))]);
+    let (status, v) = send_json(
+        state(),
+        post("/predictions/tf_efficientnet_lite0", &ct, body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        v["error"],
+        "missing form field `data` or `file` (the form has `image`)"
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,19 @@ pub struct PredictResponse {
     pub filename: Option<String>,
 }
 
+/// One entry of the list that several `file` fields are answered with: the same object a
+/// single file gets (same keys, same order, scores as f32), or what went wrong with it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FileAnswer {
+    Classified(PredictResponse),
+    Failed {
+        filename: Option<String>,
+        error: String,
+        status: u16,
+    },
+}
+
 /// Read the body, refusing more than the configured limit with a JSON 413.
 pub async fn read_body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let limit = state.0.limits.max_body_bytes;
@@ -117,7 +130,8 @@ pub fn decode_base64(text: &str) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::BadRequest("image is not valid base64".into()))
 }
 
-/// The images in the multipart fields called one of `fields`, in order.
+/// The images in the multipart fields called one of `fields`, in order; at least one, or a
+/// 400 that names the fields the form did have (a client that sent `image` sees why).
 pub async fn multipart_images(
     content_type: &str,
     body: Bytes,
@@ -128,6 +142,7 @@ pub async fn multipart_images(
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut images = Vec::new();
+    let mut others: Vec<String> = Vec::new();
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -138,8 +153,14 @@ pub async fn multipart_images(
                 )))
             }
         };
-        if !field.name().is_some_and(|n| fields.contains(&n)) {
-            continue;
+        match field.name() {
+            Some(name) if fields.contains(&name) => {}
+            other => {
+                if others.len() < 8 {
+                    others.push(other.unwrap_or("").chars().take(64).collect());
+                }
+                continue;
+            }
         }
         let filename = field.file_name().map(str::to_string);
         let bytes = field
@@ -152,6 +173,17 @@ pub async fn multipart_images(
                 "more than {MAX_IMAGES_PER_REQUEST} images in one request"
             )));
         }
+    }
+    if images.is_empty() {
+        let wanted = fields.join("` or `");
+        let had = if others.is_empty() {
+            "no fields".to_string()
+        } else {
+            format!("`{}`", others.join("`, `"))
+        };
+        return Err(ApiError::BadRequest(format!(
+            "missing form field `{wanted}` (the form has {had})"
+        )));
     }
     Ok(images)
 }
@@ -222,11 +254,10 @@ pub async fn parse_payload(headers: &HeaderMap, body: Bytes) -> Result<Payload, 
     let ct = raw.to_ascii_lowercase();
     if ct.starts_with("multipart/form-data") {
         let mut images = multipart_images(raw, body, &["file"]).await?;
-        return match images.len() {
-            0 => Err(ApiError::BadRequest("missing form field `file`".into())),
-            1 => Ok(Payload::One(images.remove(0))),
-            _ => Ok(Payload::Many(images)),
-        };
+        return Ok(match images.len() {
+            1 => Payload::One(images.remove(0)),
+            _ => Payload::Many(images),
+        });
     }
     if ct.starts_with("application/json") {
         return json_payload(&body);
@@ -376,14 +407,13 @@ pub async fn predict(
                     async move {
                         match classify_bytes(state, model, img.bytes, top_k).await {
                             Ok(preds) => {
-                                serde_json::to_value(response_for(model, img.filename, preds))
-                                    .unwrap_or(Value::Null)
+                                FileAnswer::Classified(response_for(model, img.filename, preds))
                             }
-                            Err(e) => serde_json::json!({
-                                "filename": img.filename,
-                                "error": e.to_string(),
-                                "status": e.status().as_u16(),
-                            }),
+                            Err(e) => FileAnswer::Failed {
+                                filename: img.filename,
+                                error: e.to_string(),
+                                status: e.status().as_u16(),
+                            },
                         }
                     }
                 }))

@@ -135,9 +135,7 @@ async fn answer(
         let image = if raw.to_ascii_lowercase().starts_with("multipart/form-data") {
             multipart_images(raw, body, &["data", "file"])
                 .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ApiError::BadRequest("missing form field `data`".into()))?
+                .remove(0)
                 .bytes
         } else {
             body
