@@ -52,6 +52,16 @@ fn sizes(r: std::ops::RangeInclusive<u32>) -> std::ops::RangeInclusive<i64> {
     i64::from(*r.start())..=i64::from(*r.end())
 }
 
+/// A count or limit that must be positive (`--top-k`, `--max-pixels`, timeouts, ...). clap's
+/// own `range(1..)` would answer 0 with "0 is not in 1..18446744073709551615".
+fn at_least_one(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a whole number ({e})")),
+    }
+}
+
 /// `--host`: an IP address, or `localhost` (127.0.0.1, as Flask and uvicorn take it).
 fn parse_host(s: &str) -> Result<std::net::IpAddr, String> {
     if s.eq_ignore_ascii_case("localhost") {
@@ -155,7 +165,7 @@ pub struct ModelArgs {
     pub threads: Option<u16>,
 
     /// Refuse images with more pixels than this (decompression-bomb guard).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS, value_parser = at_least_one)]
     pub max_pixels: u64,
 }
 
@@ -169,7 +179,7 @@ pub struct ClassifyArgs {
     pub model: ModelArgs,
 
     /// How many predictions to show per image (clamped to the number of classes).
-    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = at_least_one)]
     pub top_k: u64,
 
     /// Output format [default: from the --output file's extension (.jsonl/.ndjson, .csv,
@@ -241,7 +251,7 @@ pub struct ServeArgs {
     pub grpc_port: Option<u16>,
 
     /// Default predictions per image (a request's ?top_k=N overrides it).
-    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = at_least_one)]
     pub top_k: u64,
 
     /// Most images run through the network together.
@@ -255,7 +265,7 @@ pub struct ServeArgs {
     pub max_batch_delay_ms: u64,
 
     /// Images that may wait for the network; beyond this requests get 503 + Retry-After.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub queue_size: u64,
 
     /// Largest request body, in MiB (413 beyond).
@@ -263,11 +273,11 @@ pub struct ServeArgs {
     pub max_body_mb: u64,
 
     /// Per-request time limit in seconds (504 beyond).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 30, value_parser = at_least_one)]
     pub request_timeout_secs: u64,
 
     /// Seconds a client has to send its request headers before the connection is closed.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub header_timeout_secs: u64,
 
     /// Require an API key on the inference and model routes: one key per line (blank lines
@@ -305,7 +315,7 @@ pub struct BenchArgs {
     pub batch_size: u64,
 
     /// Timed forward passes (after warm-up).
-    #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'n', long, default_value_t = 10, value_parser = at_least_one)]
     pub iterations: u64,
 
     /// Untimed forward passes first.
@@ -654,6 +664,28 @@ mod tests {
             .filter(|v| !AFTER_HELP.contains(*v))
             .collect();
         assert!(missing.is_empty(), "--help does not name {missing:?}");
+    }
+
+    #[test]
+    fn counts_and_limits_refuse_zero_in_words() {
+        for args in [
+            &["classify", "--top-k", "0", "a.jpg"][..],
+            &["classify", "--max-pixels", "0", "a.jpg"],
+            &["classify", "serve", "--queue-size", "0"],
+            &["classify", "serve", "--request-timeout-secs", "0"],
+            &["classify", "bench", "--iterations", "0"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(
+                err.contains("'0'") && err.contains("must be at least 1"),
+                "{args:?}: {err}"
+            );
+        }
+        let err = Cli::try_parse_from(["classify", "-k", "five", "a.jpg"]).unwrap_err();
+        assert!(
+            err.to_string().contains("`five` is not a whole number"),
+            "{err}"
+        );
     }
 
     #[test]
