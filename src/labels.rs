@@ -163,6 +163,24 @@ impl Labels {
             Some(last) => names[..=last].to_vec(),
             None => return Err("no labels in file".into()),
         };
+        // Caffe's synset_words.txt and Kaggle's LOC_synset_mapping.txt: `wnid name` lines.
+        let split_wnid = |line: &str| {
+            line.split_once([' ', '\t'])
+                .filter(|(id, name)| looks_like_wnid(id) && !name.trim().is_empty())
+                .map(|(id, name)| (Some(id.to_string()), name.trim().to_string()))
+        };
+        if let Some(pairs) = names
+            .iter()
+            .map(|l| split_wnid(l))
+            .collect::<Option<Vec<_>>>()
+        {
+            let (wnids, names) = pairs.into_iter().unzip();
+            return Ok(Self {
+                names,
+                wnids,
+                indexed: false,
+            });
+        }
         Ok(Self::from_names(names))
     }
 
@@ -310,6 +328,15 @@ mod tests {
         let l = Labels::parse(r#"["a", "b", "c"]"#).unwrap();
         assert_eq!(l.name(2), "c");
         assert!(Labels::parse("").is_err());
+        // Caffe's synset_words.txt: the WordNet id is split off when every line has one.
+        let l = Labels::parse("n01440764 tench, Tinca tinca\nn01443537\tgoldfish\n").unwrap();
+        assert_eq!(
+            (&*l.name(0), l.id(0)),
+            ("tench, Tinca tinca", Some("n01440764"))
+        );
+        assert_eq!((&*l.name(1), l.id(1)), ("goldfish", Some("n01443537")));
+        let l = Labels::parse("n01440764 tench\nred fox\n").unwrap();
+        assert_eq!((&*l.name(0), l.id(0)), ("n01440764 tench", None));
         assert!(Labels::parse(r#"{"x": "cat"}"#).is_err());
         assert!(Labels::parse("{not json").is_err());
     }
