@@ -37,8 +37,13 @@ pub enum ModelRef {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("`{0}` is not a model name ({names}), a hub repo (owner/name[@revision]) or an existing folder", names = Arch::names().join(", "))]
-    BadModelRef(String),
+    #[error("`{spec}` is not a model name ({}), a hub repo (owner/name[@revision]) or an existing folder",
+        match nearest { Some(name) => format!("did you mean `{name}`? `classify models` lists them all"), None => Arch::names().join(", ") })]
+    BadModelRef {
+        spec: String,
+        /// The model name the user most likely meant, if one is close.
+        nearest: Option<&'static str>,
+    },
     #[error(
         "cannot get {file} of hub repo {repo} (revision {revision}): {cause}\n\
          It is not in the local cache {cache}.\n\
@@ -103,7 +108,10 @@ impl ModelRef {
                     arch: None,
                 })
             }
-            _ => Err(HubError::BadModelRef(spec.to_string())),
+            _ => Err(HubError::BadModelRef {
+                spec: spec.to_string(),
+                nearest: nearest_name(spec),
+            }),
         }
     }
 }
@@ -363,7 +371,24 @@ fn fetch_first(
             }
         }
     }
-    Err(first_err.unwrap_or_else(|| HubError::BadModelRef(repo.to_string())))
+    Err(first_err.unwrap_or_else(|| HubError::BadModelRef {
+        spec: repo.to_string(),
+        nearest: None,
+    }))
+}
+
+/// The model name a mistyped one most likely meant: within two edits (`resnet51`,
+/// `efficientnet-lite0`), else the first that starts with it (`densenet`).
+fn nearest_name(spec: &str) -> Option<&'static str> {
+    let spec = spec.to_ascii_lowercase();
+    let names = Arch::names();
+    names
+        .iter()
+        .map(|name| (strsim::levenshtein(&spec, name), *name))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+        .or_else(|| names.into_iter().find(|name| name.starts_with(&spec)))
 }
 
 #[cfg(test)]
@@ -412,6 +437,16 @@ mod tests {
         assert_eq!(with.weights, Path::new("x.pth"));
 
         assert!(ModelRef::parse("resnet9000").is_err());
+        let hint = |spec: &str| ModelRef::parse(spec).unwrap_err().to_string();
+        assert!(hint("resnet51").contains("(did you mean `resnet50`? `classify models`"));
+        assert!(hint("DenseNet").contains("did you mean `densenet121`?"));
+        assert!(hint("mobilenetv3_large").contains("did you mean `mobilenetv3_large_100`?"));
+        // Nothing close: the whole list.
+        assert!(
+            hint("yolo").contains("(resnet18, resnet34, "),
+            "{}",
+            hint("yolo")
+        );
         assert!(ModelRef::parse("a/b/c").is_err());
         assert!(ModelRef::parse("../etc").is_err() || Path::new("../etc").is_dir());
     }
