@@ -31,6 +31,8 @@ fn every_format_yields_the_same_tensors() {
         "wrapped_f16.pth",
         "plain_bf16.pt",
         "legacy_f64.pth",
+        "strided.pth",
+        "strided_legacy.pth",
     ] {
         let ck = Checkpoint::open(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut keys: Vec<_> = ck.keys().collect();
@@ -51,11 +53,51 @@ fn every_format_yields_the_same_tensors() {
         // Every value in the fixtures is exact in f16 and bf16, so equality must hold.
         assert_eq!(values(&ck, "conv.weight"), conv, "{name}");
         assert_eq!(values(&ck, "conv.bias"), [0.5, -0.25], "{name}");
+        let fc: Vec<f32> = (0..10).map(|i| -1.0 + 2.0 * i as f32 / 9.0).collect();
+        assert_eq!(values(&ck, "fc.weight").len(), 10, "{name}");
+        for (got, want) in values(&ck, "fc.weight").iter().zip(&fc) {
+            assert!(
+                (got - want).abs() < 1e-2,
+                "{name}: fc.weight {got} vs {want}"
+            );
+        }
         assert_eq!(
             ck.get("bn.num_batches_tracked").unwrap().dtype(),
             DType::I64,
             "{name}"
         );
+    }
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, name) in [(f32::NAN, "nan"), (f32::INFINITY, "inf")] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        let mut weight = vec![0.5f32; 6];
+        weight[4] = bad;
+        let tensors = std::collections::HashMap::from([
+            (
+                "fc.weight".to_string(),
+                candle_core::Tensor::from_vec(weight, (2, 3), &Device::Cpu).unwrap(),
+            ),
+            (
+                "fc.bias".to_string(),
+                candle_core::Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+            ),
+        ]);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        match Checkpoint::open(&path) {
+            Err(e @ WeightsError::NonFinite { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("tensor `fc.weight` holds 1 NaN or infinite"),
+                    "{msg}"
+                );
+                assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
 use candle_core::pickle::{Object, Stack};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 /// Protocol-2 pickle of the magic number 0x1950a86a20f9469cfc6c (LONG1, 10 bytes, STOP).
 const MAGIC_PICKLE: [u8; 15] = [
@@ -142,35 +142,7 @@ pub fn read(bytes: &[u8]) -> candle_core::Result<Vec<(String, Tensor)>> {
                     info.name
                 ))
             })?;
-            // Tensors are stored densely, but possibly with permuted dimensions (checkpoints
-            // converted from TensorFlow keep transposed matrices): read the data in storage
-            // order, then permute back.
-            let dims = info.layout.dims();
-            let strides = info.layout.stride();
-            let mut order: Vec<usize> = (0..dims.len()).collect();
-            order.sort_by(|&a, &b| strides[b].cmp(&strides[a]).then(a.cmp(&b)));
-            let stored: Vec<usize> = order.iter().map(|&d| dims[d]).collect();
-            let dense = (0..order.len()).all(|i| {
-                dims[order[i]] == 1
-                    || strides[order[i]] == stored[i + 1..].iter().product::<usize>()
-            });
-            if !dense {
-                return Err(err(format!(
-                    "tensor {} has an unsupported strided layout",
-                    info.name
-                )));
-            }
-            let start = info.layout.start_offset();
-            let len = info.layout.shape().elem_count() * info.dtype.size_in_bytes();
-            let raw = data
-                .get(start..start + len)
-                .ok_or_else(|| err(format!("tensor {} lies outside its storage", info.name)))?;
-            let tensor = Tensor::from_raw_buffer(raw, info.dtype, &stored, &Device::Cpu)?;
-            let mut inverse = vec![0; order.len()];
-            for (i, &d) in order.iter().enumerate() {
-                inverse[d] = i;
-            }
-            let tensor = tensor.permute(inverse)?.contiguous()?;
+            let tensor = super::tensor_from_storage(&info, data)?;
             Ok((info.name, tensor))
         })
         .collect()

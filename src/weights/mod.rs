@@ -39,6 +39,16 @@ pub enum WeightsError {
     },
     #[error("weights file {path} holds no tensors (looked at the top level and under {})", legacy::WRAPPER_KEYS.join(", "))]
     Empty { path: PathBuf },
+    #[error(
+        "weights file {path}: tensor `{name}` holds {count} NaN or infinite value(s); the \
+         checkpoint is damaged (or comes from a diverged run, or overflowed when cast to \
+         f16) and would give meaningless predictions, so it is refused"
+    )]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        count: usize,
+    },
 }
 
 /// On-disk formats we recognise.
@@ -101,7 +111,20 @@ impl Checkpoint {
                 path: path.to_path_buf(),
             });
         }
-        Self::from_tensors(path, tensors).map_err(parse)
+        let checkpoint = Self::from_tensors(path, tensors).map_err(parse)?;
+        let mut names: Vec<&String> = checkpoint.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let count = non_finite(&checkpoint.tensors[name]).map_err(parse)?;
+            if count > 0 {
+                return Err(WeightsError::NonFinite {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    count,
+                });
+            }
+        }
+        Ok(checkpoint)
     }
 
     /// A checkpoint built in memory; `label` names it in error messages.
@@ -226,6 +249,21 @@ impl SimpleBackend for Tracked {
     }
 }
 
+/// How many values of a float tensor are NaN or infinite (0 for other dtypes).
+fn non_finite(t: &Tensor) -> candle_core::Result<usize> {
+    if t.dtype() != DType::F32 {
+        return Ok(0);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let count = |v: &[f32]| v.iter().filter(|x| !x.is_finite()).count();
+    Ok(match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => {
+            count(&cpu.as_slice::<f32>()?[start..end])
+        }
+        _ => count(&t.flatten_all()?.to_vec1::<f32>()?),
+    })
+}
+
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -250,8 +288,8 @@ fn read_safetensors(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
 fn read_torch_zip(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
     let mut last_err = None;
     for key in std::iter::once(None).chain(legacy::WRAPPER_KEYS.map(Some)) {
-        match candle_core::pickle::read_all_with_key(path, key) {
-            Ok(tensors) if !tensors.is_empty() => return Ok(tensors),
+        match candle_core::pickle::read_pth_tensor_info(path, false, key) {
+            Ok(infos) if !infos.is_empty() => return read_zip_tensors(path, infos),
             Ok(_) => {}
             Err(e) => last_err = Some(e),
         }
@@ -261,6 +299,90 @@ fn read_torch_zip(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
         Some(e) if candle_core::pickle::read_pth_tensor_info(path, false, None).is_err() => Err(e),
         _ => Ok(Vec::new()),
     }
+}
+
+/// The tensors `infos` describe, each read from its storage file in the zip. candle's own
+/// reader refuses strides other than C or Fortran order, so a checkpoint saved from a
+/// channels-last model (`model.to(memory_format=torch.channels_last)`, timm's
+/// `--channels-last`) could not be read.
+fn read_zip_tensors(
+    path: &Path,
+    infos: Vec<candle_core::pickle::TensorInfo>,
+) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut zip = zip::ZipArchive::new(file).map_err(candle_core::Error::wrap)?;
+    let mut storage = Vec::new();
+    infos
+        .into_iter()
+        .map(|info| {
+            let mut entry = zip.by_name(&info.path).map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "tensor {}: storage {} is missing: {e}",
+                    info.name, info.path
+                ))
+            })?;
+            storage.clear();
+            entry.read_to_end(&mut storage)?;
+            Ok((info.name.clone(), tensor_from_storage(&info, &storage)?))
+        })
+        .collect()
+}
+
+/// The tensor `info` describes, read out of the raw bytes of its storage (little-endian, as
+/// torch writes them) for any strides: channels-last convolutions, transposed matrices
+/// (checkpoints converted from TensorFlow), views into a larger storage, expanded (stride 0)
+/// dimensions. An element outside the storage is an error, never a read past it.
+pub(crate) fn tensor_from_storage(
+    info: &candle_core::pickle::TensorInfo,
+    storage: &[u8],
+) -> candle_core::Result<Tensor> {
+    let (dims, strides) = (info.layout.dims(), info.layout.stride());
+    let elem = info.dtype.size_in_bytes();
+    let count = info.layout.shape().elem_count();
+    // candle's pickle reader gives the tensor's offset in bytes, its strides in elements.
+    let start = info.layout.start_offset();
+    let outside = || {
+        candle_core::Error::Msg(format!(
+            "tensor {} lies outside its storage ({} bytes)",
+            info.name,
+            storage.len()
+        ))
+    };
+    if count > 0 {
+        // The element furthest into the storage must lie inside it.
+        let end = dims
+            .iter()
+            .zip(strides)
+            .try_fold(0usize, |last, (&d, &s)| {
+                last.checked_add((d - 1).checked_mul(s)?)
+            })
+            .and_then(|last| last.checked_add(1)?.checked_mul(elem)?.checked_add(start))
+            .ok_or_else(outside)?;
+        if end > storage.len() {
+            return Err(outside());
+        }
+    }
+    if info.layout.is_contiguous() {
+        let bytes = &storage[start.min(storage.len())..][..count * elem];
+        return Tensor::from_raw_buffer(bytes, info.dtype, dims, &Device::Cpu);
+    }
+    // Walk the elements in row-major order, keeping the storage offset of the current index.
+    let mut out = Vec::with_capacity(count * elem);
+    let mut index = vec![0usize; dims.len()];
+    let mut offset = 0;
+    for _ in 0..count {
+        out.extend_from_slice(&storage[start + offset * elem..][..elem]);
+        for d in (0..dims.len()).rev() {
+            index[d] += 1;
+            if index[d] < dims[d] {
+                offset += strides[d];
+                break;
+            }
+            index[d] = 0;
+            offset -= (dims[d] - 1) * strides[d];
+        }
+    }
+    Tensor::from_raw_buffer(&out, info.dtype, dims, &Device::Cpu)
 }
 
 impl SimpleBackend for Checkpoint {
