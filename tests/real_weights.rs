@@ -130,6 +130,47 @@ fn efficientnet_lite0_legacy_checkpoint_matches_pytorch_on_real_photos() {
     check_photos(&net, &reference, &cfg, "lite0");
 }
 
+/// A training wrapper's checkpoint (PyTorch Lightning saves `self.model` as `model.<name>`):
+/// the shared first segment is dropped because the network needs it dropped, and the
+/// network is the same. A prefix shared by a checkpoint that fits as it is stays.
+#[test]
+fn a_name_prefix_every_tensor_shares_is_dropped_when_the_network_needs_it() {
+    let path = common::test_data("efficientnet-lite0-57934424.pth");
+    let plain = Checkpoint::open(&path).unwrap();
+    let wrapped = |prefix: &str| {
+        let tensors = plain
+            .keys()
+            .map(|k| (format!("{prefix}{k}"), plain.get(k).unwrap().clone()))
+            .collect::<Vec<_>>();
+        Checkpoint::from_tensors("lightning.ckpt", tensors).unwrap()
+    };
+    let arch = Arch::from_name("tf_efficientnet_lite0").unwrap();
+    let x = synthetic_input(224, &Device::Cpu);
+    let (net, _, _) =
+        Network::from_checkpoint(arch, plain.clone(), &Device::Cpu, LoadOptions::default())
+            .unwrap();
+    let want = logits_of(&net, &x);
+    for prefix in ["model.", "backbone."] {
+        let (net, classes, built) =
+            Network::from_checkpoint(arch, wrapped(prefix), &Device::Cpu, LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        assert_eq!((classes, built.name()), (1000, "tf_efficientnet_lite0"));
+        assert_eq!(logits_of(&net, &x), want, "{prefix}");
+    }
+    // Two different prefixes: nothing is guessed, and the error names the classifier.
+    let mut mixed: Vec<(String, Tensor)> = plain
+        .keys()
+        .map(|k| (format!("model.{k}"), plain.get(k).unwrap().clone()))
+        .collect();
+    mixed[0].0 = format!("ema.{}", &mixed[0].0["model.".len()..]);
+    let mixed = Checkpoint::from_tensors("mixed.ckpt", mixed).unwrap();
+    let err = Network::from_checkpoint(arch, mixed, &Device::Cpu, LoadOptions::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no `classifier.weight` tensor"), "{err}");
+}
+
 /// Lite1/Lite2 asked for by the PyTorch variant's name: the checkpoint's efficientnet_pytorch
 /// layout exists only for the TensorFlow-ported weights, so that variant is built; the
 /// photos go through classify's built-in preprocessing for it (timm's pretrained_cfg).

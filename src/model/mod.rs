@@ -856,10 +856,15 @@ impl Network {
         device: &Device,
         opts: LoadOptions,
     ) -> Result<(Self, usize, Arch), ModelError> {
+        let key = arch.0.family.classifier_key();
+        let has_classifier = |ck: &Checkpoint| {
+            let arch = arch.for_checkpoint(ck);
+            ck.keys().any(|k| arch.canonical_key(k) == key)
+        };
+        let checkpoint = checkpoint.without_shared_prefix_if(has_classifier);
         let arch = arch.for_checkpoint(&checkpoint);
         let checkpoint = checkpoint.rename_keys(|k| arch.canonical_key(k));
         let path = checkpoint.path().display().to_string();
-        let key = arch.0.family.classifier_key();
         let num_classes = checkpoint
             .get(key)
             .and_then(|t| t.dims().first().copied())

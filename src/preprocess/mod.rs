@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn sixteen_bit_grey_keeps_its_high_byte() {
-        // PIL would clip these to 255 (white) but for the first row; the high byte is what
+        // PIL would clip all but the first of these to 255 (white); the high byte is what
         // any viewer shows, and what PIL keeps for 16-bit colour (tests/preprocess.rs).
         let samples: Vec<u16> = (0..64u16).map(|i| i * 1031 + 255 - i).collect();
         let grey = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(8, 8, samples.clone());

@@ -2,9 +2,11 @@
 //!
 //! Supported: safetensors (memory-mapped), PyTorch zip checkpoints (`.pth`, `.pt`, `.bin`
 //! written by torch >= 1.6) and legacy PyTorch pickles (see [`legacy`]). The format is
-//! detected from the file's first bytes, not its name. `{"state_dict": ...}` style wrappers
-//! and the `module.` prefix of DataParallel checkpoints are removed; floating-point tensors
-//! of any precision become f32.
+//! detected from the file's first bytes, not its name. `{"state_dict": ...}` style wrappers,
+//! the `module.` prefix of DataParallel checkpoints and (when the model needs it, see
+//! [`Checkpoint::without_shared_prefix_if`]) a first name segment that every tensor shares
+//! are removed; tensors are read whatever their strides;
+//! floating-point tensors of any precision become f32, and a NaN or infinity is refused.
 //!
 //! A [`Checkpoint`] serves a candle `VarBuilder`; a missing or mis-shaped tensor is an error
 //! naming the key and the expected shape ([`crate::model::ModelError`] adds the file).
@@ -149,6 +151,35 @@ impl Checkpoint {
         })
     }
 
+    /// This checkpoint, or, when `fits` refuses it and every tensor name starts with the
+    /// same first segment (PyTorch Lightning saves `self.model` as `model.<name>`, other
+    /// wrappers `backbone.` or `net.`), the checkpoint without that segment if `fits` takes
+    /// it. Loading stays strict, so a wrong guess could only be refused, never run.
+    pub fn without_shared_prefix_if(self, fits: impl Fn(&Checkpoint) -> bool) -> Self {
+        if fits(&self) {
+            return self;
+        }
+        let Some(prefix) = shared_prefix(self.tensors.keys()) else {
+            return self;
+        };
+        let stripped = Self {
+            path: self.path.clone(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|(name, t)| (name[prefix.len()..].to_string(), t.clone()))
+                .collect(),
+        };
+        if !fits(&stripped) {
+            return self;
+        }
+        tracing::info!(
+            "{}: every tensor name starts with `{prefix}` (a training wrapper's); read without it",
+            self.path.display()
+        );
+        stripped
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -247,6 +278,20 @@ impl SimpleBackend for Tracked {
     fn contains_tensor(&self, name: &str) -> bool {
         SimpleBackend::contains_tensor(&self.checkpoint, name)
     }
+}
+
+/// The first name segment (`model.`) that every one of several tensor names starts with.
+fn shared_prefix<'a>(names: impl Iterator<Item = &'a String>) -> Option<String> {
+    let mut prefix: Option<&str> = None;
+    let mut count = 0;
+    for name in names {
+        let (first, _) = name.split_once('.')?;
+        if *prefix.get_or_insert(first) != first {
+            return None;
+        }
+        count += 1;
+    }
+    prefix.filter(|_| count > 1).map(|p| format!("{p}."))
 }
 
 /// How many values of a float tensor are NaN or infinite (0 for other dtypes).
