@@ -433,6 +433,19 @@ async fn every_error_is_json_with_the_right_status() {
             "{name}: {msg}"
         );
     }
+    // A wrong route or method says which, and where to look.
+    let (_, v) = send_json(
+        s.clone(),
+        Request::get("/nope").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(v["error"], "no endpoint GET /nope: GET /docs lists them");
+    let get_predict = Request::get("/predict").body(Body::empty()).unwrap();
+    let (_, v) = send_json(s.clone(), get_predict).await;
+    assert_eq!(
+        v["error"],
+        "GET is not allowed on /predict (the Allow header says what is; the upload page is GET /)"
+    );
     // The server still answers good requests correctly afterwards.
     let (status, v) = send_json(s, post("/predict", "image/png", png)).await;
     assert_eq!(
@@ -1378,7 +1391,7 @@ async fn every_route_is_registered_from_its_openapi_annotation() {
             let (status, _, body) = send(state(), req).await;
             let body = String::from_utf8_lossy(&body);
             assert!(
-                !body.contains("no such endpoint") && status != StatusCode::METHOD_NOT_ALLOWED,
+                !body.contains("no endpoint") && status != StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path} is documented but not routed: {status} {body}"
             );
             checked += 1;

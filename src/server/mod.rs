@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -274,8 +274,19 @@ pub fn app(state: AppState) -> Router {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .with_state(state.clone())
         .merge(openapi::docs_routes())
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError::NotFound(format!(
+                "no endpoint {method} {}: GET /docs lists them",
+                uri.path()
+            ))
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::MethodNotAllowed(format!(
+                "{method} is not allowed on {} (the Allow header says what is; the upload \
+                 page is GET /)",
+                uri.path()
+            ))
+        })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal.into_response()

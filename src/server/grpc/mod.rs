@@ -45,7 +45,7 @@ impl From<ApiError> for Status {
             }
             ApiError::PayloadTooLarge(_) => Status::resource_exhausted(message),
             ApiError::NotFound(_) => Status::not_found(message),
-            ApiError::MethodNotAllowed => Status::unimplemented(message),
+            ApiError::MethodNotAllowed(_) => Status::unimplemented(message),
             ApiError::QueueFull | ApiError::NotReady => Status::unavailable(message),
             ApiError::Timeout => Status::deadline_exceeded(message),
             ApiError::Unauthorized => Status::unauthenticated(message),
