@@ -135,14 +135,23 @@ impl Engine {
             .map_err(|problem| EngineError::Config(format!("preprocessing: {problem}")))?;
         let (labels, source) = match (
             &settings.labels,
-            config.as_ref().and_then(|c| c.label_names.clone()),
+            config.as_ref().and_then(|c| c.label_names.as_ref()),
         ) {
             (Some(path), _) => (
                 Labels::from_file(path)?,
                 format!("labels file {}", path.display()),
             ),
             (None, Some(names)) => (
-                Labels::from_config_names(names),
+                Labels::from_config(
+                    names,
+                    &config
+                        .as_ref()
+                        .expect("names come from it")
+                        .label_descriptions,
+                )
+                .map_err(|reason| {
+                    EngineError::Config(format!("config.json's label_names: {reason}"))
+                })?,
                 "config.json's label_names".to_string(),
             ),
             (None, None) => (

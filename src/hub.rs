@@ -121,9 +121,22 @@ impl ModelRef {
 pub struct ModelConfig {
     pub architecture: Option<String>,
     pub num_classes: Option<usize>,
-    pub label_names: Option<Vec<String>>,
+    pub label_names: Option<ConfigLabelNames>,
+    /// timm's `label_descriptions`: a label name (an ImageNet-22k WordNet id, say) -> what
+    /// it is in words.
+    #[serde(default)]
+    pub label_descriptions: std::collections::HashMap<String, String>,
     #[serde(default)]
     pub pretrained_cfg: PretrainedCfg,
+}
+
+/// timm's `label_names`: a list (class `i` the `i`-th), or a map from class index to name
+/// where some classes have none.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigLabelNames {
+    List(Vec<String>),
+    ById(std::collections::BTreeMap<String, String>),
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -2,7 +2,10 @@
 //! people already have, and `label_names` from a model's config.json.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use crate::hub::ConfigLabelNames;
 
 /// ImageNet-1k, one `wnid<TAB>name` line per class index (torchvision's category names).
 const IMAGENET: &str = include_str!("imagenet_classes.txt");
@@ -107,9 +110,55 @@ impl Labels {
         })
     }
 
-    /// Labels from a model config's `label_names`. ImageNet-1k WordNet ids (what timm puts
-    /// there) are replaced by the human-readable built-in names.
-    pub fn from_config_names(names: Vec<String>) -> Self {
+    /// Labels from a model config's `label_names` and `label_descriptions` (timm's
+    /// config.json). ImageNet-1k's WordNet ids in order become the built-in names; other
+    /// names take their description where there is one (keeping a WordNet id as the id);
+    /// classes a `label_names` map leaves out are `class_N`.
+    pub fn from_config(
+        names: &ConfigLabelNames,
+        descriptions: &HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let (names, indexed) = match names {
+            ConfigLabelNames::List(names) => (names.clone(), false),
+            ConfigLabelNames::ById(map) => {
+                let mut by_index = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let i: usize = k
+                            .parse()
+                            .map_err(|_| format!("key `{k}` is not a class index"))?;
+                        Ok((i, v.clone()))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                by_index.sort();
+                let n = by_index.last().map_or(0, |(i, _)| i + 1);
+                if n > 1_000_000 {
+                    return Err(format!("class index {} is implausibly large", n - 1));
+                }
+                let mut names: Vec<String> = (0..n).map(|i| format!("class_{i}")).collect();
+                for (i, name) in by_index {
+                    names[i] = name;
+                }
+                (names, true)
+            }
+        };
+        let mut labels = Self::from_config_names(names);
+        labels.indexed |= indexed;
+        if labels != Self::imagenet() {
+            for (i, name) in labels.names.iter_mut().enumerate() {
+                if let Some(description) = descriptions.get(name.as_str()) {
+                    if looks_like_wnid(name) {
+                        labels.wnids[i] = Some(name.clone());
+                    }
+                    *name = description.clone();
+                }
+            }
+        }
+        Ok(labels)
+    }
+
+    /// Labels from a list of names (see [`Labels::from_config`]).
+    fn from_config_names(names: Vec<String>) -> Self {
         let imagenet = Self::imagenet();
         if names.len() == imagenet.len()
             && names
@@ -346,8 +395,44 @@ mod tests {
         let wnids: Vec<String> = (0..1000)
             .map(|i| Labels::imagenet().id(i).unwrap().to_string())
             .collect();
-        assert_eq!(Labels::from_config_names(wnids).name(282), "tiger cat");
-        let custom = Labels::from_config_names(vec!["healthy".into(), "rust".into()]);
-        assert_eq!(custom.name(1), "rust");
+        let none = HashMap::new();
+        let list = |names: Vec<String>| ConfigLabelNames::List(names);
+        let imagenet = Labels::from_config(&list(wnids.clone()), &none).unwrap();
+        assert_eq!(imagenet.name(282), "tiger cat");
+        let custom = Labels::from_config(&list(vec!["healthy".into(), "rust".into()]), &none);
+        assert_eq!(custom.unwrap().name(1), "rust");
+        // timm's label_descriptions name what the label_names only identify (ImageNet-22k).
+        let descriptions = HashMap::from([
+            ("n00004475".to_string(), "organism, being".to_string()),
+            ("n01440764".to_string(), "tench, Tinca tinca".to_string()),
+        ]);
+        let in22k = list(vec![
+            "n00004475".into(),
+            "n01440764".into(),
+            "n99999999".into(),
+        ]);
+        let l = Labels::from_config(&in22k, &descriptions).unwrap();
+        assert_eq!(
+            (&*l.name(0), l.id(0)),
+            ("organism, being", Some("n00004475"))
+        );
+        assert_eq!((&*l.name(2), l.id(2)), ("n99999999", Some("n99999999")));
+        // ImageNet-1k in order keeps the built-in names even with descriptions given.
+        let l = Labels::from_config(&list(wnids), &descriptions).unwrap();
+        assert_eq!(l.name(0), "tench");
+        // A map from class index to name, with a gap.
+        let by_id: ConfigLabelNames =
+            serde_json::from_str(r#"{"0": "healthy", "2": "rust"}"#).unwrap();
+        let l = Labels::from_config(&by_id, &none).unwrap();
+        assert_eq!((&*l.name(1), &*l.name(2)), ("class_1", "rust"));
+        assert!(!l.check_count(3, "x").unwrap());
+        assert!(
+            l.check_count(5, "x").unwrap(),
+            "classes past the map: class_N, a warning"
+        );
+        let bad: ConfigLabelNames = serde_json::from_str(r#"{"first": "cat"}"#).unwrap();
+        assert!(Labels::from_config(&bad, &none)
+            .unwrap_err()
+            .contains("`first`"));
     }
 }

@@ -257,6 +257,37 @@ fn directory_walk_skips_hidden_names_unless_asked() {
 }
 
 #[test]
+fn config_label_names_by_index_with_descriptions() {
+    // timm's config.json may give `label_names` as a map from class index to name (for
+    // gaps), and `label_descriptions` (name -> words) for ids such as ImageNet-22k's.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&common::lite0_config()).unwrap();
+    config["label_names"] = (0..1000)
+        .map(|i| (i.to_string(), format!("n{i:08}").into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    config["label_descriptions"] = (0..1000)
+        .map(|i| (format!("n{i:08}"), format!("thing {i}").into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(common::lite0_pth(), dir.path().join("model.pth")).unwrap();
+    let out = HubCache::new()
+        .command()
+        .args(["--json", "-k", "1", "--model"])
+        .arg(dir.path())
+        .arg(common::photo("chelsea.jpg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&out);
+    let top = &recs[0].predictions.as_ref().unwrap()[0];
+    assert!((281..=285).contains(&top.index), "a cat: {}", top.index);
+    assert_eq!(top.label, format!("thing {}", top.index));
+    assert_eq!(top.wnid, Some(format!("n{:08}", top.index)));
+}
+
+#[test]
 fn directory_json_matches_pytorch_in_input_order() {
     let hub = HubCache::new();
     let out = hub
