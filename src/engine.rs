@@ -98,9 +98,15 @@ fn preprocess_from_config(
     if let Some(mode) = pc.crop_mode.as_deref().filter(|m| *m != "center") {
         return Err(refuse(format!("crop_mode `{mode}` (only `center`)")));
     }
-    let triple = |v: &Vec<f32>, what: &str| {
-        <[f32; 3]>::try_from(v.as_slice())
-            .map_err(|_| EngineError::Config(format!("{what} must have 3 values")))
+    // One value serves every channel, as torchvision's Normalize broadcasts it.
+    let triple = |v: &Vec<f32>, what: &str| match v.as_slice() {
+        &[one] => Ok([one; 3]),
+        values => <[f32; 3]>::try_from(values).map_err(|_| {
+            EngineError::Config(format!(
+                "{what} must have 3 values (or 1 for all three), not {}",
+                values.len()
+            ))
+        }),
     };
     if let Some(m) = &pc.mean {
         cfg.mean = triple(m, "mean")?;
@@ -303,6 +309,19 @@ mod tests {
 
     /// A config.json whose preprocessing would divide by zero, or ask for an absurd resize,
     /// is refused with what it asks for, never run.
+    #[test]
+    fn a_single_mean_and_std_serve_every_channel() {
+        let arch = Arch::from_name("resnet50").unwrap();
+        let config: ModelConfig =
+            serde_json::from_str(r#"{"pretrained_cfg": {"mean": [0.5], "std": [0.25]}}"#).unwrap();
+        let (cfg, _) = preprocess_from_config(arch, Some(&config)).unwrap();
+        assert_eq!((cfg.mean, cfg.std), ([0.5; 3], [0.25; 3]));
+        let config: ModelConfig =
+            serde_json::from_str(r#"{"pretrained_cfg": {"mean": [0.5, 0.5]}}"#).unwrap();
+        let err = preprocess_from_config(arch, Some(&config)).unwrap_err();
+        assert!(err.to_string().contains("mean must have 3 values"), "{err}");
+    }
+
     #[test]
     fn config_preprocessing_that_cannot_work_is_refused() {
         let arch = Arch::from_name("resnet50").unwrap();
