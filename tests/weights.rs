@@ -102,6 +102,25 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
 }
 
 #[test]
+fn a_whole_module_or_torchscript_says_how_to_get_a_state_dict() {
+    for (name, says) in [
+        (
+            "whole_module.pth",
+            "it holds a whole pickled model (torch.nn.modules.linear.Linear, saved with \
+             torch.save(model)); save its state dict instead",
+        ),
+        (
+            "scripted.pt",
+            "it is a TorchScript archive (torch.jit.save); save its state dict instead",
+        ),
+    ] {
+        let err = Checkpoint::open(&fixture(name)).unwrap_err();
+        assert!(matches!(err, WeightsError::Empty { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(says), "{name}: {err}");
+    }
+}
+
+#[test]
 fn unknown_and_missing_files_name_the_path() {
     let path = fixture("not_weights.bin");
     let err = Checkpoint::open(&path).unwrap_err();

@@ -39,8 +39,13 @@ pub enum WeightsError {
         #[source]
         source: candle_core::Error,
     },
-    #[error("weights file {path} holds no tensors (looked at the top level and under {})", legacy::WRAPPER_KEYS.join(", "))]
-    Empty { path: PathBuf },
+    #[error("weights file {path} holds no tensors (looked at the top level and under {}){}",
+        legacy::WRAPPER_KEYS.join(", "), why.as_deref().map(|w| format!(": {w}")).unwrap_or_default())]
+    Empty {
+        path: PathBuf,
+        /// What the file holds instead, when that is recognisable.
+        why: Option<String>,
+    },
     #[error(
         "weights file {path}: tensor `{name}` holds {count} NaN or infinite value(s); the \
          checkpoint is damaged (or comes from a diverged run, or overflowed when cast to \
@@ -111,6 +116,9 @@ impl Checkpoint {
         if tensors.is_empty() {
             return Err(WeightsError::Empty {
                 path: path.to_path_buf(),
+                why: (format == Format::TorchZip)
+                    .then(|| what_zip_holds_instead(path))
+                    .flatten(),
             });
         }
         let checkpoint = Self::from_tensors(path, tensors).map_err(parse)?;
@@ -344,6 +352,52 @@ fn read_torch_zip(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
         Some(e) if candle_core::pickle::read_pth_tensor_info(path, false, None).is_err() => Err(e),
         _ => Ok(Vec::new()),
     }
+}
+
+/// What a PyTorch zip file without a state dict holds, in words, with the way to get one:
+/// a TorchScript archive (`torch.jit.save`), or a whole pickled module (`torch.save(model)`),
+/// whose tensors are spread over its submodules' attributes rather than named.
+fn what_zip_holds_instead(path: &Path) -> Option<String> {
+    use candle_core::pickle::{Object, Stack};
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(std::fs::File::open(path).ok()?)).ok()?;
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| Some(n.ok()?.into_owned()))
+        .collect();
+    if names
+        .iter()
+        .any(|n| n.ends_with("/constants.pkl") || n.contains("/code/"))
+    {
+        return Some(
+            "it is a TorchScript archive (torch.jit.save); save its state dict instead: \
+             `torch.save(torch.jit.load(FILE).state_dict(), \"weights.pth\")`"
+                .into(),
+        );
+    }
+    let pickle = names.iter().find(|n| n.ends_with("data.pkl"))?;
+    let mut stack = Stack::empty();
+    stack
+        .read_loop(&mut std::io::BufReader::new(zip.by_name(pickle).ok()?))
+        .ok()?;
+    let Object::Build { callable, .. } = stack.finalize().ok()? else {
+        return None;
+    };
+    let Object::Reduce { callable, .. } = *callable else {
+        return None;
+    };
+    let Object::Class {
+        module_name,
+        class_name,
+    } = *callable
+    else {
+        return None;
+    };
+    Some(format!(
+        "it holds a whole pickled model ({module_name}.{class_name}, saved with \
+         torch.save(model)); save its state dict instead: \
+         `torch.save(torch.load(FILE, weights_only=False).state_dict(), \"weights.pth\")`"
+    ))
 }
 
 /// The tensors `infos` describe, each read from its storage file in the zip. candle's own
