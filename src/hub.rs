@@ -58,6 +58,8 @@ pub enum HubError {
         cache: PathBuf,
         cause: String,
     },
+    #[error("`{}` is a file, and --model names an architecture, a hub repo or a folder; give the file with --weights and the architecture with --model (for example --model resnet50 --weights {})", .0.display(), .0.display())]
+    FileAsModel(PathBuf),
     #[error("folder {dir} has no weights file (looked for {})", WEIGHT_FILES.join(", "))]
     NoWeightsInDir { dir: PathBuf },
     #[error("cannot read {path}: {reason}")]
@@ -89,6 +91,10 @@ impl ModelRef {
                     None => ModelRef::Unpublished(arch),
                 });
             }
+        }
+        if path.is_file() {
+            // Before the repo form, which `weights/r50.pth` also fits.
+            return Err(HubError::FileAsModel(path.to_path_buf()));
         }
         let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
         let valid_part = |s: &str| {
@@ -450,6 +456,10 @@ mod tests {
         assert_eq!(with.weights, Path::new("x.pth"));
 
         assert!(ModelRef::parse("resnet9000").is_err());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err = ModelRef::parse(&file.path().to_string_lossy()).unwrap_err();
+        assert!(err.to_string().contains("is a file"), "{err}");
+        assert!(err.to_string().contains("--weights"), "{err}");
         let hint = |spec: &str| ModelRef::parse(spec).unwrap_err().to_string();
         assert!(hint("resnet51").contains("(did you mean `resnet50`? `classify models`"));
         assert!(hint("DenseNet").contains("did you mean `densenet121`?"));
