@@ -42,6 +42,36 @@ pub enum LabelsError {
     },
 }
 
+/// Entries keyed by class index (`{"0": a, "2": b}`) as a list, `[a, gap(1), b]`.
+fn by_class_index<T>(
+    entries: impl IntoIterator<Item = (String, T)>,
+    gap: impl Fn(usize) -> T,
+) -> Result<Vec<T>, String> {
+    let mut indexed = entries
+        .into_iter()
+        .map(|(k, v)| {
+            let i: usize = k
+                .parse()
+                .map_err(|_| format!("key `{k}` is not a class index"))?;
+            Ok((i, v))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    indexed.sort_by_key(|(i, _)| *i);
+    let n = indexed.last().map_or(0, |(i, _)| i + 1);
+    if n > 1_000_000 {
+        return Err(format!("class index {} is implausibly large", n - 1));
+    }
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for (i, v) in indexed {
+        out[i] = Some(v);
+    }
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| v.unwrap_or_else(|| gap(i)))
+        .collect())
+}
+
 fn looks_like_wnid(s: &str) -> bool {
     s.len() == 9 && s.starts_with('n') && s[1..].bytes().all(|b| b.is_ascii_digit())
 }
@@ -121,24 +151,7 @@ impl Labels {
         let (names, indexed) = match names {
             ConfigLabelNames::List(names) => (names.clone(), false),
             ConfigLabelNames::ById(map) => {
-                let mut by_index = map
-                    .iter()
-                    .map(|(k, v)| {
-                        let i: usize = k
-                            .parse()
-                            .map_err(|_| format!("key `{k}` is not a class index"))?;
-                        Ok((i, v.clone()))
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
-                by_index.sort();
-                let n = by_index.last().map_or(0, |(i, _)| i + 1);
-                if n > 1_000_000 {
-                    return Err(format!("class index {} is implausibly large", n - 1));
-                }
-                let mut names: Vec<String> = (0..n).map(|i| format!("class_{i}")).collect();
-                for (i, name) in by_index {
-                    names[i] = name;
-                }
+                let names = by_class_index(map.clone(), |i| format!("class_{i}"))?;
                 (names, true)
             }
         };
@@ -252,25 +265,12 @@ impl Labels {
         let entries: Vec<(Option<String>, String)> = match value {
             Value::Array(items) => items.iter().map(entry).collect::<Result<_, _>>()?,
             Value::Object(map) => {
-                let mut indexed = map
+                let entries = map
                     .iter()
-                    .map(|(k, v)| {
-                        let i: usize = k
-                            .parse()
-                            .map_err(|_| format!("key `{k}` is not a class index"))?;
-                        Ok((i, entry(v)?))
-                    })
+                    .map(|(k, v)| Ok((k.clone(), entry(v)?)))
                     .collect::<Result<Vec<_>, String>>()?;
-                indexed.sort_by_key(|(i, _)| *i);
-                let n = indexed.last().map_or(0, |(i, _)| i + 1);
-                if n > 1_000_000 {
-                    return Err(format!("class index {} is implausibly large", n - 1));
-                }
-                let mut out = vec![(None, String::new()); n];
-                for (i, e) in indexed {
-                    out[i] = e;
-                }
-                // Indices missing from the file get a generic name.
+                let mut out = by_class_index(entries, |_| (None, String::new()))?;
+                // Indices missing from the file (or named "") get a generic name.
                 for (i, (_, name)) in out.iter_mut().enumerate() {
                     if name.is_empty() {
                         *name = format!("class_{i}");
