@@ -150,7 +150,17 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 26));
     let mut reader = reader;
     reader.limits(limits);
-    let mut decoder = reader.into_decoder()?;
+    let mut decoder = match reader.into_decoder() {
+        Ok(decoder) => decoder,
+        Err(e) => {
+            if format == image::ImageFormat::Jpeg {
+                if let Some(decoded) = decode_jpeg_with_libjpeg_alone(bytes, max_pixels) {
+                    return decoded;
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(DecodeError::ZeroSized);
@@ -250,6 +260,41 @@ fn decode_jpeg_like_pil(bytes: &[u8], width: u32, height: u32) -> Option<RgbImag
     })
     .ok()
     .flatten()
+}
+
+/// A JPEG that the `image` crate cannot even open (its decoder stops at arithmetic coding's
+/// `DAC` header) but libjpeg, and so PIL, decodes: the size check, the pixels and the EXIF
+/// orientation all come from libjpeg. `None` where libjpeg cannot read it either.
+fn decode_jpeg_with_libjpeg_alone(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Option<Result<RgbImage, DecodeError>> {
+    let header = std::panic::catch_unwind(|| {
+        let d = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)])
+            .from_mem(bytes)
+            .ok()?;
+        let orientation = d.markers().find_map(|m| {
+            let tiff = m.data.strip_prefix(b"Exif\0\0")?;
+            image::metadata::Orientation::from_exif_chunk(tiff)
+        });
+        Some((d.width() as u32, d.height() as u32, orientation))
+    });
+    let (width, height, orientation) = header.ok().flatten()?;
+    if width == 0 || height == 0 {
+        return Some(Err(DecodeError::ZeroSized));
+    }
+    if width as u64 * height as u64 > max_pixels {
+        return Some(Err(DecodeError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        }));
+    }
+    let mut img = DynamicImage::ImageRgb8(decode_jpeg_like_pil(bytes, width, height)?);
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Some(Ok(rgb8_like_pil(img)))
 }
 
 /// 8-bit RGB from any decoded image. 16-bit samples keep their high byte, as PIL reads
