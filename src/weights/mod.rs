@@ -5,8 +5,8 @@
 //! detected from the file's first bytes, not its name. `{"state_dict": ...}` style wrappers,
 //! the `module.` prefix of DataParallel checkpoints and (when the model needs it, see
 //! [`Checkpoint::without_shared_prefix_if`]) a first name segment that every tensor shares
-//! are removed; tensors are read whatever their strides;
-//! floating-point tensors of any precision become f32, and a NaN or infinity is refused.
+//! are removed. Tensors are read whatever their strides; floating-point tensors of any
+//! precision become f32, and a NaN or an infinity is refused.
 //!
 //! A [`Checkpoint`] serves a candle `VarBuilder`; a missing or mis-shaped tensor is an error
 //! naming the key and the expected shape ([`crate::model::ModelError`] adds the file).
