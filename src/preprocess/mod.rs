@@ -150,18 +150,43 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 26));
     let mut reader = reader;
     reader.limits(limits);
-    let mut decoder = match reader.into_decoder() {
-        Ok(decoder) => decoder,
+    let (mut img, orientation) = match reader.into_decoder() {
+        Ok(mut decoder) => {
+            let (width, height) = decoder.dimensions();
+            check_size(width, height, max_pixels)?;
+            let orientation = decoder.orientation().ok();
+            let libjpeg = (format == image::ImageFormat::Jpeg)
+                .then(|| decode_jpeg_like_pil(bytes, width, height))
+                .flatten();
+            let img = match libjpeg {
+                Some(rgb) => DynamicImage::ImageRgb8(rgb),
+                None => DynamicImage::from_decoder(decoder)?,
+            };
+            (img, orientation)
+        }
+        // A JPEG the `image` crate cannot even open (its decoder stops at arithmetic
+        // coding's `DAC` header) but libjpeg, and so PIL, decodes: the size, the EXIF
+        // orientation and the pixels all come from libjpeg.
         Err(e) => {
-            if format == image::ImageFormat::Jpeg {
-                if let Some(decoded) = decode_jpeg_with_libjpeg_alone(bytes, max_pixels) {
-                    return decoded;
-                }
-            }
-            return Err(e.into());
+            let header = (format == image::ImageFormat::Jpeg)
+                .then(|| libjpeg_header(bytes))
+                .flatten();
+            let Some((width, height, orientation)) = header else {
+                return Err(e.into());
+            };
+            check_size(width, height, max_pixels)?;
+            let rgb = decode_jpeg_like_pil(bytes, width, height).ok_or(e)?;
+            (DynamicImage::ImageRgb8(rgb), orientation)
         }
     };
-    let (width, height) = decoder.dimensions();
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(rgb8_like_pil(img))
+}
+
+/// Refuse an image of no pixels, or of more than `max_pixels`, from its declared size.
+fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), DecodeError> {
     if width == 0 || height == 0 {
         return Err(DecodeError::ZeroSized);
     }
@@ -172,18 +197,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
             max_pixels,
         });
     }
-    let orientation = decoder.orientation().ok();
-    let libjpeg = (format == image::ImageFormat::Jpeg)
-        .then(|| decode_jpeg_like_pil(bytes, width, height))
-        .flatten();
-    let mut img = match libjpeg {
-        Some(rgb) => DynamicImage::ImageRgb8(rgb),
-        None => DynamicImage::from_decoder(decoder)?,
-    };
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-    }
-    Ok(rgb8_like_pil(img))
+    Ok(())
 }
 
 /// HEIC/AVIF files (ISO media with an image brand): named, so the error is useful.
@@ -262,14 +276,9 @@ fn decode_jpeg_like_pil(bytes: &[u8], width: u32, height: u32) -> Option<RgbImag
     .flatten()
 }
 
-/// A JPEG that the `image` crate cannot even open (its decoder stops at arithmetic coding's
-/// `DAC` header) but libjpeg, and so PIL, decodes: the size check, the pixels and the EXIF
-/// orientation all come from libjpeg. `None` where libjpeg cannot read it either.
-fn decode_jpeg_with_libjpeg_alone(
-    bytes: &[u8],
-    max_pixels: u64,
-) -> Option<Result<RgbImage, DecodeError>> {
-    let header = std::panic::catch_unwind(|| {
+/// A JPEG's size and EXIF orientation (its first APP1 Exif segment), read by libjpeg.
+fn libjpeg_header(bytes: &[u8]) -> Option<(u32, u32, Option<image::metadata::Orientation>)> {
+    std::panic::catch_unwind(|| {
         let d = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)])
             .from_mem(bytes)
             .ok()?;
@@ -278,23 +287,9 @@ fn decode_jpeg_with_libjpeg_alone(
             image::metadata::Orientation::from_exif_chunk(tiff)
         });
         Some((d.width() as u32, d.height() as u32, orientation))
-    });
-    let (width, height, orientation) = header.ok().flatten()?;
-    if width == 0 || height == 0 {
-        return Some(Err(DecodeError::ZeroSized));
-    }
-    if width as u64 * height as u64 > max_pixels {
-        return Some(Err(DecodeError::TooLarge {
-            width,
-            height,
-            max_pixels,
-        }));
-    }
-    let mut img = DynamicImage::ImageRgb8(decode_jpeg_like_pil(bytes, width, height)?);
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-    }
-    Some(Ok(rgb8_like_pil(img)))
+    })
+    .ok()
+    .flatten()
 }
 
 /// 8-bit RGB from any decoded image. 16-bit samples keep their high byte, as PIL reads
