@@ -139,23 +139,16 @@ impl Engine {
         preprocess
             .check()
             .map_err(|problem| EngineError::Config(format!("preprocessing: {problem}")))?;
-        let (labels, source) = match (
-            &settings.labels,
-            config.as_ref().and_then(|c| c.label_names.as_ref()),
-        ) {
+        let config_labels = config
+            .as_ref()
+            .and_then(|c| Some((c.label_names.as_ref()?, &c.label_descriptions)));
+        let (labels, source) = match (&settings.labels, config_labels) {
             (Some(path), _) => (
                 Labels::from_file(path)?,
                 format!("labels file {}", path.display()),
             ),
-            (None, Some(names)) => (
-                Labels::from_config(
-                    names,
-                    &config
-                        .as_ref()
-                        .expect("names come from it")
-                        .label_descriptions,
-                )
-                .map_err(|reason| {
+            (None, Some((names, descriptions))) => (
+                Labels::from_config(names, descriptions).map_err(|reason| {
                     EngineError::Config(format!("config.json's label_names: {reason}"))
                 })?,
                 "config.json's label_names".to_string(),

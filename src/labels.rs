@@ -155,23 +155,6 @@ impl Labels {
                 (names, true)
             }
         };
-        let mut labels = Self::from_config_names(names);
-        labels.indexed |= indexed;
-        if labels != Self::imagenet() {
-            for (i, name) in labels.names.iter_mut().enumerate() {
-                if let Some(description) = descriptions.get(name.as_str()) {
-                    if looks_like_wnid(name) {
-                        labels.wnids[i] = Some(name.clone());
-                    }
-                    *name = description.clone();
-                }
-            }
-        }
-        Ok(labels)
-    }
-
-    /// Labels from a list of names (see [`Labels::from_config`]).
-    fn from_config_names(names: Vec<String>) -> Self {
         let imagenet = Self::imagenet();
         if names.len() == imagenet.len()
             && names
@@ -179,18 +162,28 @@ impl Labels {
                 .zip(&imagenet.wnids)
                 .all(|(n, w)| w.as_deref() == Some(n))
         {
-            return imagenet;
+            return Ok(Self {
+                indexed,
+                ..imagenet
+            });
         }
-        if names.iter().all(|n| looks_like_wnid(n)) {
-            // WordNet ids of another label set: keep them as names, and as ids.
-            let wnids = names.iter().cloned().map(Some).collect();
-            return Self {
-                names,
-                wnids,
-                indexed: false,
-            };
-        }
-        Self::from_names(names)
+        // WordNet ids stay the ids when they are all there is (another label set) or when a
+        // description names them.
+        let all_wnids = names.iter().all(|n| looks_like_wnid(n));
+        let (wnids, names) = names
+            .into_iter()
+            .map(|name| {
+                let description = descriptions.get(&name);
+                let wnid = (looks_like_wnid(&name) && (all_wnids || description.is_some()))
+                    .then(|| name.clone());
+                (wnid, description.cloned().unwrap_or(name))
+            })
+            .unzip();
+        Ok(Self {
+            names,
+            wnids,
+            indexed,
+        })
     }
 
     /// Read a labels file:
