@@ -1,7 +1,8 @@
 //! Preprocessing parity with torchvision/timm on real photos.
 //!
 //! `tests/fixtures/preprocess/make_reference.py` ran PIL + torchvision on each photo and
-//! stored the uint8 crop as a PNG. Bound: the uint8 crop must be identical (max per-pixel
+//! stored the uint8 crop as a PNG, and the SHA-256 of the whole decoded image. Bound: the
+//! decoded pixels must hash the same, and the uint8 crop must be identical (max per-pixel
 //! difference 0) for every case, JPEG included (we decode JPEG with libjpeg-turbo's
 //! algorithms, as PIL does), and the first normalised values must be equal bit for bit. The
 //! channel means are compared too, to catch a wrong mean/std or channel order.
@@ -10,6 +11,7 @@ use classify::preprocess::{
     decode_rgb, normalize, resize_center_crop, Interpolation, PreprocessConfig, DEFAULT_MAX_PIXELS,
 };
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 #[derive(Deserialize)]
 struct Manifest {
@@ -23,6 +25,7 @@ struct Case {
     config: String,
     params: Params,
     crop_png: String,
+    decoded_rgb_sha256: String,
     tensor_c0_row0_first8: Vec<f32>,
     tensor_channel_means: Vec<f64>,
 }
@@ -63,7 +66,18 @@ fn crops_match_torchvision() {
         };
         let name = format!("{} / {}", case.image, case.config);
         let bytes = std::fs::read(dir.join(&case.image_dir).join(&case.image)).unwrap();
-        let crop = resize_center_crop(&decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap(), &cfg);
+        let decoded = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
+        // Every pixel, not only those the crop keeps: a GIF's fill, or a border, may lie
+        // outside it.
+        let sha: String = Sha256::digest(decoded.as_raw())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            sha, case.decoded_rgb_sha256,
+            "{name}: decoded pixels differ from PIL's"
+        );
+        let crop = resize_center_crop(&decoded, &cfg);
         let expected = image::open(dir.join("preprocess").join(&case.crop_png))
             .unwrap()
             .into_rgb8();
@@ -118,5 +132,59 @@ fn jpeg_simd_is_on_where_required() {
             !simd,
             "--no-default-features must build the plain-C decoder"
         );
+    }
+}
+
+#[derive(Deserialize)]
+struct EdgeCases {
+    cases: Vec<EdgeCase>,
+}
+
+#[derive(Deserialize)]
+struct EdgeCase {
+    file: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    rgb_sha256: Option<String>,
+    pil_error: Option<String>,
+    refused: Option<String>,
+}
+
+/// Hand-made files at the edges of their formats (`tests/fixtures/decode/make_cases.py`):
+/// each decodes to PIL's size and pixels, or is refused where PIL refuses it, or where the
+/// manifest says why classify refuses what PIL reads.
+#[test]
+fn edge_cases_decode_as_pil_does() {
+    let dir = fixtures().join("decode");
+    let manifest: EdgeCases =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest.cases.len() >= 10);
+    for case in &manifest.cases {
+        let bytes = std::fs::read(dir.join(&case.file)).unwrap();
+        let got = decode_rgb(&bytes, DEFAULT_MAX_PIXELS);
+        let name = &case.file;
+        match (&case.pil_error, &case.refused, got) {
+            (Some(pil), _, Ok(_)) => panic!("{name}: decoded, but PIL refuses it ({pil})"),
+            (None, Some(why), Ok(_)) => panic!("{name}: decoded, but should be refused: {why}"),
+            (Some(_), _, Err(e)) | (None, Some(_), Err(e)) => eprintln!("{name}: refused: {e}"),
+            (None, None, Err(e)) => panic!("{name}: refused ({e}), but PIL decodes it"),
+            (None, None, Ok(img)) => {
+                assert_eq!(
+                    (Some(img.width()), Some(img.height())),
+                    (case.width, case.height),
+                    "{name}: size"
+                );
+                let sha: String = Sha256::digest(img.as_raw())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                assert_eq!(
+                    Some(&sha),
+                    case.rgb_sha256.as_ref(),
+                    "{name}: pixels differ from PIL's"
+                );
+                eprintln!("{name}: PIL's pixels");
+            }
+        }
     }
 }

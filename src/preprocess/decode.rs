@@ -27,12 +27,16 @@ pub enum DecodeError {
     ZeroSized,
     #[error("cannot decode image: {0}")]
     Image(#[from] image::ImageError),
+    #[error("cannot decode GIF: {0}")]
+    Gif(#[from] gif::DecodingError),
+    #[error("GIF holds no image")]
+    NoGifFrame,
 }
 
 /// Decode an image to 8-bit RGB with EXIF orientation applied, as PIL's `open` then
 /// `convert("RGB")` do: greyscale is replicated, alpha is dropped (not composited),
 /// palettes are expanded, 16-bit samples keep their high byte, CMYK JPEGs are converted
-/// with PIL's formula; GIFs give their first frame. One deliberate difference: PIL clips a
+/// with PIL's formula; GIFs give their first frame as PIL composes it. One deliberate difference: PIL clips a
 /// 16-bit greyscale image (its mode `I;16`) to 255, which turns most of it white; here it
 /// keeps its high byte like 16-bit colour does.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
@@ -48,6 +52,9 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
             None => DecodeError::UnknownFormat,
         });
     };
+    if format == image::ImageFormat::Gif {
+        return super::gif::first_frame(bytes, max_pixels);
+    }
     if format == image::ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
         // libjpeg would pad the missing rows with grey and carry on; PIL refuses.
         return Err(DecodeError::TruncatedJpeg);
@@ -93,7 +100,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
 }
 
 /// Refuse an image of no pixels, or of more than `max_pixels`, from its declared size.
-fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), DecodeError> {
+pub(super) fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), DecodeError> {
     if width == 0 || height == 0 {
         return Err(DecodeError::ZeroSized);
     }

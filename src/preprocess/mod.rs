@@ -6,6 +6,7 @@
 //! pixel budget before allocating anything, so decompression bombs are refused cheaply.
 
 mod decode;
+mod gif;
 pub mod resample;
 
 use image::RgbImage;

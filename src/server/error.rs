@@ -53,13 +53,16 @@ impl ApiError {
                 ApiError::UnsupportedMediaType(e.to_string())
             }
             DecodeError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
-            DecodeError::Image(image::ImageError::Limits(_)) => {
+            DecodeError::Image(image::ImageError::Limits(_))
+            | DecodeError::Gif(gif::DecodingError::MemoryLimit) => {
                 ApiError::PayloadTooLarge("image needs more memory to decode than allowed".into())
             }
             DecodeError::Empty
             | DecodeError::ZeroSized
             | DecodeError::TruncatedJpeg
-            | DecodeError::Image(_) => ApiError::BadRequest(e.to_string()),
+            | DecodeError::NoGifFrame
+            | DecodeError::Image(_)
+            | DecodeError::Gif(_) => ApiError::BadRequest(e.to_string()),
         }
     }
 }
