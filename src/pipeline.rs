@@ -19,8 +19,9 @@ use crate::preprocess::DecodeError;
 
 /// Extensions picked up when walking a directory (case-insensitive).
 /// HEIC/HEIF/AVIF are listed so that such files are reported as unsupported, not skipped.
-pub const IMAGE_EXTENSIONS: [&str; 12] = [
-    "jpg", "jpeg", "jfif", "png", "gif", "webp", "bmp", "tif", "tiff", "heic", "heif", "avif",
+pub const IMAGE_EXTENSIONS: [&str; 16] = [
+    "jpg", "jpeg", "jfif", "png", "gif", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm", "pnm",
+    "heic", "heif", "avif",
 ];
 
 /// Largest input file read (bytes); anything bigger is refused before reading it.

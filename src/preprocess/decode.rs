@@ -7,13 +7,19 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
+use super::pnm;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("empty input (0 bytes)")]
     Empty,
-    #[error("not a recognised image format (supported: JPEG, PNG, GIF, WebP, BMP, TIFF)")]
+    #[error(
+        "not a recognised image format (supported: JPEG, PNG, GIF, WebP, BMP, TIFF, PPM/PGM/PBM)"
+    )]
     UnknownFormat,
-    #[error("{0} images are not supported (supported: JPEG, PNG, GIF, WebP, BMP, TIFF)")]
+    #[error(
+        "{0} images are not supported (supported: JPEG, PNG, GIF, WebP, BMP, TIFF, PPM/PGM/PBM)"
+    )]
     UnsupportedFormat(&'static str),
     #[error("truncated JPEG (no end-of-image marker after the image data)")]
     TruncatedJpeg,
@@ -31,6 +37,8 @@ pub enum DecodeError {
     Gif(#[from] gif::DecodingError),
     #[error("GIF holds no image")]
     NoGifFrame,
+    #[error("cannot decode {format}: {why}")]
+    Malformed { format: &'static str, why: String },
 }
 
 /// Decode an image to 8-bit RGB with EXIF orientation applied, as PIL's `open` then
@@ -43,14 +51,24 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
+    match pnm::magic(bytes) {
+        Some(pnm::Magic::Readable(kind)) => return pnm::decode(bytes, kind, max_pixels),
+        Some(pnm::Magic::Unsupported(name)) => return Err(DecodeError::UnsupportedFormat(name)),
+        None => {}
+    }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DecodeError::Image(e.into()))?;
-    let Some(format) = reader.format() else {
-        return Err(match iso_media_brand(bytes) {
-            Some(brand) => DecodeError::UnsupportedFormat(brand),
-            None => DecodeError::UnknownFormat,
-        });
+    let format = match reader.format() {
+        // A `P1`-`P7` start that `pnm::magic` turned down (no whitespace after it): PIL
+        // cannot identify such a file either.
+        None | Some(image::ImageFormat::Pnm) => {
+            return Err(match iso_media_brand(bytes) {
+                Some(brand) => DecodeError::UnsupportedFormat(brand),
+                None => DecodeError::UnknownFormat,
+            })
+        }
+        Some(format) => format,
     };
     if format == image::ImageFormat::Gif {
         return super::gif::first_frame(bytes, max_pixels);

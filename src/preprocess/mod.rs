@@ -7,6 +7,7 @@
 
 mod decode;
 mod gif;
+mod pnm;
 pub mod resample;
 
 use image::RgbImage;

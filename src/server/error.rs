@@ -61,6 +61,7 @@ impl ApiError {
             | DecodeError::ZeroSized
             | DecodeError::TruncatedJpeg
             | DecodeError::NoGifFrame
+            | DecodeError::Malformed { .. }
             | DecodeError::Image(_)
             | DecodeError::Gif(_) => ApiError::BadRequest(e.to_string()),
         }

@@ -194,6 +194,11 @@ pub fn corpus(photos: &Path) -> Vec<Entry> {
     let jpeg = std::fs::read(photos.join("chelsea.jpg")).unwrap();
     let png = std::fs::read(photos.join("coffee.png")).unwrap();
     let g = gradient(64, 48);
+    let ppm = [
+        format!("P6\n{} {}\n255\n", g.width(), g.height()).as_bytes(),
+        g.as_raw(),
+    ]
+    .concat();
     let e = |name: &str, bytes: Vec<u8>, expect| Entry {
         name: name.to_string(),
         bytes,
@@ -287,6 +292,18 @@ pub fn corpus(photos: &Path) -> Vec<Entry> {
             "plain.tiff",
             encode(&DynamicImage::ImageRgb8(g), ImageFormat::Tiff),
             Classified,
+        ),
+        e("binary.ppm", ppm.clone(), Classified),
+        e(
+            "plain.pgm",
+            b"P2\n2 2\n255\n0 64\n128 255\n".to_vec(),
+            Classified,
+        ),
+        e("truncated.ppm", ppm[..ppm.len() / 2].to_vec(), Error),
+        e(
+            "bomb_60000x60000.ppm",
+            b"P6\n60000 60000\n255\n\x01\x02\x03".to_vec(),
+            Error,
         ),
         e(
             "photo.heic",
