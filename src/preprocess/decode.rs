@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
-use super::pnm;
+use super::{bmp, pnm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -114,7 +114,11 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
-    Ok(rgb8_like_pil(img))
+    let mut rgb = rgb8_like_pil(img);
+    if format == image::ImageFormat::Bmp {
+        bmp::sixteen_bit_like_pil(bytes, &mut rgb);
+    }
+    Ok(rgb)
 }
 
 /// Refuse an image of no pixels, or of more than `max_pixels`, from its declared size.

@@ -5,6 +5,7 @@
 //! Pure: no file or network I/O, no globals. Decoding checks the declared size against a
 //! pixel budget before allocating anything, so decompression bombs are refused cheaply.
 
+mod bmp;
 mod decode;
 mod gif;
 mod pnm;
