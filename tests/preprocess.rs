@@ -39,6 +39,13 @@ struct Params {
     std: [f32; 3],
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn fixtures() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -69,12 +76,9 @@ fn crops_match_torchvision() {
         let decoded = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
         // Every pixel, not only those the crop keeps: a GIF's fill, or a border, may lie
         // outside it.
-        let sha: String = Sha256::digest(decoded.as_raw())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         assert_eq!(
-            sha, case.decoded_rgb_sha256,
+            sha256_hex(decoded.as_raw()),
+            case.decoded_rgb_sha256,
             "{name}: decoded pixels differ from PIL's"
         );
         let crop = resize_center_crop(&decoded, &cfg);
@@ -190,10 +194,7 @@ fn edge_cases_decode_as_pil_does() {
                     (case.width, case.height),
                     "{name}: size"
                 );
-                let sha: String = Sha256::digest(img.as_raw())
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let sha = sha256_hex(img.as_raw());
                 match &case.departure {
                     None => assert_eq!(
                         Some(&sha),
