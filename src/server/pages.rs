@@ -1,9 +1,12 @@
 //! The HTML pages: the upload page (inline CSS and JavaScript, no external assets) and the
-//! result page of its JavaScript-free form post, which inlines the image as a data URL.
+//! result page of its JavaScript-free form post, which inlines the image as a data URL (a
+//! PNG of it for the formats browsers do not show). On the upload page a format the
+//! browser cannot show has no preview.
 
 use base64::Engine as _;
 
 use crate::engine::Prediction;
+use crate::preprocess;
 
 pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -100,6 +103,7 @@ if (key) key.value = sessionStorage.getItem('classify-key') || '';
 const esc = s => s.replace(/[&<>"']/g, c => ({{'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}})[c]);
 file.addEventListener('change', () => {{
   if (!file.files[0]) return;
+  preview.onerror = () => {{ preview.hidden = true; }};
   preview.src = URL.createObjectURL(file.files[0]); preview.hidden = false;
   label.textContent = ''; result.innerHTML = ''; error.textContent = '';
 }});
@@ -127,31 +131,53 @@ form.addEventListener('submit', async (ev) => {{
     page("Image classifier", &body)
 }
 
-fn sniff_mime(bytes: &[u8]) -> &'static str {
-    match image::guess_format(bytes) {
-        Ok(image::ImageFormat::Png) => "image/png",
-        Ok(image::ImageFormat::Gif) => "image/gif",
-        Ok(image::ImageFormat::WebP) => "image/webp",
-        Ok(image::ImageFormat::Bmp) => "image/bmp",
-        Ok(image::ImageFormat::Tiff) => "image/tiff",
-        _ => "image/jpeg",
-    }
+/// Longest side of a preview the server draws itself (see [`preview_data_url`]).
+const PREVIEW_SIDE: u32 = 1024;
+
+/// The uploaded image as a `data:` URL a browser shows: the bytes as sent for the formats
+/// browsers display, else (TIFF, Netpbm) a PNG of the decoded pixels, at most
+/// [`PREVIEW_SIDE`] on its longest side. `None` if it cannot be drawn.
+fn preview_data_url(image: &[u8]) -> Option<String> {
+    use image::ImageFormat::{Bmp, Gif, Jpeg, Png, WebP};
+    let shown = match image::guess_format(image) {
+        Ok(Png) => Some("image/png"),
+        Ok(Jpeg) => Some("image/jpeg"),
+        Ok(Gif) => Some("image/gif"),
+        Ok(WebP) => Some("image/webp"),
+        Ok(Bmp) => Some("image/bmp"),
+        _ => None,
+    };
+    let (mime, bytes) = match shown {
+        Some(mime) => (mime, std::borrow::Cow::Borrowed(image)),
+        None => {
+            let rgb = preprocess::decode_rgb(image, preprocess::DEFAULT_MAX_PIXELS).ok()?;
+            let scale = f64::from(PREVIEW_SIDE) / f64::from(rgb.width().max(rgb.height()));
+            let small = if scale < 1.0 {
+                let side = |v: u32| ((f64::from(v) * scale).round() as u32).max(1);
+                image::imageops::thumbnail(&rgb, side(rgb.width()), side(rgb.height()))
+            } else {
+                rgb
+            };
+            let mut png = std::io::Cursor::new(Vec::new());
+            small.write_to(&mut png, image::ImageFormat::Png).ok()?;
+            ("image/png", std::borrow::Cow::Owned(png.into_inner()))
+        }
+    };
+    let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    Some(format!("data:{mime};base64,{base64}"))
 }
 
 pub fn result_page(model: &str, image: &[u8], predictions: &[Prediction]) -> String {
-    let data_url = format!(
-        "data:{};base64,{}",
-        sniff_mime(image),
-        base64::engine::general_purpose::STANDARD.encode(image)
-    );
+    let picture = preview_data_url(image).map_or_else(String::new, |url| {
+        format!("<img class=\"result\" src=\"{url}\" alt=\"uploaded image\">")
+    });
     let name = predictions
         .first()
         .map(|p| display_label(&p.label))
         .unwrap_or_default();
     let body = format!(
         "<h1>Image classifier</h1><p class=\"muted\">Model: {model}</p>\
-         <img class=\"result\" src=\"{data_url}\" alt=\"uploaded image\">\
-         <h2 id=\"label\">{name}</h2><div id=\"result\">{bars}</div>\
+         {picture}<h2 id=\"label\">{name}</h2><div id=\"result\">{bars}</div>\
          <p><a href=\"/\">Classify another image</a></p>",
         model = escape_html(model),
         name = escape_html(&name),
@@ -189,6 +215,7 @@ mod tests {
         let html = result_page("m", b"\x89PNG\r\n\x1a\n", &preds);
         assert!(html.contains("<h2 id=\"label\">Egyptian cat</h2>"));
         assert!(html.contains("src=\"data:image/png;base64,"));
+        assert!(!result_page("m", b"not an image", &preds).contains("<img"));
         let one = |m: &str| vec![m.to_string()];
         assert!(!upload_page(&one("<m>"), false).contains("<m>"));
         assert!(!upload_page(&one("m"), false).contains("id=\"key\""));
@@ -196,5 +223,30 @@ mod tests {
         assert!(upload_page(&one("m"), true).contains("id=\"key\" type=\"password\""));
         let two = upload_page(&["a".into(), "<b>".into()], false);
         assert!(two.contains("<select id=\"model\" name=\"model\"><option>a</option><option>&lt;b&gt;</option></select>"));
+    }
+
+    #[test]
+    fn formats_browsers_cannot_show_are_previewed_as_png() {
+        let preds = [Prediction {
+            index: 1,
+            label: "goldfish".into(),
+            wnid: None,
+            score: 1.0,
+        }];
+        let preview = |bytes: &[u8]| {
+            let html = result_page("m", bytes, &preds);
+            let (_, rest) = html.split_once("src=\"data:image/png;base64,").unwrap();
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(&rest[..rest.find('"').unwrap()])
+                .unwrap();
+            image::load_from_memory(&png).unwrap().into_rgb8()
+        };
+        // A 3x2 PPM comes back as the same pixels; a wide one is drawn at most 1024 wide.
+        let ppm = b"P6\n3 2\n255\n\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12";
+        let small = preview(ppm);
+        assert_eq!(small.dimensions(), (3, 2));
+        assert_eq!(small.as_raw(), &ppm[11..]);
+        let wide = [b"P5\n3000 10\n255\n".as_slice(), &[128; 30_000]].concat();
+        assert_eq!(preview(&wide).dimensions(), (1024, 3));
     }
 }
