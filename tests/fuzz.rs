@@ -112,12 +112,22 @@ fn run_target(name: &str, seeds: Vec<Vec<u8>>, mut target: impl FnMut(&[u8])) {
     );
 }
 
+/// The hostile corpus, chelsea.jpg, and the hand-made files at the edges of each format
+/// (`tests/fixtures/decode/`: GIF, Netpbm, BMP), the decoders' odd paths.
 fn image_seeds() -> Vec<Vec<u8>> {
+    let mut edge_cases: Vec<_> = std::fs::read_dir(common::fixtures().join("decode"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e != "py" && e != "json"))
+        .collect();
+    edge_cases.sort(); // the same seeds in the same order on every run
+    let edge_cases = edge_cases.into_iter().map(|p| std::fs::read(p).unwrap());
     common::hostile::corpus(&common::fixtures().join("photos"))
         .into_iter()
         .map(|e| e.bytes)
         .filter(|b| b.len() < 64 * 1024)
         .chain([std::fs::read(common::photo("chelsea.jpg")).unwrap()])
+        .chain(edge_cases)
         .collect()
 }
 
