@@ -16,7 +16,7 @@ use super::decode::{check_size, DecodeError};
 /// - with no palette, or with the grey ramp 0, 1, 2, ... as one, an index is its grey level.
 ///
 /// The `image` crate's decoder leaves the area around a smaller frame black, and refuses
-/// a GIF without a palette.
+/// a GIF without a palette (as does the gif crate, hence [`with_grey_ramp`]).
 pub(super) fn first_frame(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     let mut options = gif::DecodeOptions::new();
     options.set_color_output(gif::ColorOutput::Indexed);
@@ -27,6 +27,8 @@ pub(super) fn first_frame(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Dec
     options.set_memory_limit(gif::MemoryLimit::Bytes(
         NonZeroU64::new(limit).expect("at least 1 << 26"),
     ));
+    let ramped = with_grey_ramp(bytes);
+    let bytes = ramped.as_deref().unwrap_or(bytes);
     let mut decoder = options.read_info(Cursor::new(bytes))?;
     let (screen_width, screen_height) = (u32::from(decoder.width()), u32::from(decoder.height()));
     let global = decoder.global_palette().map(<[u8]>::to_vec);
@@ -59,6 +61,26 @@ pub(super) fn first_frame(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Dec
         }
     }
     Ok(canvas)
+}
+
+/// A GIF without a global colour table, given the grey ramp as one: PIL reads the indices
+/// of a frame that has no palette as grey levels, and the gif crate refuses such a frame.
+/// A frame with its own palette still uses it. `None` when the GIF has a global table.
+fn with_grey_ramp(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (screen, rest) = bytes.split_at_checked(13)?;
+    let flags = screen[10];
+    if flags & 0x80 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 768);
+    out.extend_from_slice(&screen[..10]);
+    // A global table (0x80) of 2^(7 + 1) = 256 entries (0x07); the colour resolution and
+    // sort bits are kept.
+    out.push(flags | 0x87);
+    out.extend_from_slice(&screen[11..]);
+    out.extend((0..=255u8).flat_map(|i| [i; 3]));
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 /// PIL's `_is_palette_needed` answered no: entry `i` is `(i, i, i)` throughout.
