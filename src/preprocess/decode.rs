@@ -44,8 +44,10 @@ pub enum DecodeError {
 /// Decode an image to 8-bit RGB with EXIF orientation applied, as PIL's `open` then
 /// `convert("RGB")` do: greyscale is replicated, alpha is dropped (not composited),
 /// palettes are expanded, 16-bit samples keep their high byte, CMYK JPEGs are converted
-/// with PIL's formula; GIFs give their first frame as PIL composes it. One deliberate difference: PIL clips a
-/// 16-bit greyscale image (its mode `I;16`) to 255, which turns most of it white; here it
+/// with PIL's formula, 16-bit BMP samples are widened as PIL widens them; a GIF gives its
+/// first frame as PIL composes it (`gif.rs`), a Netpbm file its samples as PIL
+/// scales them (`pnm.rs`). One deliberate difference: PIL clips a 16-bit greyscale
+/// image (its mode `I;16`, or `I` for a PGM) to 255, which turns most of it white; here it
 /// keeps its high byte like 16-bit colour does.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
