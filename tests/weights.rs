@@ -33,6 +33,8 @@ fn every_format_yields_the_same_tensors() {
         "legacy_f64.pth",
         "strided.pth",
         "strided_legacy.pth",
+        "ema_only.pth",
+        "legacy_optimizer_first.pth",
     ] {
         let ck = Checkpoint::open(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut keys: Vec<_> = ck.keys().collect();
@@ -117,6 +119,29 @@ fn a_whole_module_or_torchscript_says_how_to_get_a_state_dict() {
         let err = Checkpoint::open(&fixture(name)).unwrap_err();
         assert!(matches!(err, WeightsError::Empty { .. }), "{name}: {err}");
         assert!(err.to_string().contains(says), "{name}: {err}");
+    }
+}
+
+/// Weights and their moving average in one file would classify differently, and which
+/// one the user's reference loads depends on the script: refused, saying how to pick.
+#[test]
+fn weights_beside_their_moving_average_are_refused() {
+    for (name, weights, average) in [
+        ("with_ema.pth", "state_dict", "state_dict_ema"),
+        ("with_ema_legacy.pth", "model", "model_ema"),
+    ] {
+        let err = Checkpoint::open(&fixture(name)).unwrap_err();
+        assert!(
+            matches!(&err, WeightsError::TwoWeightSets { weights: w, average: a, .. }
+                if *w == weights && *a == average),
+            "{name}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(name), "{msg}");
+        assert!(
+            msg.contains(&format!("torch.save(torch.load(FILE)[\"{average}\"]")),
+            "{msg}"
+        );
     }
 }
 

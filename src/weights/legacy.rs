@@ -35,28 +35,95 @@ fn read_pickle(reader: &mut impl std::io::BufRead) -> candle_core::Result<Object
 /// Keys under which training scripts commonly nest the state dict.
 pub const WRAPPER_KEYS: [&str; 5] = ["state_dict", "model", "model_state_dict", "net", "module"];
 
-/// Descend into `{"state_dict": {...}}`-style wrappers until a dict of tensors is found.
-fn unwrap_state_dict(obj: Object) -> Object {
+/// Keys under which training scripts keep a moving average of the weights beside them
+/// (timm's `state_dict_ema`; DeiT's and ConvNeXt's `model_ema`).
+pub const EMA_KEYS: [&str; 2] = ["state_dict_ema", "model_ema"];
+
+/// Every wrapper key, in the order they are tried: the weights, then their moving
+/// average, which a checkpoint holding nothing else gives.
+pub fn wrapper_keys() -> impl Iterator<Item = &'static str> {
+    WRAPPER_KEYS.into_iter().chain(EMA_KEYS)
+}
+
+/// Two sets of weights in one checkpoint: the wrapper key of the weights, and that of
+/// their moving average beside them.
+pub type TwoSets = (&'static str, &'static str);
+
+/// Named tensors as a checkpoint holds them.
+pub type Tensors = Vec<(String, Tensor)>;
+
+/// Descend into `{"state_dict": {...}}`-style wrappers until a dict of tensors is found;
+/// also says where a moving average sits beside the weights found.
+fn unwrap_state_dict(obj: Object) -> (Object, Option<TwoSets>) {
     let Object::Dict(entries) = obj else {
-        return obj;
+        return (obj, None);
     };
     let is_tensor = |v: &Object| matches!(v, Object::Reduce { .. });
     if entries.iter().any(|(_, v)| is_tensor(v)) {
-        return Object::Dict(entries);
+        return (Object::Dict(entries), None);
     }
-    for key in WRAPPER_KEYS {
-        if let Some((_, inner)) = entries
+    let find = |key: &str| {
+        entries
             .iter()
-            .find(|(k, _)| matches!(k, Object::Unicode(s) if s == key))
-        {
-            return unwrap_state_dict(inner.clone());
+            .find(|(k, v)| {
+                matches!(k, Object::Unicode(s) if s == key) && matches!(v, Object::Dict(_))
+            })
+            .map(|(_, v)| v.clone())
+    };
+    for key in wrapper_keys() {
+        if let Some(inner) = find(key) {
+            let ema = EMA_KEYS
+                .into_iter()
+                .find(|&e| e != key && find(e).is_some());
+            let (state, deeper) = unwrap_state_dict(inner);
+            let beside = ema.filter(|_| !EMA_KEYS.contains(&key)).map(|e| (key, e));
+            return (state, beside.or(deeper));
         }
     }
-    Object::Dict(entries)
+    (Object::Dict(entries), None)
 }
 
-/// Read every tensor of a legacy checkpoint held in `bytes`.
-pub fn read(bytes: &[u8]) -> candle_core::Result<Vec<(String, Tensor)>> {
+/// The element size of every storage the pickle refers to, by storage key: its persistent
+/// ids are `("storage", torch.<Type>Storage, key, location, numel)`.
+fn storage_sizes(obj: &Object, out: &mut HashMap<String, usize>) {
+    match obj {
+        Object::PersistentLoad(id) => {
+            if let Object::Tuple(fields) = id.as_ref() {
+                if let [Object::Unicode(kind), Object::Class { class_name, .. }, Object::Unicode(key), ..] =
+                    fields.as_slice()
+                {
+                    let size = match class_name.as_str() {
+                        "DoubleStorage" | "LongStorage" | "ComplexFloatStorage" => 8,
+                        "FloatStorage" | "IntStorage" => 4,
+                        "HalfStorage" | "BFloat16Storage" | "ShortStorage" => 2,
+                        "ByteStorage" | "CharStorage" | "BoolStorage" => 1,
+                        "ComplexDoubleStorage" => 16,
+                        _ => return,
+                    };
+                    if kind == "storage" {
+                        out.insert(key.clone(), size);
+                    }
+                }
+            }
+        }
+        Object::Tuple(items) | Object::List(items) => {
+            items.iter().for_each(|o| storage_sizes(o, out));
+        }
+        Object::Dict(entries) => entries.iter().for_each(|(k, v)| {
+            storage_sizes(k, out);
+            storage_sizes(v, out);
+        }),
+        Object::Reduce { callable, args } | Object::Build { callable, args } => {
+            storage_sizes(callable, out);
+            storage_sizes(args, out);
+        }
+        _ => {}
+    }
+}
+
+/// Read every tensor of a legacy checkpoint held in `bytes`, and where a moving average of
+/// the weights sits beside them.
+pub fn read(bytes: &[u8]) -> candle_core::Result<(Tensors, Option<TwoSets>)> {
     if !bytes.starts_with(&MAGIC_PICKLE) {
         return Err(err(
             "not a legacy PyTorch checkpoint (bad magic number or unsupported pickle protocol)",
@@ -75,7 +142,12 @@ pub fn read(bytes: &[u8]) -> candle_core::Result<Vec<(String, Tensor)>> {
             return Err(err("big-endian legacy checkpoints are not supported"));
         }
     }
-    let state = unwrap_state_dict(read_pickle(&mut reader)?);
+    let root = read_pickle(&mut reader)?;
+    // Every storage's element size, those of tensors outside the state dict (an optimizer's,
+    // a moving average's) included: the data section holds them all, one after another.
+    let mut elem_size = HashMap::new();
+    storage_sizes(&root, &mut elem_size);
+    let (state, two_sets) = unwrap_state_dict(root);
     let storage_keys: Vec<String> = match read_pickle(&mut reader)? {
         Object::List(keys) => keys
             .into_iter()
@@ -102,10 +174,10 @@ pub fn read(bytes: &[u8]) -> candle_core::Result<Vec<(String, Tensor)>> {
             .collect::<candle_core::Result<Vec<_>>>()?,
         _ => return Err(err("the checkpoint does not hold a dict of tensors")),
     };
-    let elem_size: HashMap<&str, usize> = infos
-        .iter()
-        .map(|i| (i.path.trim_start_matches('/'), i.dtype.size_in_bytes()))
-        .collect();
+    for info in &infos {
+        let key = info.path.trim_start_matches('/').to_string();
+        elem_size.entry(key).or_insert(info.dtype.size_in_bytes());
+    }
 
     // Storage data follows the pickles, in the order of the key list.
     let mut offset = MAGIC_PICKLE.len() as u64 + reader.position();
@@ -117,7 +189,7 @@ pub fn read(bytes: &[u8]) -> candle_core::Result<Vec<(String, Tensor)>> {
             .read_exact(&mut count)
             .map_err(|_| err(format!("truncated before storage {key}")))?;
         let numel = u64::from_le_bytes(count);
-        let size = elem_size.get(key.as_str()).copied().unwrap_or(1) as u64;
+        let size = elem_size.get(key).copied().unwrap_or(1) as u64;
         let len = numel
             .checked_mul(size)
             .ok_or_else(|| err(format!("storage {key} is too large")))?;
@@ -145,7 +217,8 @@ pub fn read(bytes: &[u8]) -> candle_core::Result<Vec<(String, Tensor)>> {
             let tensor = super::tensor_from_storage(&info, data)?;
             Ok((info.name, tensor))
         })
-        .collect()
+        .collect::<candle_core::Result<_>>()
+        .map(|tensors| (tensors, two_sets))
 }
 
 /// Bytes of a legacy checkpoint holding `tensors` (f32 only), as torch 1.4 writes them.
@@ -219,7 +292,7 @@ mod tests {
             ("conv.weight", vec![2, 1, 1, 2], vec![1.0, 2.0, 3.0, 4.0]),
             ("conv.bias", vec![2], vec![-1.5, 0.25]),
         ]);
-        let tensors: HashMap<_, _> = read(&bytes).unwrap().into_iter().collect();
+        let tensors: HashMap<_, _> = read(&bytes).unwrap().0.into_iter().collect();
         assert_eq!(tensors.len(), 2);
         let w = &tensors["conv.weight"];
         assert_eq!(w.dims(), &[2, 1, 1, 2]);

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
+use legacy::{Tensors, TwoSets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -40,11 +41,23 @@ pub enum WeightsError {
         source: candle_core::Error,
     },
     #[error("weights file {path} holds no tensors (looked at the top level and under {}){}",
-        legacy::WRAPPER_KEYS.join(", "), why.as_deref().map(|w| format!(": {w}")).unwrap_or_default())]
+        legacy::wrapper_keys().collect::<Vec<_>>().join(", "),
+        why.as_deref().map(|w| format!(": {w}")).unwrap_or_default())]
     Empty {
         path: PathBuf,
         /// What the file holds instead, when that is recognisable.
         why: Option<String>,
+    },
+    #[error(
+        "weights file {path} holds two sets of weights, `{weights}` and their moving average \
+         `{average}`, which classify images differently: timm's create_model(checkpoint_path=...) \
+         loads `{average}`, most training scripts evaluate `{weights}`. Save the one to use on \
+         its own: `torch.save(torch.load(FILE)[\"{average}\"], \"weights.pth\")`"
+    )]
+    TwoWeightSets {
+        path: PathBuf,
+        weights: &'static str,
+        average: &'static str,
     },
     #[error(
         "weights file {path}: tensor `{name}` holds {count} NaN or infinite value(s); the \
@@ -106,13 +119,20 @@ impl Checkpoint {
         let format = Format::sniff(&head[..n]).ok_or_else(|| WeightsError::UnknownFormat {
             path: path.to_path_buf(),
         })?;
-        let tensors = match format {
-            Format::Safetensors => read_safetensors(path).map_err(parse)?,
+        let (tensors, two_sets) = match format {
+            Format::Safetensors => (read_safetensors(path).map_err(parse)?, None),
             Format::TorchZip => read_torch_zip(path).map_err(parse)?,
             Format::TorchLegacy => {
                 legacy::read(&std::fs::read(path).map_err(io)?).map_err(parse)?
             }
         };
+        if let Some((weights, average)) = two_sets {
+            return Err(WeightsError::TwoWeightSets {
+                path: path.to_path_buf(),
+                weights,
+                average,
+            });
+        }
         if tensors.is_empty() {
             return Err(WeightsError::Empty {
                 path: path.to_path_buf(),
@@ -338,19 +358,30 @@ fn read_safetensors(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
         .collect()
 }
 
-fn read_torch_zip(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
+/// The tensors of a PyTorch zip checkpoint, at its top level or under the first wrapper key
+/// that holds any, and where a moving average of the weights sits beside them.
+fn read_torch_zip(path: &Path) -> candle_core::Result<(Tensors, Option<TwoSets>)> {
+    let infos = |key| candle_core::pickle::read_pth_tensor_info(path, false, key);
     let mut last_err = None;
-    for key in std::iter::once(None).chain(legacy::WRAPPER_KEYS.map(Some)) {
-        match candle_core::pickle::read_pth_tensor_info(path, false, key) {
-            Ok(infos) if !infos.is_empty() => return read_zip_tensors(path, infos),
+    for key in std::iter::once(None).chain(legacy::wrapper_keys().map(Some)) {
+        match infos(key) {
+            Ok(found) if !found.is_empty() => {
+                let beside = key.filter(|k| !legacy::EMA_KEYS.contains(k)).and_then(|k| {
+                    let ema = legacy::EMA_KEYS
+                        .into_iter()
+                        .find(|&e| infos(Some(e)).is_ok_and(|i| !i.is_empty()));
+                    ema.map(|e| (k, e))
+                });
+                return Ok((read_zip_tensors(path, found)?, beside));
+            }
             Ok(_) => {}
             Err(e) => last_err = Some(e),
         }
     }
     match last_err {
         // No wrapper matched: report the plain read's outcome (usually "no tensors").
-        Some(e) if candle_core::pickle::read_pth_tensor_info(path, false, None).is_err() => Err(e),
-        _ => Ok(Vec::new()),
+        Some(e) if infos(None).is_err() => Err(e),
+        _ => Ok((Vec::new(), None)),
     }
 }
 
