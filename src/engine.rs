@@ -159,10 +159,17 @@ impl Engine {
             ),
         };
         if labels.check_count(num_classes, &source)? {
-            tracing::warn!(
-                "{source} does not name all {num_classes} classes of the model; the others \
-                 are shown as class_N"
-            );
+            if labels.is_empty() {
+                tracing::warn!(
+                    "the model has {num_classes} classes, not ImageNet-1k's 1000: they are \
+                     shown as class_N (--labels FILE names them)"
+                );
+            } else {
+                tracing::warn!(
+                    "{source} does not name all {num_classes} classes of the model; the \
+                     others are shown as class_N"
+                );
+            }
         }
         Ok(Self {
             name: settings.name.clone(),

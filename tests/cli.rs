@@ -834,3 +834,62 @@ fn bench_runs_every_family_and_names_the_cpu_and_instruction_set() {
         assert_eq!(r["input_size"].as_u64().unwrap().to_string(), size);
     }
 }
+
+/// A fine-tuned model with its own classes (here Lite0 cut to its first 10) and no labels:
+/// the classes are `class_N`, ranked as the full model ranks them, and the warning says why
+/// and how to name them.
+#[test]
+fn a_model_with_other_classes_shows_them_numbered() {
+    let ck = classify::weights::Checkpoint::open(&common::lite0_pth()).unwrap();
+    let tensors: HashMap<String, candle_core::Tensor> = ck
+        .keys()
+        .map(|k| {
+            let t = ck.get(k).unwrap().clone();
+            let t = if k.starts_with("_fc.") {
+                t.narrow(0, 0, 10).unwrap()
+            } else {
+                t
+            };
+            (k.to_string(), t)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let ten = dir.path().join("ten_classes.safetensors");
+    candle_core::safetensors::save(&tensors, &ten).unwrap();
+
+    let hub = HubCache::new();
+    let run = |weights: &std::path::Path, top_k: &str| {
+        let out = hub
+            .command()
+            .args([
+                "--model",
+                "tf_efficientnet_lite0",
+                "--json",
+                "--top-k",
+                top_k,
+            ])
+            .arg("--weights")
+            .arg(weights)
+            .arg(photo("chelsea.jpg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (records(&out).remove(0).predictions.unwrap(), stderr(&out))
+    };
+    let (ten_preds, warning) = run(&ten, "10");
+    assert!(
+        warning.contains("the model has 10 classes, not ImageNet-1k's 1000: they are shown as class_N (--labels FILE names them)"),
+        "{warning}"
+    );
+    assert_eq!(ten_preds.len(), 10);
+    let (all, _) = run(&common::lite0_pth(), "1000");
+    let first_ten: Vec<usize> = all.iter().map(|p| p.index).filter(|&i| i < 10).collect();
+    assert_eq!(
+        ten_preds.iter().map(|p| p.index).collect::<Vec<_>>(),
+        first_ten
+    );
+    for p in &ten_preds {
+        assert_eq!(p.label, format!("class_{}", p.index));
+        assert_eq!(p.wnid, None);
+    }
+}
