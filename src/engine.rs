@@ -20,6 +20,13 @@ pub enum EngineError {
     Weights(#[from] WeightsError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("{} is a {fits} checkpoint, not {asked} (--model {fits})", path.display())]
+    WrongModel {
+        path: std::path::PathBuf,
+        asked: &'static str,
+        fits: &'static str,
+        source: Box<ModelError>,
+    },
     #[error(transparent)]
     Labels(#[from] LabelsError),
     #[error(transparent)]
@@ -133,7 +140,25 @@ impl Engine {
         tracing::info!(%arch, weights = %weights.display(), ?device, isa = %opts.isa, "loading model");
         let checkpoint = Checkpoint::open(&weights)?;
         let (network, num_classes, arch) =
-            Network::from_checkpoint(arch, checkpoint, &device, opts)?;
+            match Network::from_checkpoint(arch, checkpoint.clone(), &device, opts) {
+                Ok(built) => built,
+                Err(
+                    e @ (ModelError::NoClassifier { .. }
+                    | ModelError::Build { .. }
+                    | ModelError::UnusedTensors { .. }),
+                ) => {
+                    return Err(match Network::fitting_arch(&checkpoint, arch, opts) {
+                        Some(fits) => EngineError::WrongModel {
+                            path: weights.clone(),
+                            asked: arch.name(),
+                            fits: fits.name(),
+                            source: Box::new(e),
+                        },
+                        None => e.into(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
         let (base, crop_pct) = preprocess_from_config(arch, config.as_ref())?;
         let preprocess = settings.preprocess.apply(&base, crop_pct);
         preprocess

@@ -893,3 +893,33 @@ fn a_model_with_other_classes_shows_them_numbered() {
         assert_eq!(p.wnid, None);
     }
 }
+
+/// A checkpoint given with the wrong `--model` is refused, and the message names the model
+/// it is for: another family (Lite0 as ResNet-50) or another size (Lite2 as Lite1).
+#[test]
+fn a_checkpoint_for_another_model_names_that_model() {
+    let hub = HubCache::new();
+    for (asked, file, fits) in [
+        (
+            "resnet50",
+            "efficientnet-lite0-57934424.pth",
+            "tf_efficientnet_lite0",
+        ),
+        (
+            "tf_efficientnet_lite1",
+            "efficientnet-lite2-9656183e.pth",
+            "tf_efficientnet_lite2",
+        ),
+    ] {
+        let out = hub
+            .command()
+            .args(["--model", asked, "--weights"])
+            .arg(common::test_data(file))
+            .arg(photo("chelsea.jpg"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let want = format!("{file} is a {fits} checkpoint, not {asked} (--model {fits})");
+        assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+    }
+}

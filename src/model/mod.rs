@@ -890,6 +890,20 @@ impl Network {
         }
         Ok((net, num_classes, arch))
     }
+
+    /// The architecture a checkpoint is for, when it is not `asked`: the first other one
+    /// that builds from it with every tensor used, on the CPU. For the error that says
+    /// which model to ask for; the others fail at their first missing or misshapen tensor.
+    pub fn fitting_arch(checkpoint: &Checkpoint, asked: Arch, opts: LoadOptions) -> Option<Arch> {
+        Arch::all()
+            .filter(|&arch| arch != asked)
+            .find_map(|arch| {
+                Self::from_checkpoint(arch, checkpoint.clone(), &Device::Cpu, opts)
+                    .ok()
+                    .map(|(_, _, built)| built)
+            })
+            .filter(|&built| built != asked)
+    }
 }
 
 impl Module for Network {
