@@ -68,14 +68,14 @@ fn unwrap_state_dict(obj: Object) -> (Object, Option<TwoSets>) {
             .find(|(k, v)| {
                 matches!(k, Object::Unicode(s) if s == key) && matches!(v, Object::Dict(_))
             })
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v)
     };
     for key in wrapper_keys() {
         if let Some(inner) = find(key) {
             let ema = EMA_KEYS
                 .into_iter()
                 .find(|&e| e != key && find(e).is_some());
-            let (state, deeper) = unwrap_state_dict(inner);
+            let (state, deeper) = unwrap_state_dict(inner.clone());
             let beside = ema.filter(|_| !EMA_KEYS.contains(&key)).map(|e| (key, e));
             return (state, beside.or(deeper));
         }
