@@ -99,11 +99,7 @@ pub(super) fn decode(bytes: &[u8], kind: u8, max_pixels: u64) -> Result<RgbImage
         b'5' | b'6' => {
             let size = if maxval < 256 { 1 } else { 2 };
             let Some(raw) = data.get(..count * size) else {
-                return Err(malformed(format!(
-                    "the pixel data is cut short ({} of {} bytes)",
-                    data.len(),
-                    count * size
-                )));
+                return Err(malformed(cut_short(data.len(), count * size, "bytes")));
             };
             if size == 1 {
                 raw.iter().map(|&v| sample(v.into())).collect()
@@ -191,15 +187,16 @@ fn parse_number(token: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// Why pixel data that ends early is refused: `have` of the `need` `unit`s it declares.
+fn cut_short(have: usize, need: usize, unit: &str) -> String {
+    format!("the pixel data is cut short ({have} of {need} {unit})")
+}
+
 /// A binary bitmap (`P4`): rows padded to whole bytes, the first pixel in the high bit.
 fn bits(data: &[u8], width: usize, height: usize) -> Result<Vec<u8>, String> {
     let row = width.div_ceil(8);
     let Some(rows) = data.get(..row * height) else {
-        return Err(format!(
-            "the pixel data is cut short ({} of {} bytes)",
-            data.len(),
-            row * height
-        ));
+        return Err(cut_short(data.len(), row * height, "bytes"));
     };
     Ok(rows
         .chunks_exact(row)
@@ -244,10 +241,7 @@ fn plain_bits(data: &[u8], count: usize) -> Result<Vec<u8>, String> {
         ));
     }
     if digits.len() < count {
-        return Err(format!(
-            "the pixel data is cut short ({} of {count} pixels)",
-            digits.len()
-        ));
+        return Err(cut_short(digits.len(), count, "pixels"));
     }
     Ok(digits[..count]
         .iter()
@@ -275,10 +269,7 @@ fn plain_numbers(data: &[u8], count: usize, maxval: u64) -> Result<Vec<u64>, Str
         samples.push(v);
     }
     if samples.len() < count {
-        return Err(format!(
-            "the pixel data is cut short ({} of {count} samples)",
-            samples.len()
-        ));
+        return Err(cut_short(samples.len(), count, "samples"));
     }
     Ok(samples)
 }
